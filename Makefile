@@ -1,0 +1,53 @@
+PY ?= .venv/bin/python
+PIP ?= .venv/bin/pip
+PROTOS := $(wildcard protos/philip/v1/*.proto)
+
+.PHONY: install proto proto-check lint test test-fast demo bench eval train-tiny clean
+
+.venv/bin/python:
+	python3 -m venv .venv
+	$(PIP) install -q --upgrade pip
+
+.venv/.installed: .venv/bin/python pyproject.toml
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev]'
+	touch $@
+
+install: .venv/.installed
+	.venv/bin/philip --help > /dev/null && echo "installed: .venv/bin/philip"
+
+# Generated code lives in philip/v1 and is committed; proto-check proves it is current.
+proto: .venv/.installed
+	PATH=$(CURDIR)/.venv/bin:$$PATH $(PY) -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --mypy_out=quiet:. --mypy_grpc_out=quiet:. $(PROTOS)
+	touch philip/v1/__init__.py
+
+proto-check: .venv/.installed
+	rm -rf .proto-check && mkdir -p .proto-check
+	PATH=$(CURDIR)/.venv/bin:$$PATH $(PY) -m grpc_tools.protoc -Iprotos --python_out=.proto-check --grpc_python_out=.proto-check --mypy_out=quiet:.proto-check --mypy_grpc_out=quiet:.proto-check $(PROTOS)
+	touch .proto-check/philip/v1/__init__.py
+	diff -r philip/v1 .proto-check/philip/v1 -x __pycache__ && rm -rf .proto-check && echo "generated code is current"
+
+lint: .venv/.installed
+	.venv/bin/ruff check .
+	.venv/bin/mypy philip services
+
+test: install proto-check lint
+	.venv/bin/pytest -q
+
+demo: install
+	bash scripts/demo.sh
+
+eval: install
+	.venv/bin/philip eval model --json
+	.venv/bin/philip eval upscaler --json
+
+bench: install
+	.venv/bin/philip bench model --json
+	.venv/bin/philip bench generate --json
+
+train-tiny: install
+	.venv/bin/philip train-tiny
+	.venv/bin/philip train-upscaler
+
+clean:
+	rm -rf .proto-check .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Benchmarks of the serving path (`philip bench ...`): measured and reported, never asserted."""

@@ -1,0 +1,1 @@
+"""The one seam that loads models: diffusers pipelines from folders, ONNX upscalers."""

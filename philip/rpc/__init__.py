@@ -1,0 +1,1 @@
+"""Shared gRPC runtime: domain errors, status mapping, server bootstrap and client channels."""

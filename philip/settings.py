@@ -1,0 +1,213 @@
+"""Typed, frozen runtime settings shared by every PHiLIP service.
+
+Settings come from ``PHILIP_*`` environment variables; keyword overrides (CLI flags)
+win over the environment. Every value is parsed and validated up front so that a
+misconfigured pod fails at start-up with a message naming the offending variable,
+instead of failing on the first request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+ENV_PREFIX = "PHILIP_"
+
+LogFormat = Literal["json", "console"]
+_LOG_FORMATS = ("json", "console")
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def env_name(field_name: str) -> str:
+    """Environment variable that feeds ``field_name`` (e.g. ``port`` -> ``PHILIP_PORT``)."""
+    return ENV_PREFIX + field_name.upper()
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Configuration of one PHiLIP process (all services read the same shape)."""
+
+    redis_url: str | None = None  # None => in-process embedded store
+    host: str = "127.0.0.1"
+    port: int = 50051
+    model_dir: str = "models/philip-tiny"
+    upscaler_path: str = "models/philip-tiny-x4.onnx"
+    adapters_dir: str = "adapters"
+    styles_path: str = "config/styles.toml"
+    # Addresses the gateway dials; None => that service runs in-process.
+    generator_addr: str | None = None
+    refiner_addr: str | None = None
+    personalizer_addr: str | None = None
+    log_format: LogFormat = "json"
+    log_level: str = "info"
+    max_message_mb: int = 32
+    grace_s: float = 10.0
+    max_queue: int = 32
+    max_batch: int = 8
+    batch_window_ms: int = 15
+    device: str = "cpu"
+    threads: int | None = None
+    onnx_providers: tuple[str, ...] = field(default=("CPUExecutionProvider",))
+    blob_ttl_s: int = 3600
+    metrics_port: int | None = None
+
+    def __post_init__(self) -> None:
+        # from_env parses strings first; checking here too means Settings(port="x") or
+        # with_(port=-1) built by hand fail just as loudly.
+        for f in dataclasses.fields(self):
+            _validate(f.name, getattr(self, f.name))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> Settings:
+        """Build settings from ``PHILIP_*`` variables, then apply ``overrides``.
+
+        Overrides whose value is ``None`` are ignored: that is how an unset CLI flag
+        reads, so it must not clobber the environment (use :meth:`with_` to force None).
+        String overrides are parsed like environment values.
+        """
+        types_ = _field_types()
+        unknown = set(overrides) - set(types_)
+        if unknown:
+            raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        values: dict[str, Any] = {}
+        for name, tp in types_.items():
+            var = env_name(name)
+            if var in environ:
+                values[name] = _parse(var, environ[var], tp)
+                _validate(name, values[name], shown=environ[var])  # report the raw text
+            if overrides.get(name) is not None:
+                raw = overrides[name]
+                values[name] = _parse(name, raw, tp) if isinstance(raw, str) else _coerce(name, raw, tp)
+                _validate(name, values[name], shown=raw)
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> Settings:
+        """Copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _field_types() -> dict[str, Any]:
+    # Resolved lazily because ``from __future__ import annotations`` keeps them as strings.
+    global _FIELD_TYPES
+    if _FIELD_TYPES is None:
+        _FIELD_TYPES = typing.get_type_hints(Settings)
+    return _FIELD_TYPES
+
+
+_FIELD_TYPES: dict[str, Any] | None = None
+_UNSET: Any = object()
+
+
+def _in_port_range(port: int | None) -> bool:
+    return port is None or 0 <= port <= 65535
+
+
+def _is_device(device: str) -> bool:
+    prefix, _, index = device.partition(":")
+    return device in ("cpu", "cuda") or (prefix == "cuda" and index.isdigit())
+
+
+# Range/choice rules per field, applied after the type check: (predicate, why).
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "host": (lambda v: bool(v.strip()), "must not be empty"),
+    "port": (_in_port_range, "must be in 0..65535"),
+    "metrics_port": (_in_port_range, "must be in 0..65535"),
+    "log_format": (lambda v: v in _LOG_FORMATS, f"must be one of {', '.join(_LOG_FORMATS)}"),
+    "log_level": (lambda v: v.lower() in _LOG_LEVELS, f"must be one of {', '.join(_LOG_LEVELS)}"),
+    "max_message_mb": (lambda v: 1 <= v <= 2047, "must be in 1..2047"),
+    "grace_s": (lambda v: v >= 0, "must be >= 0"),
+    "max_queue": (lambda v: v >= 1, "must be >= 1"),
+    "max_batch": (lambda v: v >= 1, "must be >= 1"),
+    "batch_window_ms": (lambda v: v >= 0, "must be >= 0"),
+    "device": (_is_device, "must be 'cpu', 'cuda' or 'cuda:N'"),
+    "threads": (lambda v: v is None or v >= 1, "must be >= 1"),
+    "onnx_providers": (lambda v: len(v) > 0, "must name at least one provider"),
+    "blob_ttl_s": (lambda v: v >= 1, "must be >= 1"),
+}
+
+
+def _validate(name: str, value: Any, *, shown: Any = _UNSET) -> None:
+    """Type- and range-check one field; errors show ``shown`` (the raw input) if given."""
+    display = value if shown is _UNSET else shown
+    _check_type(name, value, _field_types()[name], display)
+    rule = _RULES.get(name)
+    if rule is not None and not rule[0](value):
+        raise ValueError(f"{_label(name)}={display!r}: {rule[1]}")
+
+
+def _label(name: str) -> str:
+    """Name errors by env var when ``name`` is a field, or as given (already a var)."""
+    return name if name.startswith(ENV_PREFIX) else env_name(name)
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _parse(name: str, raw: str, tp: Any) -> Any:
+    """Parse one environment string into the field's type."""
+    inner, optional = _unwrap_optional(tp)
+    text = raw.strip()
+    if optional and text.lower() in ("", "none", "null"):
+        return None
+    try:
+        if inner is int:
+            return int(text)
+        if inner is float:
+            return float(text)
+        if typing.get_origin(inner) is tuple:
+            return tuple(part.strip() for part in text.split(",") if part.strip())
+        if typing.get_origin(inner) is Literal:
+            return text.lower()
+        if inner is str:
+            return text
+    except ValueError:
+        raise ValueError(f"{_label(name)}={raw!r}: expected {_type_word(inner)}") from None
+    raise TypeError(f"unsupported settings type {tp!r}")
+
+
+def _coerce(name: str, value: Any, tp: Any) -> Any:
+    """Accept already-typed overrides; lists become tuples, ints are fine for floats."""
+    inner, _ = _unwrap_optional(tp)
+    if typing.get_origin(inner) is tuple and isinstance(value, list):
+        return tuple(value)
+    if inner is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _check_type(name: str, value: Any, tp: Any, display: Any) -> None:
+    inner, optional = _unwrap_optional(tp)
+    if value is None:
+        if not optional:
+            raise ValueError(f"{_label(name)}={display!r}: a value is required")
+        return
+    origin = typing.get_origin(inner)
+    if origin is tuple:
+        ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+    elif origin is Literal:
+        ok = isinstance(value, str)
+    elif inner is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    else:
+        # bool is an int subclass; PHILIP_PORT=True is surely a mistake.
+        ok = isinstance(value, inner) and not isinstance(value, bool)
+    if not ok:
+        raise ValueError(f"{_label(name)}={display!r}: expected {_type_word(inner)}")
+
+
+def _type_word(tp: Any) -> str:
+    if typing.get_origin(tp) is tuple:
+        return "a comma-separated list"
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(typing.get_args(tp))
+    return {int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))

@@ -1,0 +1,41 @@
+"""Storage for PHiLIP services: records, blobs, event streams and a work queue behind one async API."""
+
+from __future__ import annotations
+
+from philip.store.base import (
+    DEFAULT_PREFIX,
+    RecordNotFound,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    StreamEntry,
+)
+from philip.store.memory import MemoryStore
+from philip.store.redis_store import RedisStore
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "MemoryStore",
+    "RecordNotFound",
+    "RedisStore",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "StreamEntry",
+    "open_store",
+]
+
+
+def open_store(url: str | None, *, prefix: str = DEFAULT_PREFIX, socket_timeout: float | None = 5.0) -> Store:
+    """Open the store named by ``url``.
+
+    None, "" or "memory://" give a fresh in-process ``MemoryStore``; "redis://", "rediss://" or
+    "unix://" URLs give a ``RedisStore`` (``socket_timeout`` applies to Redis only). Connecting is
+    lazy, so an unreachable server shows up as ``StoreUnavailable`` on first use (or ``ping()`` False).
+    """
+    if not url or url == "memory://":
+        return MemoryStore(prefix=prefix)
+    scheme = url.split("://", 1)[0].lower()
+    if scheme in ("redis", "rediss", "unix"):
+        return RedisStore(url, prefix=prefix, socket_timeout=socket_timeout)
+    raise ValueError(f"unsupported store url scheme {scheme!r} (use memory:// or redis://)")

@@ -1,0 +1,386 @@
+"""``Store`` on Redis (>= 6.2 for XAUTOCLAIM/KEEPTTL) via redis.asyncio, bytes in and out."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError, WatchError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from philip.store.base import (
+    DEFAULT_PREFIX,
+    RecordNotFound,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    StreamEntry,
+    check_kind,
+    check_ttl,
+    parse_stream_id,
+)
+
+T = TypeVar("T")
+
+# Stream entry fields: a normal event/work item carries its payload under "p"; the terminal
+# marker carries only "end", so it can never be confused with a payload.
+_PAYLOAD = b"p"
+_END = b"end"
+
+# INCRBY and set the TTL only if the counter has none yet, atomically (EXPIRE NX needs Redis 7).
+_INCR_LUA = """
+local v = redis.call('INCRBY', KEYS[1], ARGV[1])
+if ARGV[2] ~= '' and redis.call('PTTL', KEYS[1]) == -1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return v
+"""
+
+_MAX_UPDATE_ATTEMPTS = 100
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, safe for error messages and logs."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        user = parts.username or ""
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    except ValueError:
+        return "<unparseable redis url>"
+
+
+def _text(value: bytes | str) -> str:
+    # decode_responses=False, so replies are bytes; redis-py's stubs still say bytes | str.
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _ms(ttl_s: float) -> int:
+    return max(1, round(ttl_s * 1000))
+
+
+def _entries(raw: Any) -> list[StreamEntry]:
+    """Convert redis-py's [(id, {field: value}), ...] (fields None for deleted entries) to StreamEntry."""
+    out: list[StreamEntry] = []
+    for entry_id, fields in raw or []:
+        if fields is None:  # entry trimmed/deleted while still pending: nothing to deliver
+            continue
+        eid = _text(entry_id)
+        if _END in fields:
+            out.append(StreamEntry(eid, b"", terminal=True))
+        else:
+            out.append(StreamEntry(eid, fields.get(_PAYLOAD, b"")))
+    return out
+
+
+def _read_reply(reply: Any) -> list[StreamEntry]:
+    """Entries of the single stream in an XREAD/XREADGROUP reply (RESP2 list or RESP3 dict)."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return _entries(next(iter(reply.values()))[0])
+    return _entries(reply[0][1])
+
+
+def _is_nogroup(exc: ResponseError) -> bool:
+    return str(exc).startswith("NOGROUP")
+
+
+class RedisStore(Store):
+    """``Store`` backed by a Redis server; safe to share between coroutines of one event loop."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        socket_timeout: float | None = 5.0,
+        socket_connect_timeout: float | None = None,
+        retries: int = 2,
+    ) -> None:
+        self.prefix = prefix
+        self.url = redact_url(url)
+        # Half the socket timeout: a blocking XREAD must answer before the socket gives up on it.
+        self._max_block_ms = None if socket_timeout is None else max(10, int(socket_timeout * 500))
+        try:
+            self._r: Redis = Redis.from_url(
+                url,
+                decode_responses=False,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=socket_connect_timeout if socket_connect_timeout is not None else socket_timeout,
+                # A few quick retries ride out a restart/failover without stalling callers for long.
+                retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries),
+            )
+        except ValueError as exc:
+            raise StoreError(f"invalid redis url {self.url}: {exc}") from exc
+        self._groups: set[tuple[str, str]] = set()  # (queue key, group) known to exist
+        self._incr_script = self._r.register_script(_INCR_LUA)
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Translate redis exceptions so that none leak to callers."""
+        try:
+            yield
+        except (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError) as exc:
+            raise StoreUnavailable(f"redis at {self.url} unavailable: {exc}") from exc
+        except RedisError as exc:
+            raise StoreError(f"redis at {self.url} failed: {exc}") from exc
+
+    # ---- keys ----------------------------------------------------------------------------------
+
+    def _record_key(self, kind: str, record_id: str) -> str:
+        return f"{self.prefix}{kind}:{record_id}"
+
+    def _index_key(self, kind: str) -> str:
+        return f"{self.prefix}idx:{kind}"
+
+    def _blob_key(self, blob_id: str) -> str:
+        return f"{self.prefix}blob:{blob_id}"
+
+    def _stream_key(self, stream: str) -> str:
+        return f"{self.prefix}stream:{stream}"
+
+    def _queue_key(self, queue: str) -> str:
+        return f"{self.prefix}queue:{queue}"
+
+    def _counter_key(self, key: str) -> str:
+        return f"{self.prefix}counter:{key}"
+
+    # ---- records -------------------------------------------------------------------------------
+
+    async def put_record(self, kind: str, record_id: str, data: dict[str, Any], ttl_s: float | None = None) -> None:
+        check_kind(kind)
+        check_ttl(ttl_s)
+        body = json.dumps(data)
+        with self._errors():
+            async with self._r.pipeline(transaction=True) as pipe:
+                pipe.set(self._record_key(kind, record_id), body, px=None if ttl_s is None else _ms(ttl_s))
+                pipe.sadd(self._index_key(kind), record_id)
+                await pipe.execute()
+
+    async def get_record(self, kind: str, record_id: str) -> dict[str, Any] | None:
+        check_kind(kind)
+        with self._errors():
+            raw = await self._r.get(self._record_key(kind, record_id))
+        return None if raw is None else json.loads(raw)
+
+    async def update_record(self, kind: str, record_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        check_kind(kind)
+        key = self._record_key(kind, record_id)
+        with self._errors():
+            async with self._r.pipeline(transaction=True) as pipe:
+                # Optimistic WATCH/MULTI rather than Lua: cjson would mangle floats and empty lists.
+                # A watched key that expires also aborts EXEC (Redis >= 6.0.9), so we never resurrect it.
+                for _ in range(_MAX_UPDATE_ATTEMPTS):
+                    try:
+                        await pipe.watch(key)
+                        raw = await pipe.get(key)
+                        if raw is None:
+                            raise RecordNotFound(kind, record_id)
+                        merged: dict[str, Any] = {**json.loads(raw), **fields}
+                        pipe.multi()
+                        pipe.set(key, json.dumps(merged), keepttl=True)
+                        await pipe.execute()
+                        return merged
+                    except WatchError:
+                        continue
+        raise StoreError(f"update of {kind} {record_id!r} kept conflicting; gave up")
+
+    async def delete_record(self, kind: str, record_id: str) -> bool:
+        check_kind(kind)
+        with self._errors():
+            async with self._r.pipeline(transaction=True) as pipe:
+                pipe.delete(self._record_key(kind, record_id))
+                pipe.srem(self._index_key(kind), record_id)
+                deleted, _ = await pipe.execute()
+        return bool(deleted)
+
+    async def list_records(self, kind: str) -> list[str]:
+        check_kind(kind)
+        index = self._index_key(kind)
+        with self._errors():
+            members = sorted(_text(m) for m in await self._r.smembers(index))  # type: ignore[misc]
+            if not members:
+                return []
+            async with self._r.pipeline(transaction=False) as pipe:
+                for rid in members:
+                    pipe.exists(self._record_key(kind, rid))
+                alive = await pipe.execute()
+            # Records that expired by TTL leave their id in the index: prune them lazily here.
+            stale = [rid for rid, ok in zip(members, alive, strict=True) if not ok]
+            if stale:
+                await self._r.srem(index, *stale)  # type: ignore[misc]
+        return [rid for rid, ok in zip(members, alive, strict=True) if ok]
+
+    # ---- blobs ---------------------------------------------------------------------------------
+
+    async def put_blob(self, blob_id: str, data: bytes, ttl_s: float) -> None:
+        check_ttl(ttl_s)
+        with self._errors():
+            await self._r.set(self._blob_key(blob_id), data, px=_ms(ttl_s))
+
+    async def get_blob(self, blob_id: str) -> bytes | None:
+        with self._errors():
+            raw = await self._r.get(self._blob_key(blob_id))
+        return raw.encode() if isinstance(raw, str) else raw
+
+    # ---- event streams -------------------------------------------------------------------------
+
+    async def _blocking(self, block_ms: int | None, call: Callable[[int | None], Awaitable[T]]) -> T:
+        """Run a blocking stream read, split into chunks shorter than the socket timeout."""
+        if block_ms is None or self._max_block_ms is None:
+            return await call(block_ms)
+        remaining = block_ms
+        while True:
+            chunk = self._max_block_ms if block_ms == 0 else min(remaining, self._max_block_ms)
+            result = await call(chunk)
+            remaining -= chunk
+            if result or (block_ms != 0 and remaining <= 0):
+                return result
+
+    async def append_event(self, stream: str, payload: bytes, maxlen: int = 10_000) -> str:
+        if maxlen < 1:
+            raise ValueError("maxlen must be >= 1")
+        with self._errors():
+            entry_id = await self._r.xadd(
+                self._stream_key(stream), {_PAYLOAD: payload}, maxlen=maxlen, approximate=True
+            )
+        return _text(entry_id)
+
+    async def read_events(
+        self, stream: str, after: str = "0-0", count: int = 100, block_ms: int | None = None
+    ) -> list[StreamEntry]:
+        parse_stream_id(after)  # same ValueError as the memory backend, not a server error
+        key = self._stream_key(stream)
+
+        async def call(block: int | None) -> Any:
+            return await self._r.xread({key: after}, count=count, block=block)
+
+        with self._errors():
+            return _read_reply(await self._blocking(block_ms, call))
+
+    async def close_stream(self, stream: str) -> str:
+        with self._errors():
+            entry_id = await self._r.xadd(self._stream_key(stream), {_END: b"1"})
+        return _text(entry_id)
+
+    async def expire_stream(self, stream: str, ttl_s: float) -> bool:
+        check_ttl(ttl_s)
+        with self._errors():
+            return bool(await self._r.pexpire(self._stream_key(stream), _ms(ttl_s)))
+
+    # ---- work queue ----------------------------------------------------------------------------
+
+    async def enqueue(self, queue: str, payload: bytes) -> str:
+        with self._errors():
+            entry_id = await self._r.xadd(self._queue_key(queue), {_PAYLOAD: payload})
+        return _text(entry_id)
+
+    async def _ensure_group(self, key: str, group: str) -> None:
+        if (key, group) in self._groups:
+            return
+        try:
+            # id "0", not "$": items enqueued before the first claim must still be delivered.
+            await self._r.xgroup_create(key, group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._groups.add((key, group))
+
+    async def _in_group(self, key: str, group: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Run a group command, (re)creating the group if it is missing (e.g. the key was deleted)."""
+        await self._ensure_group(key, group)
+        try:
+            return await call()
+        except ResponseError as exc:
+            if not _is_nogroup(exc):
+                raise
+            self._groups.discard((key, group))
+            await self._ensure_group(key, group)
+            return await call()
+
+    async def claim(
+        self, queue: str, group: str, consumer: str, count: int = 1, block_ms: int | None = None
+    ) -> list[StreamEntry]:
+        key = self._queue_key(queue)
+
+        async def own_pending() -> Any:
+            return await self._r.xreadgroup(group, consumer, {key: "0"}, count=count)
+
+        async def new(block: int | None) -> Any:
+            return await self._r.xreadgroup(group, consumer, {key: ">"}, count=count, block=block)
+
+        async def new_chunked() -> Any:
+            return await self._blocking(block_ms, new)
+
+        with self._errors():
+            # A restarted consumer resumes the work it had claimed but not acknowledged.
+            reply = await self._in_group(key, group, own_pending)
+            raw = (next(iter(reply.values()))[0] if isinstance(reply, dict) else reply[0][1]) if reply else []
+            gone = [eid for eid, fields in raw if fields is None]
+            if gone:  # trimmed/deleted while pending: nothing left to do, drop them from the PEL
+                await self._r.xack(key, group, *gone)
+            if own := _entries(raw):
+                return own
+            return _read_reply(await self._in_group(key, group, new_chunked))
+
+    async def ack(self, queue: str, group: str, entry_id: str) -> bool:
+        with self._errors():
+            try:
+                return bool(await self._r.xack(self._queue_key(queue), group, entry_id))
+            except ResponseError as exc:
+                if _is_nogroup(exc):
+                    return False
+                raise
+
+    async def reclaim(
+        self, queue: str, group: str, consumer: str, min_idle_ms: int, count: int = 10
+    ) -> list[StreamEntry]:
+        key = self._queue_key(queue)
+
+        async def autoclaim() -> Any:
+            return await self._r.xautoclaim(key, group, consumer, min_idle_ms, start_id="0-0", count=count)
+
+        with self._errors():
+            reply = await self._in_group(key, group, autoclaim)
+        # Reply is [next_cursor, entries, deleted_ids]; deleted ids are already dropped from the PEL.
+        return _entries(reply[1])
+
+    async def pending_count(self, queue: str, group: str) -> int:
+        with self._errors():
+            try:
+                summary = await self._r.xpending(self._queue_key(queue), group)
+            except ResponseError as exc:
+                if _is_nogroup(exc):
+                    return 0
+                raise
+        return int(summary["pending"])
+
+    # ---- helpers -------------------------------------------------------------------------------
+
+    async def incr(self, key: str, by: int = 1, ttl_s: float | None = None) -> int:
+        check_ttl(ttl_s)
+        with self._errors():
+            value = await self._incr_script(
+                keys=[self._counter_key(key)], args=[by, "" if ttl_s is None else _ms(ttl_s)]
+            )
+        return int(value)
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._r.ping())  # type: ignore[misc]
+        except (RedisError, OSError):
+            return False
+
+    async def close(self) -> None:
+        with self._errors():
+            await self._r.aclose()

@@ -1,0 +1,1 @@
+"""philip-tiny: the embedded default model, its data, training and measurement."""

@@ -1,0 +1,1 @@
+"""PHiLIP services: each package has server.py (servicer + bootstrap) and its domain modules."""

@@ -1,0 +1,1 @@
+"""Gateway: the public API, routing calls to the backend services."""

@@ -1,0 +1,142 @@
+"""Protobuf <-> domain conversions for sessions: the only gateway module that knows both sides."""
+
+from __future__ import annotations
+
+from philip.v1 import common_pb2, gateway_pb2, generator_pb2, refiner_pb2
+from services.gateway.session_events import (
+    Compute,
+    Finalized,
+    NoiseTrace,
+    Phase,
+    Picture,
+    RoundImages,
+    RoundPreview,
+    RoundProgress,
+    RoundStarted,
+    SessionCancelled,
+    SessionEvent,
+    SessionFailed,
+    SessionImage,
+    SessionView,
+    UpscaleProgress,
+)
+from services.gateway.sessions import params_of
+from services.generator.codec import params_to_pb
+
+_PHASES = {
+    Phase.GENERATING: gateway_pb2.SESSION_PHASE_GENERATING,
+    Phase.AWAITING_FEEDBACK: gateway_pb2.SESSION_PHASE_AWAITING_FEEDBACK,
+    Phase.FINALIZING: gateway_pb2.SESSION_PHASE_FINALIZING,
+    Phase.DONE: gateway_pb2.SESSION_PHASE_DONE,
+    Phase.CANCELLED: gateway_pb2.SESSION_PHASE_CANCELLED,
+}
+_WEIGHT_FIELDS = ("start", "end", "min_weight", "max_weight", "neg_scale", "diversity")
+_DROPPABLE = frozenset({"preview", "progress", "upscale_progress"})
+
+
+def weights_from_pb(pb: refiner_pb2.FeedbackWeights) -> dict[str, float]:
+    """Only the fields the client set; the rest take the refiner's defaults."""
+    return {name: float(getattr(pb, name)) for name in _WEIGHT_FIELDS if pb.HasField(name)}  # type: ignore[arg-type]
+
+
+def weights_to_pb(weights: dict[str, float]) -> refiner_pb2.FeedbackWeights:
+    return refiner_pb2.FeedbackWeights(**{k: v for k, v in weights.items() if k in _WEIGHT_FIELDS})
+
+
+def trace_to_pb(trace: NoiseTrace) -> refiner_pb2.NoiseOrigin:
+    return refiner_pb2.NoiseOrigin(seed=trace.seed, steps=[refiner_pb2.SteerStep(seed=s, diversity=d)
+                                                          for s, d in trace.steps])
+
+
+def trace_from_pb(pb: refiner_pb2.NoiseOrigin) -> NoiseTrace:
+    return NoiseTrace(pb.seed, tuple((s.seed, float(s.diversity)) for s in pb.steps))
+
+
+def picture_to_pb(picture: Picture, image_id: str = "", seed: int = 0, index: int = 0) -> common_pb2.Image:
+    return common_pb2.Image(id=image_id, png=picture.png, width=picture.width, height=picture.height, seed=seed,
+                            index=index)
+
+
+def image_to_pb(image: SessionImage) -> refiner_pb2.RoundImage:
+    return refiner_pb2.RoundImage(
+        image=picture_to_pb(image.picture, image.image_id, image.seed, image.index),
+        origin=trace_to_pb(image.origin), steered_from=image.steered_from,
+    )
+
+
+def image_from_pb(pb: refiner_pb2.RoundImage) -> SessionImage:
+    img = pb.image
+    return SessionImage(img.id, 0, img.index, img.seed, Picture(img.png, img.width, img.height),
+                        trace_from_pb(pb.origin), pb.steered_from)
+
+
+def compute_to_pb(compute: Compute) -> refiner_pb2.RoundCompute:
+    return refiner_pb2.RoundCompute(steps=compute.steps, main_image_evals=compute.main_image_evals,
+                                    reference_image_evals=compute.reference_image_evals)
+
+
+def round_images_to_pb(event: RoundImages) -> gateway_pb2.RoundImages:
+    return gateway_pb2.RoundImages(round=event.round, images=[image_to_pb(i) for i in event.images],
+                                   compute=compute_to_pb(event.compute))
+
+
+def final_to_pb(final: Finalized) -> gateway_pb2.SessionFinal:
+    return gateway_pb2.SessionFinal(image=picture_to_pb(final.picture, final.image_id),
+                                    source_image_id=final.source_image_id)
+
+
+def event_to_pb(session_id: str, event: SessionEvent) -> gateway_pb2.SessionEvent:
+    pb = gateway_pb2.SessionEvent(session_id=session_id)
+    match event:
+        case RoundStarted(round=r, prompt=prompt, num_images=n, liked=liked, disliked=disliked):
+            pb.round = r
+            pb.round_started.CopyFrom(gateway_pb2.RoundStarted(round=r, prompt=prompt, num_images=n, liked=liked,
+                                                               disliked=disliked))
+        case RoundProgress(round=r, step=step, total_steps=total):
+            pb.round = r
+            pb.progress.CopyFrom(generator_pb2.Progress(step=step, total_steps=total))
+        case RoundPreview(round=r, step=step, pictures=pictures):
+            pb.round = r
+            pb.preview.CopyFrom(generator_pb2.Preview(
+                step=step, images=[picture_to_pb(p, index=i) for i, p in enumerate(pictures)]))
+        case RoundImages():
+            pb.round = event.round
+            pb.round_images.CopyFrom(round_images_to_pb(event))
+        case UpscaleProgress(done=done, total=total):
+            pb.upscale_progress.CopyFrom(refiner_pb2.UpscaleProgress(done=done, total=total))
+        case Finalized():
+            pb.final.CopyFrom(final_to_pb(event))
+        case SessionFailed(round=r, code=code, message=message):
+            pb.round = r
+            pb.error.CopyFrom(common_pb2.StreamError(code=code, message=message))
+        case SessionCancelled(reason=reason):
+            pb.cancelled.CopyFrom(generator_pb2.Cancelled(reason=reason))
+    return pb
+
+
+def encode_event(session_id: str, event: SessionEvent) -> bytes:
+    """What the session's store stream holds for ``event``: a serialized SessionEvent."""
+    return event_to_pb(session_id, event).SerializeToString()
+
+
+def snapshot_to_pb(view: SessionView) -> gateway_pb2.SessionSnapshot:
+    return gateway_pb2.SessionSnapshot(
+        session_id=view.session_id,
+        phase=_PHASES[view.phase],
+        params=params_to_pb(params_of(view)),
+        rounds=[round_images_to_pb(r) for r in view.rounds],
+        liked_image_ids=list(view.liked),
+        disliked_image_ids=list(view.disliked),
+        chosen_image_id=view.chosen,
+        final=final_to_pb(view.final) if view.final is not None else None,
+        running_round=view.running_round,
+    )
+
+
+def session_droppable(payload: bytes) -> bool:
+    """Previews and progress ticks may be dropped for a slow subscriber; nothing else may."""
+    return gateway_pb2.SessionEvent.FromString(payload).WhichOneof("event") in _DROPPABLE
+
+
+def job_droppable(payload: bytes) -> bool:
+    return generator_pb2.GenerateEvent.FromString(payload).WhichOneof("event") in _DROPPABLE

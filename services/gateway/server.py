@@ -1,0 +1,200 @@
+"""The Gateway service: the public API.
+
+Generate and GetJob pass through to a generator unchanged (the caller's remaining deadline and
+request id go upstream; upstream failures come back with the same code, message and details).
+Session, Subscribe and GetSession convert between the wire and the session domain
+(``services/gateway/sessions.py``); every reader gets its own bounded buffer (``fanout.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import NoReturn
+
+from grpc import aio
+
+from philip.logs import bind_ids
+from philip.rpc.errors import InvalidArgument
+from philip.rpc.server import RegisterFn
+from philip.rpc.status import DETAILS_KEY
+from philip.settings import Settings
+from philip.store import Store
+from philip.v1 import gateway_pb2, gateway_pb2_grpc, generator_pb2, generator_pb2_grpc, refiner_pb2, refiner_pb2_grpc
+from services.gateway import codec
+from services.gateway.fanout import buffered
+from services.gateway.sessions import SessionManager
+from services.gateway.upstream import GrpcUpstream, metadata
+from services.generator.codec import error_from_code, params_from_pb
+
+SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
+GENERATOR_SERVICE = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"].full_name
+REFINER_SERVICE = refiner_pb2.DESCRIPTOR.services_by_name["RefinerService"].full_name
+# Errors of a round this connection asked for that are the caller's to fix end its stream with
+# that status; others (a replica gone, ...) arrive as `error` events and the session goes on.
+CALLER_CODES = frozenset({"INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED",
+                          "PERMISSION_DENIED", "OUT_OF_RANGE"})
+_END = object()
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
+    """Validation happens in the generator; the gateway only routes (and later authenticates)."""
+
+    def __init__(self, generator: generator_pb2_grpc.GeneratorServiceStub, sessions: SessionManager, *,
+                 subscriber_buffer: int = 16) -> None:
+        self.generator = generator
+        self.sessions = sessions
+        self.subscriber_buffer = subscriber_buffer
+
+    async def Generate(
+        self, request_iterator: AsyncIterator[generator_pb2.GenerateClientMessage], context: aio.ServicerContext
+    ) -> AsyncIterator[generator_pb2.GenerateEvent]:
+        call = self.generator.Generate(timeout=_timeout(context), metadata=metadata())
+        pump = asyncio.create_task(_pump(request_iterator, call))
+        try:
+            async for event in call:
+                yield event
+        except aio.AioRpcError as exc:
+            await _abort_like(context, exc)
+        finally:
+            pump.cancel()
+            call.cancel()  # no-op when finished; otherwise our client left: tell the generator
+
+    async def GetJob(self, request: generator_pb2.GetJobRequest, context: aio.ServicerContext) -> generator_pb2.Job:
+        try:
+            job: generator_pb2.Job = await self.generator.GetJob(request, timeout=_timeout(context),
+                                                                 metadata=metadata())
+        except aio.AioRpcError as exc:
+            await _abort_like(context, exc)
+        return job
+
+    async def Session(
+        self, request_iterator: AsyncIterator[gateway_pb2.SessionClientMessage], context: aio.ServicerContext
+    ) -> AsyncIterator[gateway_pb2.SessionEvent]:
+        messages = aiter(request_iterator)
+        first = await anext(messages, None)
+        kind = first.WhichOneof("message") if first is not None else None
+        mine: set[int] = set()  # rounds this connection asked for (0: its finalize)
+        if first is not None and kind == "start":
+            session_id = await self.sessions.start(params_from_pb(first.start.params),
+                                                   codec.weights_from_pb(first.start.weights))
+            mine.add(1)
+        elif first is not None and kind == "resume":
+            session_id = first.resume.session_id
+        else:
+            raise InvalidArgument("the first Session message must be `start` or `resume`", field="message")
+        with bind_ids(session_id=session_id):
+            view = await self.sessions.snapshot(session_id)
+            yield gateway_pb2.SessionEvent(session_id=session_id, snapshot=codec.snapshot_to_pb(view))
+            out: asyncio.Queue[object] = asyncio.Queue()
+            tasks = [
+                asyncio.create_task(self._commands(session_id, messages, mine, out)),
+                asyncio.create_task(_forward(buffered(self.sessions.follow(session_id, view.event_id),
+                                                      codec.session_droppable, self.subscriber_buffer), out)),
+            ]
+            try:
+                while (item := await out.get()) is not _END:
+                    if isinstance(item, BaseException):
+                        raise item
+                    assert isinstance(item, bytes)
+                    event = gateway_pb2.SessionEvent.FromString(item)
+                    yield event
+                    if event.WhichOneof("event") == "error" and event.round in mine \
+                            and event.error.code in CALLER_CODES:
+                        raise error_from_code(event.error.code, event.error.message)
+            finally:
+                for task in tasks:
+                    task.cancel()
+
+    async def _commands(self, session_id: str, messages: AsyncIterator[gateway_pb2.SessionClientMessage],
+                        mine: set[int], out: asyncio.Queue[object]) -> None:
+        try:
+            async for message in messages:
+                kind = message.WhichOneof("message")
+                if kind == "feedback":
+                    fb = message.feedback
+                    mine.add(await self.sessions.feedback(session_id, list(fb.liked_image_ids),
+                                                          list(fb.disliked_image_ids),
+                                                          fb.prompt if fb.HasField("prompt") else None))
+                elif kind == "finalize":
+                    mine.add(0)
+                    await self.sessions.finalize(session_id, message.finalize.image_id, message.finalize.scale)
+                elif kind == "cancel":
+                    await self.sessions.cancel(session_id)
+                else:
+                    raise InvalidArgument(f"`{kind}` is only allowed as the first Session message", field="message")
+        except Exception as exc:
+            out.put_nowait(exc)
+
+    async def Subscribe(
+        self, request: gateway_pb2.SubscribeRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[gateway_pb2.SubscribeEvent]:
+        target = request.WhichOneof("target")
+        if target == "session_id":
+            with bind_ids(session_id=request.session_id):
+                async for payload in buffered(self.sessions.follow(request.session_id), codec.session_droppable,
+                                              self.subscriber_buffer):
+                    yield gateway_pb2.SubscribeEvent(session=gateway_pb2.SessionEvent.FromString(payload))
+        elif target == "job_id":
+            with bind_ids(job_id=request.job_id):
+                async for payload in buffered(self.sessions.follow_job(request.job_id), codec.job_droppable,
+                                              self.subscriber_buffer):
+                    yield gateway_pb2.SubscribeEvent(job=generator_pb2.GenerateEvent.FromString(payload))
+        else:
+            raise InvalidArgument("set session_id or job_id", field="target")
+
+    async def GetSession(self, request: gateway_pb2.GetSessionRequest,
+                         context: aio.ServicerContext) -> gateway_pb2.SessionSnapshot:
+        return codec.snapshot_to_pb(await self.sessions.snapshot(request.session_id))
+
+
+async def _forward(source: AsyncIterator[bytes], out: asyncio.Queue[object]) -> None:
+    try:
+        async for payload in source:
+            out.put_nowait(payload)
+        out.put_nowait(_END)
+    except Exception as exc:
+        out.put_nowait(exc)
+
+
+async def _pump(messages: AsyncIterator[generator_pb2.GenerateClientMessage], call: aio.StreamStreamCall) -> None:
+    """Forward client messages upstream, then half-close; stops quietly once the call is over."""
+    with contextlib.suppress(aio.AioRpcError, asyncio.InvalidStateError):
+        async for message in messages:
+            await call.write(message)
+        await call.done_writing()
+
+
+def _timeout(context: aio.ServicerContext) -> float | None:
+    # grpc does not propagate deadlines between hops by itself.
+    return context.time_remaining()
+
+
+async def _abort_like(context: aio.ServicerContext, exc: aio.AioRpcError) -> NoReturn:
+    """End our call with the upstream status: code, message and rich error details."""
+    details = tuple((key, value) for key, value in exc.trailing_metadata() or () if key == DETAILS_KEY)
+    await context.abort(exc.code(), exc.details() or "", trailing_metadata=details)
+    raise AssertionError("unreachable: abort raises")
+
+
+def open_sessions(settings: Settings, store: Store, generator_channel: aio.Channel,
+                  refiner_channel: aio.Channel) -> SessionManager:
+    """The session domain on real upstreams; the caller closes it (and the channels)."""
+    upstream = GrpcUpstream(generator_pb2_grpc.GeneratorServiceStub(generator_channel),
+                            refiner_pb2_grpc.RefinerServiceStub(refiner_channel))
+    return SessionManager(store, upstream, encode_event=codec.encode_event, ttl_s=settings.blob_ttl_s)
+
+
+def build(settings: Settings, generator_channel: aio.Channel,
+          sessions: SessionManager) -> list[tuple[str, RegisterFn]]:
+    """Services for ``GrpcServer``; the caller owns (and closes) ``generator_channel`` and ``sessions``."""
+    servicer = GatewayServicer(generator_pb2_grpc.GeneratorServiceStub(generator_channel), sessions)
+
+    def register(server: aio.Server) -> None:
+        gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, server)
+
+    return [(SERVICE_NAME, register)]
+
+
+__all__ = ["GENERATOR_SERVICE", "REFINER_SERVICE", "SERVICE_NAME", "GatewayServicer", "build", "open_sessions"]

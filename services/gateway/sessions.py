@@ -1,0 +1,439 @@
+"""Human-in-the-loop sessions: rounds, feedback, finalize, cancel, resume (the gateway's domain).
+
+A session lives in the store, never only in a connection: a record (kind ``session``) holds its
+phase, parameters, rounds, likes and dislikes; every image has a record (kind ``simage``) and a
+PNG blob under its id; every event goes to the stream ``session:{id}``, which Session streams
+and Subscribe replay and follow. Rounds and upscales run as tasks of the manager, so a client
+that disconnects loses nothing: it reattaches with the snapshot and the events after it.
+
+State machine::
+
+    start -> GENERATING -(round images | round failed)-> AWAITING_FEEDBACK
+    AWAITING_FEEDBACK -feedback-> GENERATING            (one round at a time)
+    AWAITING_FEEDBACK -finalize-> FINALIZING -(final)-> DONE   (-(failed)-> AWAITING_FEEDBACK)
+    any non-terminal -cancel-> CANCELLED
+
+Round 1, and any round while nothing has been liked or disliked, is a plain batch from the
+generator; every other round goes to the refiner with all likes and dislikes so far.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Protocol
+
+from philip.logs import bind_ids, get_logger
+from philip.rpc.errors import FailedPrecondition, InvalidArgument, NotFound, PhilipError, Unavailable
+from philip.store import Store
+from services.gateway.session_events import (
+    TERMINAL_PHASES,
+    Compute,
+    Finalized,
+    NoiseTrace,
+    Phase,
+    Picture,
+    PreviewPictures,
+    RoundEvent,
+    RoundImages,
+    RoundOutput,
+    RoundPreview,
+    RoundProgress,
+    RoundStarted,
+    SessionCancelled,
+    SessionEvent,
+    SessionFailed,
+    SessionImage,
+    SessionView,
+    StepProgress,
+    TileProgress,
+    UpscaleEvent,
+    UpscaleProgress,
+)
+from services.generator.jobs import JOB_KIND, job_stream
+from services.generator.requests import MAX_PROMPT_CHARS, MAX_SEED, GenerationParams
+from services.refiner.weights import FeedbackWeights
+
+log = get_logger("services.gateway.sessions")
+
+SESSION_KIND = "session"
+IMAGE_KIND = "simage"
+MAX_FEEDBACK_IDS = 8  # per message and list
+MAX_REFERENCES = 16  # likes (and dislikes) kept for conditioning: the most recent
+ROUND_SEED_STRIDE = 1000  # round r draws from base_seed + (r - 1) * stride (+ image index)
+SessionEncoder = Callable[[str, SessionEvent], bytes]
+
+
+def session_stream(session_id: str) -> str:
+    return f"session:{session_id}"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Upstream(Protocol):
+    """Where rounds and upscales run (the generator and refiner services)."""
+
+    def plain_round(self, params: GenerationParams, round_id: str) -> AsyncIterator[RoundEvent]: ...
+
+    def feedback_round(self, params: GenerationParams, round_id: str, liked: Sequence[SessionImage],
+                       disliked: Sequence[SessionImage], weights: dict[str, float]) -> AsyncIterator[RoundEvent]: ...
+
+    def upscale(self, picture: Picture, scale: int) -> AsyncIterator[UpscaleEvent]: ...
+
+
+def check_weights(weights: dict[str, float]) -> dict[str, float]:
+    """FABRIC schedule fields (start, end, min_weight, max_weight, neg_scale) and diversity, checked."""
+    fabric = {k: v for k, v in weights.items() if k != "diversity"}
+    try:
+        FeedbackWeights(**fabric)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"weights: {exc}", field="weights") from None
+    diversity = weights.get("diversity", 0.5)
+    if not 0.0 <= diversity <= 1.0:
+        raise InvalidArgument(f"weights.diversity must be in [0, 1], got {diversity}", field="weights.diversity")
+    return dict(weights)
+
+
+class SessionManager:
+    """Runs sessions against an :class:`Upstream`, keeping everything in the store."""
+
+    def __init__(self, store: Store, upstream: Upstream, *, encode_event: SessionEncoder, ttl_s: int,
+                 max_rounds: int = 100, stale_after_s: float = 60.0) -> None:
+        self.store = store
+        self.upstream = upstream
+        self.encode_event = encode_event
+        self.ttl_s = ttl_s
+        self.max_rounds = max_rounds
+        self.stale_after_s = stale_after_s
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    # ---- commands ---------------------------------------------------------------------------------
+
+    async def start(self, params: GenerationParams, weights: dict[str, float]) -> str:
+        """Create a session and start round 1; returns the session id."""
+        if not params.prompt.strip() or len(params.prompt) > MAX_PROMPT_CHARS:
+            raise InvalidArgument(f"prompt is required (1-{MAX_PROMPT_CHARS} characters)", field="params.prompt")
+        if params.num_images > 8:
+            raise InvalidArgument(f"num_images must be 1-8 (0 = default 4), got {params.num_images}",
+                                  field="params.num_images")
+        weights = check_weights(weights)
+        base = params.seed if params.seed is not None else secrets.randbelow(MAX_SEED // 2)
+        if not 0 <= base <= MAX_SEED - self.max_rounds * ROUND_SEED_STRIDE:
+            raise InvalidArgument(f"seed must be in 0-{MAX_SEED - self.max_rounds * ROUND_SEED_STRIDE} "
+                                  f"(later rounds draw from seed + (round - 1) * {ROUND_SEED_STRIDE})",
+                                  field="params.seed")
+        session_id = f"ses_{uuid.uuid4().hex}"
+        record = {
+            "phase": Phase.GENERATING.value, "params": _params_json(dataclasses.replace(params, seed=None)),
+            "base_seed": base, "weights": weights, "rounds": [], "liked": [], "disliked": [], "chosen": "",
+            "final": None, "running_round": 1, "event_id": "0-0", "created_ms": _now_ms(),
+            "heartbeat_ms": _now_ms(),
+        }
+        await self.store.put_record(SESSION_KIND, session_id, record, ttl_s=self.ttl_s)
+        log.info("session.started", session_id=session_id, prompt_chars=len(params.prompt))
+        self._spawn(session_id, self._round(session_id, 1))
+        return session_id
+
+    async def feedback(self, session_id: str, liked: Sequence[str], disliked: Sequence[str],
+                       prompt: str | None = None) -> int:
+        """Record likes/dislikes (and a prompt edit) and start the next round; returns its number."""
+        record = await self._ready(session_id, "send feedback")
+        for name, ids in (("liked_image_ids", liked), ("disliked_image_ids", disliked)):
+            if len(ids) > MAX_FEEDBACK_IDS:
+                raise InvalidArgument(f"{name} takes 0-{MAX_FEEDBACK_IDS} ids, got {len(ids)}", field=name)
+        both = set(liked) & set(disliked)
+        if both:
+            raise InvalidArgument(f"image {sorted(both)[0]} is both liked and disliked", field="liked_image_ids")
+        for image_id in [*liked, *disliked]:
+            await self._own_image(session_id, image_id)
+        if prompt is not None and not (prompt.strip() and len(prompt) <= MAX_PROMPT_CHARS):
+            raise InvalidArgument(f"prompt must be 1-{MAX_PROMPT_CHARS} characters", field="prompt")
+        rounds = len(record["rounds"])
+        if rounds >= self.max_rounds:
+            raise FailedPrecondition(f"session has reached {self.max_rounds} rounds; finalize or start a new one")
+        new_liked = [i for i in record["liked"] if i not in disliked] + [i for i in liked if i not in record["liked"]]
+        new_disliked = ([i for i in record["disliked"] if i not in liked]
+                        + [i for i in disliked if i not in record["disliked"]])
+        number = rounds + 1
+        fields: dict[str, Any] = {"liked": new_liked, "disliked": new_disliked, "phase": Phase.GENERATING.value,
+                                  "running_round": number, "heartbeat_ms": _now_ms()}
+        if prompt is not None:
+            fields["params"] = {**record["params"], "prompt": prompt}
+        await self.store.update_record(SESSION_KIND, session_id, fields)
+        self._spawn(session_id, self._round(session_id, number))
+        return number
+
+    async def finalize(self, session_id: str, image_id: str, scale: int) -> None:
+        """Choose an image and upscale it; the session ends when the final image is stored."""
+        await self._ready(session_id, "finalize")
+        image = await self._own_image(session_id, image_id)
+        if scale < 0 or scale > 16:
+            raise InvalidArgument(f"scale must be 0 (the upscaler's own) or the upscaler's factor, got {scale}",
+                                  field="scale")
+        await self.store.update_record(SESSION_KIND, session_id, {"phase": Phase.FINALIZING.value,
+                                                                  "chosen": image_id, "heartbeat_ms": _now_ms()})
+        self._spawn(session_id, self._finalize(session_id, image, scale))
+
+    async def cancel(self, session_id: str, reason: str = "client") -> None:
+        """Stop whatever runs (within one denoising step) and end the session; a no-op once ended."""
+        record = await self._record(session_id)
+        task = self._tasks.get(session_id)
+        if task is not None:
+            await _cancel_and_wait(task)
+        if Phase(record["phase"]) in TERMINAL_PHASES:
+            return
+        await self._publish(session_id, SessionCancelled(reason),
+                            {"phase": Phase.CANCELLED.value, "running_round": 0})
+        await self._end_stream(session_id)
+        log.info("session.cancelled", session_id=session_id, reason=reason)
+
+    async def close(self, grace_s: float = 0.0) -> None:
+        """Shutdown: let running work finish for ``grace_s``, then fail it so clients can rerun it."""
+        tasks = list(self._tasks.items())
+        if tasks and grace_s > 0:
+            await asyncio.wait([t for _, t in tasks], timeout=grace_s)
+        for session_id, task in tasks:
+            if task.done():
+                continue
+            await _cancel_and_wait(task)
+            with contextlib.suppress(PhilipError, Exception):
+                record = await self._record(session_id)
+                await self._publish(
+                    session_id,
+                    SessionFailed(int(record["running_round"]), "UNAVAILABLE",
+                                  "the gateway stopped during this step; send the feedback or finalize again"),
+                    {"phase": Phase.AWAITING_FEEDBACK.value, "running_round": 0, "chosen": ""},
+                )
+
+    # ---- queries ---------------------------------------------------------------------------------
+
+    async def snapshot(self, session_id: str) -> SessionView:
+        """The stored state; a round orphaned by a gateway that died is failed first."""
+        record = await self._record(session_id)
+        phase = Phase(record["phase"])
+        stale = _now_ms() - int(record.get("heartbeat_ms", 0)) > self.stale_after_s * 1000
+        if phase in (Phase.GENERATING, Phase.FINALIZING) and session_id not in self._tasks and stale:
+            await self._publish(
+                session_id,
+                SessionFailed(int(record["running_round"]), "UNAVAILABLE",
+                              "the worker of this step stopped answering; send the feedback or finalize again"),
+                {"phase": Phase.AWAITING_FEEDBACK.value, "running_round": 0, "chosen": ""},
+            )
+            record = await self._record(session_id)
+        rounds = []
+        for entry in record["rounds"]:
+            images = [img for img in [await self._load_image(i) for i in entry["image_ids"]] if img is not None]
+            rounds.append(RoundImages(entry["round"], tuple(images), Compute(**entry["compute"])))
+        final = None
+        if record["final"]:
+            png = await self.store.get_blob(record["final"]["image_id"])
+            if png is not None:
+                meta = record["final"]
+                final = Finalized(meta["image_id"], Picture(png, meta["width"], meta["height"]),
+                                  meta["source_image_id"])
+        return SessionView(
+            session_id=session_id, phase=Phase(record["phase"]), params=record["params"], rounds=tuple(rounds),
+            liked=tuple(record["liked"]), disliked=tuple(record["disliked"]), chosen=record["chosen"], final=final,
+            running_round=int(record["running_round"]), event_id=record["event_id"], weights=record["weights"],
+        )
+
+    async def follow(self, session_id: str, after: str = "0-0") -> AsyncIterator[bytes]:
+        """The session's encoded events after ``after`` (replay, then live) until it ends."""
+        await self._record(session_id)
+        async for entry in self.store.subscribe(session_stream(session_id), after=after):
+            yield entry.payload
+
+    async def follow_job(self, job_id: str) -> AsyncIterator[bytes]:
+        """A generation job's encoded events from the start (replay, then live) until it ends."""
+        if not job_id or await self.store.get_record(JOB_KIND, job_id) is None:
+            raise NotFound(f"no job {job_id!r} (unknown or expired)", field="job_id")
+        async for entry in self.store.subscribe(job_stream(job_id)):
+            yield entry.payload
+
+    # ---- work -------------------------------------------------------------------------------------
+
+    def _spawn(self, session_id: str, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work, name=f"session-{session_id}")
+        self._tasks[session_id] = task
+        task.add_done_callback(lambda t: self._tasks.pop(session_id, None) if self._tasks.get(session_id) is t
+                               else None)
+
+    async def _round(self, session_id: str, number: int) -> None:
+        with bind_ids(session_id=session_id):
+            try:
+                try:
+                    await self._run_round(session_id, number)
+                except Unavailable as exc:  # a replica went away: round-robin gives the next one a go
+                    log.warning("session.round_retry", round=number, error=str(exc))
+                    await self._run_round(session_id, number)
+            except asyncio.CancelledError:
+                raise
+            except PhilipError as exc:
+                log.info("session.round_failed", round=number, code=exc.code, error=str(exc))
+                await self._publish(session_id, SessionFailed(number, exc.code, str(exc)),
+                                    {"phase": Phase.AWAITING_FEEDBACK.value, "running_round": 0})
+            except Exception as exc:
+                log.exception("session.round_crashed", round=number)
+                await self._publish(session_id, SessionFailed(number, "INTERNAL", f"round {number} failed: {exc}"),
+                                    {"phase": Phase.AWAITING_FEEDBACK.value, "running_round": 0})
+
+    async def _run_round(self, session_id: str, number: int) -> None:
+        record = await self._record(session_id)
+        params = _params_from_json(record["params"])
+        params = dataclasses.replace(params, seed=int(record["base_seed"]) + (number - 1) * ROUND_SEED_STRIDE)
+        liked = [await self._require_image(i) for i in record["liked"][-MAX_REFERENCES:]]
+        disliked = [await self._require_image(i) for i in record["disliked"][-MAX_REFERENCES:]]
+        await self._publish(
+            session_id,
+            RoundStarted(number, params.prompt, params.num_images or 4, len(liked), len(disliked)),
+            {"phase": Phase.GENERATING.value, "running_round": number, "heartbeat_ms": _now_ms()},
+        )
+        round_id = f"{session_id}-r{number}"
+        if liked or disliked:
+            events = self.upstream.feedback_round(params, round_id, liked, disliked, record["weights"])
+        else:
+            events = self.upstream.plain_round(params, round_id)
+        async for event in events:
+            if isinstance(event, StepProgress):
+                await self._publish(session_id, RoundProgress(number, event.step, event.total_steps),
+                                    {"heartbeat_ms": _now_ms()})
+            elif isinstance(event, PreviewPictures):
+                await self._publish(session_id, RoundPreview(number, event.step, event.pictures))
+            elif isinstance(event, RoundOutput):
+                images = tuple(dataclasses.replace(img, round=number) for img in event.images)
+                for image in images:
+                    await self._save_image(session_id, image)
+                entry = {"round": number, "image_ids": [i.image_id for i in images],
+                         "compute": dataclasses.asdict(event.compute)}
+                rounds = (await self._record(session_id))["rounds"]
+                await self._publish(session_id, RoundImages(number, images, event.compute),
+                                    {"rounds": [*rounds, entry], "phase": Phase.AWAITING_FEEDBACK.value,
+                                     "running_round": 0})
+                log.info("session.round_done", round=number, images=len(images), unet_evals=event.compute.total)
+                return
+        raise PhilipError(f"round {number} ended without images")
+
+    async def _finalize(self, session_id: str, image: SessionImage, scale: int) -> None:
+        with bind_ids(session_id=session_id):
+            try:
+                async for event in self.upstream.upscale(image.picture, scale):
+                    if isinstance(event, TileProgress):
+                        await self._publish(session_id, UpscaleProgress(event.done, event.total),
+                                            {"heartbeat_ms": _now_ms()})
+                        continue
+                    final = Finalized(f"final_{uuid.uuid4().hex}", event, image.image_id)
+                    await self.store.put_blob(final.image_id, event.png, self.ttl_s)
+                    meta = {"image_id": final.image_id, "width": event.width, "height": event.height,
+                            "source_image_id": image.image_id}
+                    await self._publish(session_id, final, {"phase": Phase.DONE.value, "final": meta})
+                    await self._end_stream(session_id)
+                    log.info("session.finalized", image_id=image.image_id, size=f"{event.width}x{event.height}")
+                    return
+                raise PhilipError("upscale ended without an image")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                code = exc.code if isinstance(exc, PhilipError) else "INTERNAL"
+                if code == "INTERNAL":
+                    log.exception("session.finalize_crashed")
+                await self._publish(session_id, SessionFailed(0, code, str(exc)),
+                                    {"phase": Phase.AWAITING_FEEDBACK.value, "chosen": ""})
+
+    # ---- store helpers ----------------------------------------------------------------------------
+
+    async def _publish(self, session_id: str, event: SessionEvent, fields: dict[str, Any] | None = None) -> None:
+        # State first, so a client reacting to the event finds the session already in its new phase;
+        # then the event; then the record points at it. A snapshot taken in between replays the event
+        # once more (readers tolerate that); no order loses one.
+        if fields:
+            await self.store.update_record(SESSION_KIND, session_id, fields)
+        event_id = await self.store.append_event(session_stream(session_id), self.encode_event(session_id, event))
+        if fields is not None:
+            await self.store.update_record(SESSION_KIND, session_id, {"event_id": event_id})
+
+    async def _end_stream(self, session_id: str) -> None:
+        await self.store.close_stream(session_stream(session_id))
+        await self.store.expire_stream(session_stream(session_id), self.ttl_s)
+
+    async def _record(self, session_id: str) -> dict[str, Any]:
+        if not session_id:
+            raise InvalidArgument("session_id is required", field="session_id")
+        record = await self.store.get_record(SESSION_KIND, session_id)
+        if record is None:
+            raise NotFound(f"no session {session_id!r} (unknown or expired)", field="session_id")
+        return record
+
+    async def _ready(self, session_id: str, action: str) -> dict[str, Any]:
+        record = await self._record(session_id)
+        phase = Phase(record["phase"])
+        if phase is Phase.AWAITING_FEEDBACK:
+            return record
+        if phase in TERMINAL_PHASES:
+            raise FailedPrecondition(f"session {session_id} has ended ({phase.value}); start a new one")
+        what = f"round {record['running_round']}" if phase is Phase.GENERATING else "the upscale"
+        raise FailedPrecondition(f"cannot {action} while {what} is running; wait for it or cancel")
+
+    async def _own_image(self, session_id: str, image_id: str) -> SessionImage:
+        meta = await self.store.get_record(IMAGE_KIND, image_id) if image_id else None
+        if meta is None:
+            raise NotFound(f"no image {image_id!r} (unknown or expired)", field="image_id")
+        if meta["session_id"] != session_id:
+            raise InvalidArgument(f"image {image_id} belongs to another session", field="image_id")
+        return await self._require_image(image_id)
+
+    async def _save_image(self, session_id: str, image: SessionImage) -> None:
+        await self.store.put_blob(image.image_id, image.picture.png, self.ttl_s)
+        await self.store.put_record(IMAGE_KIND, image.image_id, {
+            "session_id": session_id, "round": image.round, "index": image.index, "seed": image.seed,
+            "width": image.picture.width, "height": image.picture.height, "origin": image.origin.to_json(),
+            "steered_from": image.steered_from,
+        }, ttl_s=self.ttl_s)
+
+    async def _load_image(self, image_id: str) -> SessionImage | None:
+        meta = await self.store.get_record(IMAGE_KIND, image_id)
+        png = await self.store.get_blob(image_id) if meta is not None else None
+        if meta is None or png is None:
+            return None
+        return SessionImage(image_id, meta["round"], meta["index"], meta["seed"],
+                            Picture(png, meta["width"], meta["height"]), NoiseTrace.from_json(meta["origin"]),
+                            meta["steered_from"])
+
+    async def _require_image(self, image_id: str) -> SessionImage:
+        image = await self._load_image(image_id)
+        if image is None:
+            raise NotFound(f"image {image_id!r} has expired", field="image_id")
+        return image
+
+
+async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait for it to end.
+
+    redis-py can swallow a cancellation that lands while it resets a pipeline connection, leaving
+    the task running (state "cancelling"); so cancel again until it has really stopped.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.2)
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        task.result()
+
+
+def _params_json(params: GenerationParams) -> dict[str, Any]:
+    data = dataclasses.asdict(params)
+    data["adapter_ids"] = list(params.adapter_ids)
+    return data
+
+
+def _params_from_json(data: dict[str, Any]) -> GenerationParams:
+    return GenerationParams(**{**data, "adapter_ids": tuple(data.get("adapter_ids", ()))})
+
+
+def params_of(view: SessionView) -> GenerationParams:
+    return _params_from_json(view.params)

@@ -1,0 +1,147 @@
+"""The gateway's clients of the generator and refiner: gRPC streams in, session domain events out.
+
+Upstream failures come back as the domain error of the same status code (UNAVAILABLE when a
+replica is gone, INVALID_ARGUMENT for parameters the upstream rejected), so a session reports
+them exactly. Cancelling the consuming task cancels the upstream call, which stops the work
+within one denoising step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+import structlog
+from grpc import aio
+
+from philip.rpc.errors import Cancelled, PhilipError
+from philip.rpc.interceptor import REQUEST_ID_KEY
+from philip.v1 import common_pb2, generator_pb2, generator_pb2_grpc, refiner_pb2, refiner_pb2_grpc
+from services.gateway.codec import image_from_pb, picture_to_pb, trace_to_pb, weights_to_pb
+from services.gateway.session_events import (
+    Compute,
+    NoiseTrace,
+    Picture,
+    PreviewPictures,
+    RoundEvent,
+    RoundOutput,
+    SessionImage,
+    StepProgress,
+    TileProgress,
+    UpscaleEvent,
+)
+from services.generator.codec import error_from_code, params_to_pb
+from services.generator.requests import DEFAULT_GUIDANCE, DEFAULT_STEPS, GenerationParams
+
+
+def metadata() -> tuple[tuple[str, str], ...]:
+    """The caller's request id, forwarded so upstream logs line up with ours."""
+    request_id = structlog.contextvars.get_contextvars().get("request_id")
+    return ((REQUEST_ID_KEY, request_id),) if request_id else ()
+
+
+class GrpcUpstream:
+    """Rounds on a generator (plain) or refiner (with feedback) replica; upscales on a refiner."""
+
+    def __init__(self, generator: generator_pb2_grpc.GeneratorServiceStub,
+                 refiner: refiner_pb2_grpc.RefinerServiceStub, *, timeout_s: float = 600.0) -> None:
+        self.generator = generator
+        self.refiner = refiner
+        self.timeout_s = timeout_s
+
+    async def plain_round(self, params: GenerationParams, round_id: str) -> AsyncIterator[RoundEvent]:
+        call = self.generator.Generate(timeout=self.timeout_s, metadata=metadata())
+        try:
+            await call.write(generator_pb2.GenerateClientMessage(
+                start=generator_pb2.GenerateStart(params=params_to_pb(params))))
+            await call.done_writing()
+            async for event in call:
+                kind = event.WhichOneof("event")
+                if kind == "progress":
+                    yield StepProgress(event.progress.step, event.progress.total_steps)
+                elif kind == "preview":
+                    yield PreviewPictures(event.preview.step, tuple(
+                        Picture(i.png, i.width, i.height) for i in event.preview.images))
+                elif kind == "result":
+                    yield RoundOutput(_plain_images(event.result.images), _plain_compute(params, len(
+                        event.result.images)))
+                    return
+                elif kind == "error":
+                    raise error_from_code(event.error.code, event.error.message)
+                elif kind == "cancelled":
+                    raise Cancelled(f"generation cancelled: {event.cancelled.reason}")
+            raise PhilipError("the generator ended the round without a result")
+        except aio.AioRpcError as exc:
+            raise _from_rpc(exc, "generator") from None
+        finally:
+            call.cancel()  # no-op when finished; otherwise stops the generator within one step
+
+    async def feedback_round(self, params: GenerationParams, round_id: str, liked: Sequence[SessionImage],
+                             disliked: Sequence[SessionImage], weights: dict[str, float]) -> AsyncIterator[RoundEvent]:
+        request = refiner_pb2.RefineRequest(
+            params=params_to_pb(params), liked=[_feedback_image(i) for i in liked],
+            disliked=[_feedback_image(i) for i in disliked], weights=weights_to_pb(weights), round_id=round_id,
+        )
+        call = self.refiner.Refine(request, timeout=self.timeout_s, metadata=metadata())
+        try:
+            async for event in call:
+                kind = event.WhichOneof("event")
+                if kind == "progress":
+                    yield StepProgress(event.progress.step, event.progress.total_steps)
+                elif kind == "preview":
+                    yield PreviewPictures(event.preview.step, tuple(
+                        Picture(i.png, i.width, i.height) for i in event.preview.images))
+                elif kind == "result":
+                    c = event.result.compute
+                    yield RoundOutput(tuple(image_from_pb(i) for i in event.result.images),
+                                      Compute(c.steps, c.main_image_evals, c.reference_image_evals))
+                    return
+            raise PhilipError("the refiner ended the round without a result")
+        except aio.AioRpcError as exc:
+            raise _from_rpc(exc, "refiner") from None
+        finally:
+            call.cancel()
+
+    async def upscale(self, picture: Picture, scale: int) -> AsyncIterator[UpscaleEvent]:
+        request = refiner_pb2.UpscaleRequest(image=picture_to_pb(picture), scale=scale)
+        call = self.refiner.Upscale(request, timeout=self.timeout_s, metadata=metadata())
+        try:
+            async for event in call:
+                if event.WhichOneof("event") == "progress":
+                    yield TileProgress(event.progress.done, event.progress.total)
+                else:
+                    yield Picture(event.image.png, event.image.width, event.image.height)
+                    return
+            raise PhilipError("the refiner ended the upscale without an image")
+        except aio.AioRpcError as exc:
+            raise _from_rpc(exc, "refiner") from None
+        finally:
+            call.cancel()
+
+
+def _plain_images(images: Sequence[common_pb2.Image]) -> tuple[SessionImage, ...]:
+    """Generator images: each one's noise is the plain draw of its own seed."""
+    return tuple(SessionImage(i.id, 0, i.index, i.seed, Picture(i.png, i.width, i.height), NoiseTrace(i.seed))
+                 for i in images)
+
+
+def _plain_compute(params: GenerationParams, num_images: int) -> Compute:
+    """A plain round's UNet work: every step, every image, doubled by classifier-free guidance."""
+    steps = params.steps or DEFAULT_STEPS
+    guidance = DEFAULT_GUIDANCE if params.guidance is None else params.guidance
+    return Compute(steps, steps * num_images * (2 if guidance > 1 else 1))
+
+
+def _feedback_image(image: SessionImage) -> refiner_pb2.FeedbackImage:
+    return refiner_pb2.FeedbackImage(image=picture_to_pb(image.picture, image.image_id, image.seed, image.index),
+                                     origin=trace_to_pb(image.origin))
+
+
+def _from_rpc(exc: aio.AioRpcError, who: str) -> PhilipError:
+    code = exc.code().name if exc.code() is not None else "UNKNOWN"
+    message = exc.details() or f"{who} call failed"
+    if code == "CANCELLED":
+        return Cancelled(f"{who} call cancelled: {message}")
+    if code == "UNKNOWN":
+        return error_from_code("UNAVAILABLE", f"{who} failed: {message}")
+    return error_from_code(code, f"{who}: {message}" if code in ("UNAVAILABLE", "DEADLINE_EXCEEDED") else message)
+

@@ -1,0 +1,1 @@
+"""Generator service: batched low-resolution generation with live previews."""

@@ -1,0 +1,1 @@
+"""Refiner service: feedback-conditioned rounds (FABRIC attention conditioning, seed steering)."""

@@ -1,0 +1,360 @@
+"""Feedback rounds: round n+1 of a prompt from the likes and dislikes of rounds 1..n.
+
+A round is one plain ``StableDiffusionPipeline`` call with two extension points plugged in:
+* :class:`~services.refiner.fabric.FabricConditioner` lets the images attend to the liked and
+  disliked images (FABRIC), and counts the UNet work, reference passes included;
+* the initial latents are steered (:func:`~services.refiner.seeds.steer_noise`) from the liked
+  images' own initial noise, so liked compositions are revisited with ``diversity`` of variation.
+
+Every image's initial noise is recorded as a :class:`NoiseOrigin` (a seed plus the chain of
+steering steps that led to it), from which :meth:`NoiseOrigin.noise` redraws it exactly, so a
+steered image can itself be liked and steered from in a later round.
+
+:meth:`RoundRunner.run` is synchronous and meant for a worker thread (the pipeline is not
+thread-safe: one runner, one thread); :meth:`RoundRunner.refine` is its asyncio face::
+
+    runner = RoundRunner(pipe)
+    params = RoundParams(prompt="a red circle", width=128, height=128, steps=20, guidance=6.0,
+                         scheduler="dpm++", num_images=4, seed=1000)
+    first = await runner.refine(params, Feedback())                       # round 1: a plain batch
+    liked = FeedbackImage("img-2", first.images[2].image, first.images[2].origin)
+    second = await runner.refine(replace(params, seed=2000), Feedback(liked=(liked,), diversity=0.3))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from philip.models.pipelines import SCHEDULERS, make_scheduler
+from philip.previews import PreviewEncoder, UNetCapture, decode_latents, x0_estimate
+from philip.rpc.errors import Cancelled, InvalidArgument
+from services.refiner.fabric import FabricConditioner, FeedbackWeights, encode_images
+from services.refiner.seeds import steer_noise
+
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes int64
+StepCallback = Callable[[int, int], None]  # (steps done, steps in all)
+PreviewCallback = Callable[[int, list[Image.Image]], None]  # (steps done, one preview per image)
+
+
+@dataclass(frozen=True)
+class NoiseOrigin:
+    """How an image's initial noise was drawn, enough to redraw it bit for bit.
+
+    ``seed`` draws the root noise (:func:`~services.refiner.seeds.initial_noise`, what the
+    pipeline draws for that seed); each ``(seed, diversity)`` of ``steps`` then steers it toward
+    fresh noise from a generator seeded with that seed (``steer_noise(..., n=1)``).
+    """
+
+    seed: int
+    steps: tuple[tuple[int, float], ...] = ()
+
+    @property
+    def last_seed(self) -> int:
+        """The seed this image's own round drew its fresh noise (and scheduler noise) from."""
+        return self.steps[-1][0] if self.steps else self.seed
+
+    def steered(self, seed: int, diversity: float) -> NoiseOrigin:
+        return NoiseOrigin(self.seed, (*self.steps, (seed, diversity)))
+
+    def noise(self, shape: Sequence[int]) -> torch.Tensor:
+        """The initial noise, shape ``(1, C, h, w)``, unscaled (as ``pipe(latents=...)`` takes it)."""
+        return self.draw(shape)[0]
+
+    def draw(self, shape: Sequence[int]) -> tuple[torch.Tensor, torch.Generator]:
+        """The noise and the generator that drew the last fresh part, advanced past that draw.
+
+        The pipeline takes that generator for its scheduler noise, so an unsteered image matches a
+        plain ``pipe(generator=Generator().manual_seed(seed))`` call even with ancestral samplers.
+        """
+        shape = (1, *tuple(shape)[-3:])
+        generator = torch.Generator().manual_seed(self.seed)
+        noise = randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32)
+        for seed, diversity in self.steps:
+            generator = torch.Generator().manual_seed(seed)
+            noise = steer_noise([noise], 1, diversity, generator=generator)
+        return noise, generator
+
+
+@dataclass(frozen=True)
+class FeedbackImage:
+    """An image a person liked or disliked in an earlier round; ``image_id`` keys the latent cache."""
+
+    image_id: str
+    image: Image.Image
+    origin: NoiseOrigin
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """Everything liked and disliked so far for this prompt (all rounds), oldest first."""
+
+    liked: tuple[FeedbackImage, ...] = ()
+    disliked: tuple[FeedbackImage, ...] = ()
+    weights: FeedbackWeights = field(default_factory=FeedbackWeights)
+    diversity: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.diversity <= 1.0:  # also rejects NaN
+            raise InvalidArgument(f"diversity must be in [0, 1], got {self.diversity}", field="diversity")
+
+
+@dataclass(frozen=True)
+class RoundParams:
+    """One round's batch: ``num_images`` images of ``prompt``; image i draws fresh noise from ``seed + i``."""
+
+    prompt: str
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    scheduler: str
+    num_images: int
+    seed: int
+    negative_prompt: str = ""
+
+
+@dataclass(frozen=True)
+class RoundImage:
+    image: Image.Image
+    index: int
+    origin: NoiseOrigin
+    steered_from: str | None = None  # image_id of the liked image whose noise this one started near
+
+    @property
+    def seed(self) -> int:
+        return self.origin.last_seed
+
+
+@dataclass(frozen=True)
+class RoundCompute:
+    """UNet work of a round in image evaluations (one image through the UNet once)."""
+
+    steps: int  # denoising steps run (fewer than asked when cancelled)
+    main_image_evals: int  # the batch, CFG-doubled when guidance > 1
+    reference_image_evals: int  # FABRIC's reference passes: liked + disliked per active step
+
+    @property
+    def total_image_evals(self) -> int:
+        return self.main_image_evals + self.reference_image_evals
+
+
+@dataclass(frozen=True)
+class FeedbackRound:
+    images: tuple[RoundImage, ...]
+    compute: RoundCompute
+
+
+class RoundRunner:
+    """Runs feedback rounds on one pipeline; caches reference latents by image id."""
+
+    def __init__(self, pipe: Any, *, previews: PreviewEncoder | None = None, cache_size: int = 256) -> None:
+        self.pipe = pipe
+        self.previews = previews
+        self.cache_size = cache_size
+        self._latents: OrderedDict[tuple[str, int, int], torch.Tensor] = OrderedDict()
+        self._empty_prompt: torch.Tensor | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    async def refine(
+        self,
+        params: RoundParams,
+        feedback: Feedback,
+        *,
+        cancel: threading.Event | None = None,
+        on_step: StepCallback | None = None,
+        preview_every: int = 0,
+        on_preview: PreviewCallback | None = None,
+    ) -> FeedbackRound:
+        """:meth:`run` on the runner's worker thread; ``on_step``/``on_preview`` are called on the event loop.
+
+        Cancelling the awaiting task sets ``cancel`` and waits (at most one step) for the worker
+        to stop, so the pipeline is free when the ``CancelledError`` propagates.
+        """
+        loop = asyncio.get_running_loop()
+        cancel = cancel if cancel is not None else threading.Event()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refiner")
+
+        def report(step: int, total: int) -> None:
+            if on_step is not None:
+                with contextlib.suppress(RuntimeError):  # loop closed: nobody is listening
+                    loop.call_soon_threadsafe(on_step, step, total)
+
+        def preview(step: int, images: list[Image.Image]) -> None:
+            if on_preview is not None:
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(on_preview, step, images)
+
+        future = loop.run_in_executor(
+            self._executor, functools.partial(self.run, params, feedback, cancel=cancel, on_step=report,
+                                              preview_every=preview_every, on_preview=preview)
+        )
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            cancel.set()
+            with contextlib.suppress(Exception):
+                await future
+            raise
+
+    def run(
+        self,
+        params: RoundParams,
+        feedback: Feedback,
+        *,
+        cancel: threading.Event | None = None,
+        on_step: StepCallback | None = None,
+        preview_every: int = 0,
+        on_preview: PreviewCallback | None = None,
+    ) -> FeedbackRound:
+        """Round n+1, blocking. Raises :class:`~philip.rpc.errors.Cancelled` when ``cancel`` is set.
+
+        With ``previews`` and ``preview_every`` > 0, ``on_preview`` gets linear previews of the x0
+        estimate every ``preview_every`` steps (and at the last step).
+        """
+        pipe = self.pipe
+        _check(params)
+        shape = (1, int(pipe.unet.config.in_channels),
+                 params.height // int(pipe.vae_scale_factor), params.width // int(pipe.vae_scale_factor))
+        plan = self._plan(params, feedback, shape)
+        noise = torch.cat([n for _, n, _ in plan]).to(device=pipe.device, dtype=pipe.unet.dtype)
+        liked = self._encode(feedback.liked, params)
+        disliked = self._encode(feedback.disliked, params)
+        steps_done = 0
+
+        def on_step_end(pipe: Any, i: int, t: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+            nonlocal steps_done
+            steps_done = i + 1
+            if on_step is not None:
+                on_step(steps_done, params.steps)
+            wants = preview_every > 0 and (steps_done % preview_every == 0 or steps_done == params.steps)
+            if wants and on_preview is not None and self.previews is not None and capture.latest is not None:
+                on_preview(steps_done, self.previews.encode_linear(x0_estimate(pipe, capture)))
+            if cancel is not None and cancel.is_set():
+                pipe._interrupt = True  # diffusers skips the remaining steps without calling the UNet
+            return callback_kwargs
+
+        capture = UNetCapture()
+        hook = pipe.unet.register_forward_hook(capture, with_kwargs=True)  # the main pass runs last each step
+        base_scheduler = pipe.scheduler
+        pipe.scheduler = make_scheduler(pipe, params.scheduler)
+        try:
+            with FabricConditioner(pipe, liked=liked, disliked=disliked, weights=feedback.weights,
+                                   empty_prompt_embeds=self._empty_prompt_embeds(), seed=params.seed) as fab, \
+                    torch.inference_mode():
+                latents = pipe(
+                    prompt=[params.prompt] * params.num_images,
+                    negative_prompt=[params.negative_prompt] * params.num_images,
+                    width=params.width,
+                    height=params.height,
+                    num_inference_steps=params.steps,
+                    guidance_scale=params.guidance,
+                    latents=noise,  # unscaled: prepare_latents multiplies by init_noise_sigma itself
+                    generator=[g for _, _, g in plan],  # scheduler noise (ancestral samplers)
+                    output_type="latent",
+                    callback_on_step_end=on_step_end,
+                ).images
+                rows = params.num_images * (2 if pipe.do_classifier_free_guidance else 1)
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(f"refinement round cancelled after step {steps_done} of {params.steps}")
+            pil_images = decode_latents(pipe, latents)
+        finally:
+            pipe.scheduler = base_scheduler
+            hook.remove()
+        main = fab.main_calls * rows
+        compute = RoundCompute(steps=fab.main_calls, main_image_evals=main,
+                               reference_image_evals=fab.unet_image_evals - main)
+        images = tuple(
+            RoundImage(image=image, index=i, origin=origin, steered_from=parent)
+            for i, (image, (origin, _, _), parent) in enumerate(
+                zip(pil_images, plan, self._parents(params, feedback), strict=True))
+        )
+        return FeedbackRound(images=images, compute=compute)
+
+    # ---- helpers ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _likes_newest_first(feedback: Feedback) -> list[FeedbackImage]:
+        return list(reversed(feedback.liked))
+
+    def _parents(self, params: RoundParams, feedback: Feedback) -> list[str | None]:
+        likes = self._likes_newest_first(feedback)
+        return [likes[i % len(likes)].image_id if likes else None for i in range(params.num_images)]
+
+    def _plan(
+        self, params: RoundParams, feedback: Feedback, shape: tuple[int, ...]
+    ) -> list[tuple[NoiseOrigin, torch.Tensor, torch.Generator]]:
+        """Per image: its noise origin, initial noise and the generator for the scheduler noise.
+
+        Without likes image i is plain noise of ``seed + i``; with likes it starts near the
+        (i mod likes)-th most recent liked image's noise, fresh part drawn from ``seed + i``.
+        """
+        likes = self._likes_newest_first(feedback)
+        plan = []
+        for i in range(params.num_images):
+            if likes:
+                origin = likes[i % len(likes)].origin.steered(params.seed + i, feedback.diversity)
+            else:
+                origin = NoiseOrigin(params.seed + i)
+            noise, generator = origin.draw(shape)
+            plan.append((origin, noise, generator))
+        return plan
+
+    def _encode(self, refs: Sequence[FeedbackImage], params: RoundParams) -> torch.Tensor | None:
+        """Clean latents of ``refs`` at this round's size, each image encoded once (LRU cache)."""
+        if not refs:
+            return None
+        missing = [r for r in refs if (r.image_id, params.width, params.height) not in self._latents]
+        if missing:
+            encoded = encode_images(self.pipe, [r.image for r in missing], height=params.height, width=params.width)
+            for ref, latent in zip(missing, encoded, strict=True):
+                self._latents[(ref.image_id, params.width, params.height)] = latent[None]
+        out = []
+        for ref in refs:
+            key = (ref.image_id, params.width, params.height)
+            self._latents.move_to_end(key)
+            out.append(self._latents[key])
+        while len(self._latents) > self.cache_size:
+            self._latents.popitem(last=False)
+        return torch.cat(out)
+
+    def _empty_prompt_embeds(self) -> torch.Tensor:
+        if self._empty_prompt is None:
+            with torch.inference_mode():
+                self._empty_prompt = self.pipe.encode_prompt("", self.pipe.device, 1, False)[0]
+        assert self._empty_prompt is not None
+        return self._empty_prompt
+
+
+def _check(params: RoundParams) -> None:
+    if params.num_images < 1:
+        raise InvalidArgument(f"num_images must be >= 1, got {params.num_images}", field="num_images")
+    if not 0 <= params.seed <= MAX_SEED - params.num_images + 1:
+        raise InvalidArgument(f"seed must be in 0-{MAX_SEED - params.num_images + 1} "
+                              f"(image i draws from seed + i), got {params.seed}", field="seed")
+    if params.scheduler not in SCHEDULERS:
+        raise InvalidArgument(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {params.scheduler!r}",
+                              field="scheduler")
+    if params.steps < 1:
+        raise InvalidArgument(f"steps must be >= 1, got {params.steps}", field="steps")
+    for name in ("width", "height"):
+        value = getattr(params, name)
+        if value < 8 or value % 8:
+            raise InvalidArgument(f"{name} must be a positive multiple of 8, got {value}", field=name)

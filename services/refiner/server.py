@@ -1,0 +1,75 @@
+"""RefinerService over gRPC: a thin servicer (proto <-> domain) and its bootstrap."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from grpc import aio
+
+from philip.logs import bind_ids
+from philip.rpc.server import RegisterFn
+from philip.settings import Settings
+from philip.v1 import refiner_pb2, refiner_pb2_grpc
+from services.generator.codec import params_from_pb
+from services.generator.requests import RequestResolver, load_styles
+from services.refiner import codec
+from services.refiner.service import Refiner
+
+SERVICE_NAME = refiner_pb2.DESCRIPTOR.services_by_name["RefinerService"].full_name
+
+
+class RefinerServicer(refiner_pb2_grpc.RefinerServiceServicer):
+    """Decode and validate -> run on the domain -> encode. Errors are mapped by the interceptor."""
+
+    def __init__(self, refiner: Refiner) -> None:
+        self.refiner = refiner
+
+    async def Refine(self, request: refiner_pb2.RefineRequest,
+                     context: aio.ServicerContext) -> AsyncIterator[refiner_pb2.RefineEvent]:
+        round_id = codec.round_id_from_pb(request.round_id)
+        with bind_ids(round_id=round_id):
+            job = self.refiner.job(params_from_pb(request.params), codec.feedback_from_pb(list(request.liked), "liked"),
+                                   codec.feedback_from_pb(list(request.disliked), "disliked"),
+                                   codec.weights_from_pb(request.weights), round_id)
+            events = self.refiner.refine(job)
+            try:
+                async for event in events:
+                    yield codec.event_to_pb(event, job.params.num_images)
+            finally:
+                await events.aclose()  # the client left or the deadline passed: stop within one step
+
+    async def Upscale(self, request: refiner_pb2.UpscaleRequest,
+                      context: aio.ServicerContext) -> AsyncIterator[refiner_pb2.UpscaleEvent]:
+        async for event in self.refiner.upscale(request.image.png, request.scale):
+            yield codec.upscale_event_to_pb(event)
+
+
+def open_refiner(settings: Settings) -> Refiner:
+    """The refiner domain for ``settings``: loads the model and the upscaler. Blocking."""
+    import torch
+
+    from philip.models.pipelines import SCHEDULERS, load_pipeline
+    from philip.models.upscaler import OnnxUpscaler
+    from philip.previews import PreviewEncoder
+    from services.refiner.rounds import RoundRunner
+    from services.refiner.upscale import Upscaler
+
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    pipe = load_pipeline(settings.model_dir, settings.device)
+    runner = RoundRunner(pipe, previews=PreviewEncoder.for_pipeline(pipe, settings.model_dir))
+    native = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+    resolver = RequestResolver(native_size=native, schedulers=tuple(SCHEDULERS),
+                               styles=load_styles(settings.styles_path))
+    upscaler = Upscaler(OnnxUpscaler(settings.upscaler_path, providers=settings.onnx_providers))
+    return Refiner(runner, upscaler, resolver, max_queue=settings.max_queue)
+
+
+def build(settings: Settings, *, refiner: Refiner | None = None) -> list[tuple[str, RegisterFn]]:
+    """Services for ``GrpcServer``; pass ``refiner`` to share one (and close it yourself)."""
+    servicer = RefinerServicer(refiner or open_refiner(settings))
+
+    def register(server: aio.Server) -> None:
+        refiner_pb2_grpc.add_RefinerServiceServicer_to_server(servicer, server)
+
+    return [(SERVICE_NAME, register)]

@@ -1,0 +1,142 @@
+"""The refiner's domain: feedback rounds and upscales, one round at a time per replica.
+
+A replica owns one pipeline (:class:`~services.refiner.rounds.RoundRunner`), so rounds queue on
+a lock; at most ``max_queue`` may wait, beyond that callers get RESOURCE_EXHAUSTED and retry on
+another replica. A round streams :class:`RoundStarted`, :class:`StepDone`, :class:`PreviewReady`
+and finally :class:`RoundDone`; closing the stream early (client gone, deadline) cancels the
+round within one denoising step. Upscales run the ONNX model beside rounds (another runtime).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from PIL import Image
+
+from philip.rpc.errors import InvalidArgument, ResourceExhausted
+from services.generator.requests import GenerationParams, RequestResolver
+from services.refiner.rounds import Feedback, FeedbackImage, FeedbackRound, RoundParams, RoundRunner
+from services.refiner.upscale import UpscaleEvent, Upscaler
+from services.refiner.weights import FeedbackWeights
+
+MAX_REFERENCES = 16  # liked (and disliked) images per round: each costs a reference pass per step
+
+
+@dataclass(frozen=True)
+class RefineJob:
+    """A validated round: batch parameters, all feedback so far, preview rate."""
+
+    params: RoundParams
+    feedback: Feedback
+    preview_every: int
+    round_id: str
+
+
+@dataclass(frozen=True)
+class RoundStarted:
+    pass
+
+
+@dataclass(frozen=True)
+class StepDone:
+    step: int
+    total_steps: int
+
+
+@dataclass(frozen=True)
+class PreviewReady:
+    step: int
+    images: tuple[Image.Image, ...]
+
+
+@dataclass(frozen=True)
+class RoundDone:
+    result: FeedbackRound
+
+
+RefineEvent = RoundStarted | StepDone | PreviewReady | RoundDone
+
+
+class Refiner:
+    """Validates requests (as the generator does) and runs them on one :class:`RoundRunner`."""
+
+    def __init__(self, runner: RoundRunner, upscaler: Upscaler | None, resolver: RequestResolver, *,
+                 max_queue: int = 8) -> None:
+        self.runner = runner
+        self.upscaler = upscaler
+        self.resolver = resolver
+        self.max_queue = max_queue
+        self._lock = asyncio.Lock()
+        self._waiting = 0
+
+    def close(self) -> None:
+        self.runner.close()
+
+    def job(self, params: GenerationParams, liked: Sequence[FeedbackImage], disliked: Sequence[FeedbackImage],
+            weights: dict[str, float], round_id: str = "") -> RefineJob:
+        """Resolve ``params`` with the generator's rules and check the feedback."""
+        request = self.resolver.resolve(params)
+        for name, refs in (("liked", liked), ("disliked", disliked)):
+            if len(refs) > MAX_REFERENCES:
+                raise InvalidArgument(f"{name} takes 0-{MAX_REFERENCES} images (the most recent), got {len(refs)}",
+                                      field=name)
+        fabric = {k: v for k, v in weights.items() if k != "diversity"}
+        try:
+            schedule = FeedbackWeights(**fabric)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"weights: {exc}", field="weights") from None
+        feedback = Feedback(liked=tuple(liked), disliked=tuple(disliked), weights=schedule,
+                            diversity=weights.get("diversity", 0.5))
+        round_params = RoundParams(
+            prompt=request.prompt, negative_prompt=request.negative_prompt, width=request.width,
+            height=request.height, steps=request.steps, guidance=request.guidance, scheduler=request.scheduler,
+            num_images=request.num_images, seed=request.seed,
+        )
+        return RefineJob(round_params, feedback, request.preview_every, round_id)
+
+    async def refine(self, job: RefineJob) -> AsyncGenerator[RefineEvent, None]:
+        """Wait for the pipeline, then stream the round; closing the iterator cancels it."""
+        if self._waiting >= self.max_queue:
+            raise ResourceExhausted(f"{self._waiting} rounds are waiting on this refiner (limit {self.max_queue}); "
+                                    "retry shortly or on another replica")
+        self._waiting += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            yield RoundStarted()
+            events: asyncio.Queue[RefineEvent] = asyncio.Queue()
+            task = asyncio.ensure_future(self.runner.refine(
+                job.params, job.feedback, preview_every=job.preview_every,
+                on_step=lambda step, total: events.put_nowait(StepDone(step, total)),
+                on_preview=lambda step, images: events.put_nowait(PreviewReady(step, tuple(images))),
+            ))
+            try:
+                while True:
+                    getter = asyncio.ensure_future(events.get())
+                    await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                    if not getter.done():
+                        getter.cancel()
+                        break
+                    yield getter.result()
+                while not events.empty():  # reported just before the result
+                    yield events.get_nowait()
+                result = await task
+            finally:
+                if not task.done():  # the caller went away: stop the round within one step
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+            yield RoundDone(result)
+        finally:
+            self._lock.release()
+
+    async def upscale(self, png: bytes, scale: int) -> AsyncIterator[UpscaleEvent]:
+        if self.upscaler is None:
+            raise InvalidArgument("this refiner has no upscaler configured (PHILIP_UPSCALER_PATH)", field="image")
+        async for event in self.upscaler.upscale(png, scale):
+            yield event

@@ -1,0 +1,281 @@
+"""Sessions end to end over real gRPC: client -> gateway -> generator + refiner, Redis, philip-tiny.
+
+One ``serve("all")`` for the module, exactly as ``philip serve all`` runs, on the shipped model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+from grpc import aio
+from PIL import Image
+from redis.asyncio import Redis
+
+from philip.settings import Settings
+from philip.store import RedisStore
+from philip.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, generator_pb2, refiner_pb2, refiner_pb2_grpc
+from services.app import serve
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL = REPO / "models" / "philip-tiny"
+UPSCALER = REPO / "models" / "philip-tiny-x4.onnx"
+REDIS_URL = "redis://127.0.0.1:6379/15"
+Event = gateway_pb2.SessionEvent
+Msg = gateway_pb2.SessionClientMessage
+
+
+class Deployment:
+    def __init__(self, addresses: dict[str, str]) -> None:
+        self.addresses = addresses
+        self.channel = aio.insecure_channel(addresses["gateway"])
+        self.stub = gateway_pb2_grpc.GatewayStub(self.channel)
+        self.refiner_channel = aio.insecure_channel(addresses["refiner"])
+        self.refiner = refiner_pb2_grpc.RefinerServiceStub(self.refiner_channel)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def deployment() -> AsyncIterator[Deployment]:
+    probe = RedisStore(REDIS_URL, socket_timeout=1.0, retries=0)
+    reachable = await probe.ping()
+    await probe.close()
+    if not reachable:
+        pytest.skip(f"Redis not reachable at {REDIS_URL}")
+    prefix = f"philip-test:{uuid.uuid4().hex}:"
+    store = RedisStore(REDIS_URL, prefix=prefix, socket_timeout=2.0)
+    settings = Settings(model_dir=str(MODEL), upscaler_path=str(UPSCALER), port=0, max_queue=4, max_batch=8,
+                        batch_window_ms=5, blob_ttl_s=300, grace_s=1.0, threads=1)
+    stop = asyncio.Event()
+    ready: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(serve("all", settings, store=store, stop=stop, on_ready=ready.set_result))
+    deployment = Deployment(await asyncio.wait_for(asyncio.shield(ready), 120))
+    try:
+        yield deployment
+    finally:
+        await deployment.channel.close()
+        await deployment.refiner_channel.close()
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        await store.close()
+        raw = Redis.from_url(REDIS_URL)
+        keys = [key async for key in raw.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await raw.delete(*keys)
+        await raw.aclose()
+
+
+def start(prompt: str = "a red circle on a blue background", **fields: Any) -> Msg:
+    params = common_pb2.GenerationParams(prompt=prompt, **{"num_images": 4, "steps": 6, "seed": 11,
+                                                           "preview_every": 3, **fields})
+    return Msg(start=gateway_pb2.SessionStart(params=params))
+
+
+async def read_until(call: Any, kind: str, *, round_number: int | None = None, timeout: float = 60.0) -> list[Event]:
+    """Events of a Session call up to and including the first ``kind`` (of ``round_number``)."""
+    seen: list[Event] = []
+
+    async def read() -> None:
+        while True:
+            event = await call.read()
+            assert event is not aio.EOF, f"stream ended before {kind}; saw {[e.WhichOneof('event') for e in seen]}"
+            seen.append(event)
+            if event.WhichOneof("event") == kind and (round_number is None or event.round == round_number):
+                return
+
+    await asyncio.wait_for(read(), timeout)
+    return seen
+
+
+def kinds(events: list[Event]) -> list[str]:
+    return [str(e.WhichOneof("event")) for e in events]
+
+
+async def test_a_whole_session_likes_dislikes_and_upscales(deployment: Deployment) -> None:
+    call = deployment.stub.Session()
+    await call.write(start())
+    first = await read_until(call, "round_images", round_number=1)
+    assert kinds(first)[:2] == ["snapshot", "round_started"]
+    assert {"progress", "preview"} <= set(kinds(first))
+    session_id = first[0].session_id
+    round1 = first[-1].round_images
+    assert len(round1.images) == 4 and round1.compute.reference_image_evals == 0
+    assert [i.image.seed for i in round1.images] == [11, 12, 13, 14]
+    for image in round1.images:
+        assert Image.open(io.BytesIO(image.image.png)).size == (64, 64)
+
+    liked, disliked = round1.images[0].image.id, round1.images[1].image.id
+    await call.write(Msg(feedback=gateway_pb2.SessionFeedback(liked_image_ids=[liked],
+                                                              disliked_image_ids=[disliked])))
+    second = await read_until(call, "round_images", round_number=2)
+    started = next(e.round_started for e in second if e.WhichOneof("event") == "round_started")
+    assert (started.liked, started.disliked) == (1, 1)
+    round2 = second[-1].round_images
+    assert len(round2.images) == 4
+    assert all(i.steered_from == liked for i in round2.images)  # noise steered from the liked image
+    assert round2.compute.reference_image_evals > 0  # FABRIC's reference passes ran
+    assert {i.image.id for i in round2.images}.isdisjoint({i.image.id for i in round1.images})
+
+    chosen = round2.images[2].image.id
+    await call.write(Msg(finalize=gateway_pb2.SessionFinalize(image_id=chosen)))
+    last = await read_until(call, "final")
+    assert "upscale_progress" in kinds(last)
+    final = last[-1].final
+    assert final.source_image_id == chosen and (final.image.width, final.image.height) == (256, 256)
+    assert Image.open(io.BytesIO(final.image.png)).size == (256, 256)
+    assert await call.read() is aio.EOF  # the session is over: the stream ends
+    await call.done_writing()
+
+    snap = await deployment.stub.GetSession(gateway_pb2.GetSessionRequest(session_id=session_id))
+    assert snap.phase == gateway_pb2.SESSION_PHASE_DONE
+    assert [r.round for r in snap.rounds] == [1, 2]
+    assert list(snap.liked_image_ids) == [liked] and list(snap.disliked_image_ids) == [disliked]
+    assert snap.chosen_image_id == chosen and snap.final.image.png == final.image.png
+
+    # A late subscriber gets the whole session replayed, final image included, then the end.
+    replay = [e.session async for e in deployment.stub.Subscribe(gateway_pb2.SubscribeRequest(session_id=session_id))]
+    assert [e.round for e in replay if e.WhichOneof("event") == "round_images"] == [1, 2]
+    assert replay[-1].WhichOneof("event") == "final" and replay[-1].final.image.png == final.image.png
+
+
+async def test_a_client_that_lost_its_connection_resumes(deployment: Deployment) -> None:
+    first = deployment.stub.Session()
+    await first.write(start(seed=21, num_images=2))
+    events = await read_until(first, "round_images", round_number=1)
+    session_id = events[0].session_id
+    first.cancel()  # the connection drops
+
+    second = deployment.stub.Session()
+    await second.write(Msg(resume=gateway_pb2.SessionResume(session_id=session_id)))
+    snapshot = (await read_until(second, "snapshot"))[0].snapshot
+    assert snapshot.phase == gateway_pb2.SESSION_PHASE_AWAITING_FEEDBACK
+    assert [i.image.id for i in snapshot.rounds[0].images] == [i.image.id for i in events[-1].round_images.images]
+    await second.write(Msg(feedback=gateway_pb2.SessionFeedback(
+        liked_image_ids=[snapshot.rounds[0].images[1].image.id])))
+    round2 = (await read_until(second, "round_images", round_number=2))[-1].round_images
+    assert len(round2.images) == 2
+    await second.write(Msg(cancel=gateway_pb2.SessionCancel()))
+    assert (await read_until(second, "cancelled"))[-1].cancelled.reason == "client"
+
+
+async def test_a_slow_subscriber_never_stalls_the_session(deployment: Deployment) -> None:
+    call = deployment.stub.Session()
+    await call.write(start(seed=31, steps=8, preview_every=1))
+    session_id = (await read_until(call, "snapshot"))[0].session_id
+    slow = deployment.stub.Subscribe(gateway_pb2.SubscribeRequest(session_id=session_id))
+    fast = deployment.stub.Subscribe(gateway_pb2.SubscribeRequest(session_id=session_id))
+    fast_events = [e.session async for e in _until_round(fast, 1)]  # `slow` reads nothing meanwhile
+    round1 = (await read_until(call, "round_images", round_number=1))[-1].round_images
+    assert fast_events[-1].round_images == round1
+    await call.write(Msg(cancel=gateway_pb2.SessionCancel()))
+    await read_until(call, "cancelled")
+    slow_events = [e.session async for e in slow]  # whatever was dropped, results and the end arrive
+    assert [e.round_images for e in slow_events if e.WhichOneof("event") == "round_images"] == [round1]
+    assert slow_events[-1].WhichOneof("event") == "cancelled"
+
+
+async def _until_round(stream: Any, number: int) -> AsyncIterator[gateway_pb2.SubscribeEvent]:
+    async for event in stream:
+        yield event
+        if event.session.WhichOneof("event") == "round_images" and event.session.round == number:
+            stream.cancel()
+            return
+
+
+async def test_cancel_frees_the_generator_within_a_step(deployment: Deployment) -> None:
+    call = deployment.stub.Session()
+    await call.write(start(seed=41, num_images=8, steps=100, preview_every=0))
+    await read_until(call, "progress")
+    t0 = time.monotonic()
+    await call.write(Msg(cancel=gateway_pb2.SessionCancel()))
+    events = await read_until(call, "cancelled", timeout=20)
+    cancelled_after = time.monotonic() - t0
+    assert sum(k == "round_images" for k in kinds(events)) == 0
+    # The generator is free: a fresh one-step job starts and finishes at once.
+    t1 = time.monotonic()
+    gen = deployment.stub.Generate()
+    await gen.write(generator_pb2.GenerateClientMessage(start=generator_pb2.GenerateStart(
+        params=common_pb2.GenerationParams(prompt="a circle", num_images=1, steps=1, seed=1))))
+    await gen.done_writing()
+    got = [e.WhichOneof("event") async for e in gen]
+    assert got[-1] == "result"
+    # A 100-step round of 8 images takes far longer; the cancel must land within a step or two.
+    assert cancelled_after < 5.0 and time.monotonic() - t1 < 5.0, (cancelled_after, time.monotonic() - t1)
+
+
+async def _session_error(deployment: Deployment, *messages: Msg) -> aio.AioRpcError:
+    call = deployment.stub.Session()
+    for message in messages:
+        await call.write(message)
+    with pytest.raises(aio.AioRpcError) as info:
+        async for _ in call:
+            pass
+    return info.value
+
+
+async def test_unknown_and_foreign_ids_are_refused_precisely(deployment: Deployment) -> None:
+    err = await _session_error(deployment, Msg(resume=gateway_pb2.SessionResume(session_id="ses_nope")))
+    assert err.code() == grpc.StatusCode.NOT_FOUND and "ses_nope" in (err.details() or "")
+    err = await _session_error(deployment, Msg(feedback=gateway_pb2.SessionFeedback()))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "start" in (err.details() or "")
+    err = await _session_error(deployment, start(prompt=""))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "prompt" in (err.details() or "")
+
+    with pytest.raises(aio.AioRpcError) as info:
+        await deployment.stub.GetSession(gateway_pb2.GetSessionRequest(session_id="ses_nope"))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(aio.AioRpcError) as info:
+        async for _ in deployment.stub.Subscribe(gateway_pb2.SubscribeRequest(job_id="job_nope")):
+            pass
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+    a = deployment.stub.Session()
+    await a.write(start(seed=51, num_images=1, steps=2))
+    foreign = (await read_until(a, "round_images"))[-1].round_images.images[0].image.id
+    b = deployment.stub.Session()
+    await b.write(start(seed=52, num_images=1, steps=2))
+    await read_until(b, "round_images")
+    await b.write(Msg(feedback=gateway_pb2.SessionFeedback(liked_image_ids=[foreign])))
+    err = await _read_error(b)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "another session" in (err.details() or "")
+    await a.write(Msg(feedback=gateway_pb2.SessionFeedback(liked_image_ids=["img_missing"])))
+    err = await _read_error(a)
+    assert err.code() == grpc.StatusCode.NOT_FOUND and "img_missing" in (err.details() or "")
+
+
+async def _read_error(call: Any) -> aio.AioRpcError:
+    with pytest.raises(aio.AioRpcError) as info:
+        while await asyncio.wait_for(call.read(), 30) is not aio.EOF:
+            pass
+    return info.value
+
+
+async def test_the_refiner_rejects_bad_references_and_scales(deployment: Deployment) -> None:
+    bad = refiner_pb2.FeedbackImage(image=common_pb2.Image(id="x", png=b"\xff\xd8\xff not a png"))
+    request = refiner_pb2.RefineRequest(params=common_pb2.GenerationParams(prompt="a circle", steps=2),
+                                        liked=[bad])
+    with pytest.raises(aio.AioRpcError) as info:
+        async for _ in deployment.refiner.Refine(request):
+            pass
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "liked[0]" in (info.value.details() or "") and "JPEG" in (info.value.details() or "")
+
+    png = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(png, format="PNG")
+    with pytest.raises(aio.AioRpcError) as info:
+        async for _ in deployment.refiner.Upscale(refiner_pb2.UpscaleRequest(
+                image=common_pb2.Image(png=png.getvalue()), scale=2)):
+            pass
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "x4" in (info.value.details() or "")
+    events = [e async for e in deployment.refiner.Upscale(refiner_pb2.UpscaleRequest(
+        image=common_pb2.Image(png=png.getvalue())))]
+    assert (events[-1].image.width, events[-1].image.height) == (64, 64)

@@ -1,0 +1,283 @@
+"""The session domain without sockets: a scripted upstream, the real stores (memory and Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import uuid
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+from PIL import Image
+
+from philip.rpc.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from philip.store import MemoryStore, RedisStore, Store
+from philip.v1 import gateway_pb2
+from services.gateway import codec
+from services.gateway.session_events import (
+    Compute,
+    NoiseTrace,
+    Phase,
+    Picture,
+    PreviewPictures,
+    RoundEvent,
+    RoundOutput,
+    SessionImage,
+    StepProgress,
+    TileProgress,
+    UpscaleEvent,
+)
+from services.gateway.sessions import SessionManager
+from services.generator.requests import GenerationParams
+
+REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+def _png(color: tuple[int, int, int], size: int = 8) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class ScriptedUpstream:
+    """Records what it was asked; rounds wait on ``gate`` when set (to hold a round 'running')."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[str], list[str], int | None]] = []
+        self.gate: asyncio.Event | None = None
+        self.fail_next: Exception | None = None
+        self.cancelled = 0
+
+    async def _round(self, kind: str, params: GenerationParams, round_id: str, liked: Sequence[SessionImage],
+                     disliked: Sequence[SessionImage]) -> AsyncIterator[RoundEvent]:
+        self.calls.append((kind, [i.image_id for i in liked], [i.image_id for i in disliked], params.seed))
+        if self.fail_next is not None:
+            exc, self.fail_next = self.fail_next, None
+            raise exc
+        n = params.num_images or 4
+        try:
+            yield StepProgress(1, 2)
+            if self.gate is not None:
+                await self.gate.wait()
+            yield PreviewPictures(1, tuple(Picture(_png((9, 9, 9)), 8, 8) for _ in range(n)))
+            yield StepProgress(2, 2)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        seed = params.seed or 0
+        images = tuple(SessionImage(f"{round_id}-{i}", 0, i, seed + i, Picture(_png((i * 40, 0, 0)), 8, 8),
+                                    NoiseTrace(seed + i)) for i in range(n))
+        yield RoundOutput(images, Compute(2, 2 * n * 2))
+
+    def plain_round(self, params: GenerationParams, round_id: str) -> AsyncIterator[RoundEvent]:
+        return self._round("plain", params, round_id, (), ())
+
+    def feedback_round(self, params: GenerationParams, round_id: str, liked: Sequence[SessionImage],
+                       disliked: Sequence[SessionImage], weights: dict[str, float]) -> AsyncIterator[RoundEvent]:
+        return self._round("feedback", params, round_id, liked, disliked)
+
+    async def upscale(self, picture: Picture, scale: int) -> AsyncIterator[UpscaleEvent]:
+        yield TileProgress(1, 1)
+        yield Picture(_png((1, 2, 3), picture.width * 4), picture.width * 4, picture.height * 4)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    if request.param == "memory":
+        mem = MemoryStore()
+        yield mem
+        await mem.close()
+        return
+    redis = RedisStore(REDIS_URL, prefix=f"philip-test:{uuid.uuid4().hex}:", socket_timeout=2.0)
+    if not await redis.ping():
+        pytest.skip("Redis not reachable")
+    yield redis
+    await redis.close()
+
+
+@pytest.fixture
+def upstream() -> ScriptedUpstream:
+    return ScriptedUpstream()
+
+
+@pytest.fixture
+async def manager(store: Store, upstream: ScriptedUpstream) -> AsyncIterator[SessionManager]:
+    m = SessionManager(store, upstream, encode_event=codec.encode_event, ttl_s=600)
+    yield m
+    await m.close()
+
+
+async def _events_until(manager: SessionManager, session_id: str, kind: str, after: str = "0-0",
+                        timeout: float = 5.0) -> list[gateway_pb2.SessionEvent]:
+    seen = []
+
+    async def read() -> None:
+        async for payload in manager.follow(session_id, after):
+            event = gateway_pb2.SessionEvent.FromString(payload)
+            seen.append(event)
+            if event.WhichOneof("event") == kind:
+                return
+
+    await asyncio.wait_for(read(), timeout)
+    return seen
+
+
+async def _round_done(manager: SessionManager, session_id: str, number: int) -> gateway_pb2.RoundImages:
+    events = await _events_until_round(manager, session_id, number)
+    return events[-1].round_images
+
+
+async def _events_until_round(manager: SessionManager, session_id: str, number: int) -> list[gateway_pb2.SessionEvent]:
+    seen: list[gateway_pb2.SessionEvent] = []
+
+    async def read() -> None:
+        async for payload in manager.follow(session_id):
+            event = gateway_pb2.SessionEvent.FromString(payload)
+            seen.append(event)
+            if event.WhichOneof("event") == "round_images" and event.round == number:
+                return
+
+    await asyncio.wait_for(read(), 5.0)
+    return seen
+
+
+async def test_a_whole_session_keeps_everything_in_the_store(manager: SessionManager,
+                                                             upstream: ScriptedUpstream) -> None:
+    sid = await manager.start(GenerationParams(prompt="a circle", num_images=3, seed=100), {})
+    first = await _round_done(manager, sid, 1)
+    assert [i.image.seed for i in first.images] == [100, 101, 102]
+    liked, disliked = first.images[0].image.id, first.images[2].image.id
+    assert await manager.feedback(sid, [liked], [disliked]) == 2
+    second = await _round_done(manager, sid, 2)
+    # Round 2 goes to the refiner with the feedback, and draws from the next seed block.
+    assert upstream.calls[1] == ("feedback", [liked], [disliked], 1100)
+    await manager.finalize(sid, second.images[1].image.id, 0)
+    events = await _events_until(manager, sid, "final")
+    assert events[-1].final.image.width == 32 and events[-1].final.source_image_id == second.images[1].image.id
+    view = await manager.snapshot(sid)
+    assert view.phase is Phase.DONE and [r.round for r in view.rounds] == [1, 2]
+    assert view.liked == (liked,) and view.disliked == (disliked,) and view.chosen == second.images[1].image.id
+    assert view.final is not None and Image.open(io.BytesIO(view.final.picture.png)).size == (32, 32)
+
+
+async def test_events_arrive_in_order_with_previews_before_images(manager: SessionManager) -> None:
+    sid = await manager.start(GenerationParams(prompt="a shape", num_images=2, seed=1), {})
+    kinds = [e.WhichOneof("event") for e in await _events_until_round(manager, sid, 1)]
+    assert kinds == ["round_started", "progress", "preview", "progress", "round_images"]
+
+
+async def test_feedback_accumulates_and_a_like_overrides_an_earlier_dislike(manager: SessionManager,
+                                                                            upstream: ScriptedUpstream) -> None:
+    sid = await manager.start(GenerationParams(prompt="a shape", num_images=2, seed=5), {})
+    r1 = await _round_done(manager, sid, 1)
+    a, b = r1.images[0].image.id, r1.images[1].image.id
+    await manager.feedback(sid, [], [a])
+    await _round_done(manager, sid, 2)
+    await manager.feedback(sid, [a, b], [])
+    await _round_done(manager, sid, 3)
+    assert upstream.calls[2][1:3] == ([a, b], [])
+
+
+async def test_a_reroll_without_any_feedback_stays_a_plain_round(manager: SessionManager,
+                                                                 upstream: ScriptedUpstream) -> None:
+    sid = await manager.start(GenerationParams(prompt="a shape", num_images=1, seed=5), {})
+    await _round_done(manager, sid, 1)
+    await manager.feedback(sid, [], [])
+    await _round_done(manager, sid, 2)
+    assert [c[0] for c in upstream.calls] == ["plain", "plain"]
+
+
+async def test_bad_feedback_is_refused_precisely(manager: SessionManager, store: Store) -> None:
+    sid = await manager.start(GenerationParams(prompt="a shape", num_images=2, seed=5), {})
+    other = await manager.start(GenerationParams(prompt="a shape", num_images=2, seed=6), {})
+    r1 = await _round_done(manager, sid, 1)
+    foreign = (await _round_done(manager, other, 1)).images[0].image.id
+    with pytest.raises(NotFound, match="no image 'nope'"):
+        await manager.feedback(sid, ["nope"], [])
+    with pytest.raises(InvalidArgument, match="belongs to another session"):
+        await manager.feedback(sid, [foreign], [])
+    with pytest.raises(InvalidArgument, match="both liked and disliked"):
+        await manager.feedback(sid, [r1.images[0].image.id], [r1.images[0].image.id])
+    with pytest.raises(InvalidArgument, match="0-8 ids"):
+        await manager.feedback(sid, [r1.images[0].image.id] * 9, [])
+    with pytest.raises(NotFound, match="no session"):
+        await manager.feedback("ses_unknown", [], [])
+    with pytest.raises(InvalidArgument, match="prompt is required"):
+        await manager.start(GenerationParams(prompt="  "), {})
+    with pytest.raises(InvalidArgument, match="diversity"):
+        await manager.start(GenerationParams(prompt="a"), {"diversity": 1.5})
+    with pytest.raises(InvalidArgument, match="start"):
+        await manager.start(GenerationParams(prompt="a"), {"start": 0.9, "end": 0.1})
+    # Nothing was changed by the refused messages.
+    assert (await manager.snapshot(sid)).liked == ()
+
+
+async def test_one_round_at_a_time(manager: SessionManager, upstream: ScriptedUpstream) -> None:
+    upstream.gate = asyncio.Event()
+    sid = await manager.start(GenerationParams(prompt="a shape", num_images=1, seed=5), {})
+    with pytest.raises(FailedPrecondition, match="round 1 is running"):
+        await manager.feedback(sid, [], [])
+    upstream.gate.set()
+    await _round_done(manager, sid, 1)
+
+
+async def test_cancel_stops_the_running_round_and_ends_the_session(manager: SessionManager,
+                                                                   upstream: ScriptedUpstream) -> None:
+    upstream.gate = asyncio.Event()
+    sid = await manager.start(GenerationParams(prompt="a shape", num_images=1, seed=5), {})
+    await _events_until(manager, sid, "progress")
+    await manager.cancel(sid)
+    assert upstream.cancelled == 1
+    events = await _events_until(manager, sid, "cancelled")
+    assert events[-1].cancelled.reason == "client"
+    assert (await manager.snapshot(sid)).phase is Phase.CANCELLED
+    with pytest.raises(FailedPrecondition, match="has ended"):
+        await manager.feedback(sid, [], [])
+    await manager.cancel(sid)  # idempotent
+
+
+async def test_a_failed_round_leaves_the_session_usable(manager: SessionManager, upstream: ScriptedUpstream) -> None:
+    upstream.fail_next = InvalidArgument("steps must be 1-100", field="steps")
+    sid = await manager.start(GenerationParams(prompt="a shape", num_images=1, seed=5), {})
+    events = await _events_until(manager, sid, "error")
+    assert events[-1].error.code == "INVALID_ARGUMENT" and events[-1].round == 1
+    assert (await manager.snapshot(sid)).phase is Phase.AWAITING_FEEDBACK
+    assert await manager.feedback(sid, [], []) == 1  # a failed round is run again under its number
+    await _round_done(manager, sid, 1)
+    assert [c[3] for c in upstream.calls] == [5, 5]  # with its seed
+
+
+async def test_an_unavailable_replica_is_retried_once(manager: SessionManager, upstream: ScriptedUpstream) -> None:
+    upstream.fail_next = Unavailable("generator: connection refused")
+    sid = await manager.start(GenerationParams(prompt="a shape", num_images=1, seed=5), {})
+    await _round_done(manager, sid, 1)
+    assert len(upstream.calls) == 2
+
+
+async def test_snapshot_then_follow_misses_nothing(manager: SessionManager, upstream: ScriptedUpstream) -> None:
+    """What a resuming client does: the snapshot, then the events after the entry it reflects."""
+    upstream.gate = asyncio.Event()
+    sid = await manager.start(GenerationParams(prompt="a shape", num_images=2, seed=5), {})
+    await _events_until(manager, sid, "progress")
+    view = await manager.snapshot(sid)
+    assert view.phase is Phase.GENERATING and view.running_round == 1 and view.rounds == ()
+    upstream.gate.set()
+    rest = await _events_until(manager, sid, "round_images", after=view.event_id)
+    assert rest[0].WhichOneof("event") != "round_started"  # already reflected in the snapshot
+    assert len(rest[-1].round_images.images) == 2
+
+
+async def test_an_orphaned_round_is_failed_on_resume(store: Store, upstream: ScriptedUpstream) -> None:
+    """A round whose gateway died (no task, no heartbeat) is reported failed, not left running."""
+    upstream.gate = asyncio.Event()
+    dead = SessionManager(store, upstream, encode_event=codec.encode_event, ttl_s=600)
+    sid = await dead.start(GenerationParams(prompt="a shape", num_images=1, seed=5), {})
+    await _events_until(dead, sid, "progress")
+    for task in list(dead._tasks.values()):
+        task.cancel()  # the process is gone: nothing updates the store any more
+    await asyncio.sleep(0.05)
+    alive = SessionManager(store, upstream, encode_event=codec.encode_event, ttl_s=600, stale_after_s=0.0)
+    view = await alive.snapshot(sid)
+    assert view.phase is Phase.AWAITING_FEEDBACK
+    events = await _events_until(alive, sid, "error")
+    assert events[-1].error.code == "UNAVAILABLE"

@@ -1,0 +1,55 @@
+"""The CLI end to end: `philip serve all` in its own process, `philip generate` against it."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+PHILIP = [sys.executable, "-m", "philip.cli"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_serve_generate_and_graceful_stop(tmp_path: Path) -> None:
+    port = _free_port()
+    env = {**os.environ, "PHILIP_LOG_FORMAT": "json", "PHILIP_THREADS": "2"}
+    env.pop("PHILIP_REDIS_URL", None)  # the embedded default: in-process store
+    server = subprocess.Popen([*PHILIP, "serve", "all", "--port", str(port)], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        health = subprocess.run([*PHILIP, "health", "--gateway", f"127.0.0.1:{port}", "--wait", "120"],
+                                cwd=ROOT, env=env, capture_output=True, text=True)
+        assert health.stdout.strip() == "SERVING", health
+        out = tmp_path / "out"
+        gen = subprocess.run(
+            [*PHILIP, "generate", "a green square on a white background", "-n", "3", "--seed", "11",
+             "--out", str(out), "--gateway", f"127.0.0.1:{port}"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        )
+        assert gen.returncode == 0, gen.stderr
+        pngs = sorted(out.glob("*_seed*.png"))
+        assert [p.name.split("_seed")[1] for p in pngs] == ["11.png", "12.png", "13.png"]
+        assert all(Image.open(p).size == (64, 64) for p in pngs)
+        assert len(list(out.glob("*_sheet.png"))) == 1
+        bad = subprocess.run([*PHILIP, "generate", "x", "-n", "9", "--gateway", f"127.0.0.1:{port}"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and "INVALID_ARGUMENT" in bad.stderr and "num_images" in bad.stderr
+    finally:
+        t0 = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        logs, _ = server.communicate(timeout=60)
+    assert server.returncode == 0, logs[-2000:]
+    assert time.monotonic() - t0 < 30
+    assert '"event": "app.stopping"' in logs
