@@ -40,10 +40,12 @@ demo: install
 eval: install
 	.venv/bin/philip eval model --json
 	.venv/bin/philip eval upscaler --json
+	.venv/bin/philip eval feedback --json
 
 bench: install
 	.venv/bin/philip bench model --json
 	.venv/bin/philip bench generate --json
+	.venv/bin/philip bench refine --json
 
 train-tiny: install
 	.venv/bin/philip train-tiny

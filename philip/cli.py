@@ -36,7 +36,7 @@ def _threads(threads: int | None) -> None:
 
 @app.command("serve")
 def serve_cmd(
-    role: str = typer.Argument("all", help="generator | gateway | all (every service in one process)."),
+    role: str = typer.Argument("all", help="generator | refiner | gateway | all (every service in one process)."),
     port: int | None = typer.Option(None, help="Port to listen on (PHILIP_PORT, default 50051)."),
     host: str | None = typer.Option(None, help="Address to bind (PHILIP_HOST, default 127.0.0.1)."),
     redis_url: str | None = typer.Option(None, help="Redis URL (PHILIP_REDIS_URL); absent = in-process store."),
@@ -149,6 +149,67 @@ def generate_cmd(
         raise typer.Exit(2) from None
 
 
+@app.command("session")
+def session_cmd(
+    prompt: str = typer.Argument(..., help="What to draw."),
+    gateway: str = typer.Option("127.0.0.1:50051", help="Gateway address host:port."),
+    n: int = typer.Option(4, "-n", "--num-images", help="Images per round (1-8)."),
+    steps: int = typer.Option(8, help="Denoising steps."),
+    guidance: float = typer.Option(5.0, help="Classifier-free guidance (> 1 for dislikes to matter)."),
+    seed: int | None = typer.Option(None, help="Base seed (round r, image i: seed + (r-1)*1000 + i)."),
+    negative: str = typer.Option("", help="Negative prompt."),
+    like: list[str] = typer.Option([], help="Per round, image numbers to like, e.g. 1,3 (repeat per round)."),
+    dislike: list[str] = typer.Option([], help="Per round, image numbers to dislike, e.g. 2 (repeat per round)."),
+    rounds: int | None = typer.Option(None, help="Stop after this round and finalize (scripted use)."),
+    finalize: str = typer.Option("best", help="Image of the last round to upscale: best | N."),
+    scale: int = typer.Option(0, help="Upscale factor; 0 = the upscaler's own (x4)."),
+    out: Path = typer.Option(Path("out/session"), help="Folder for contact sheets and the final image."),
+    timeout: float = typer.Option(1800.0, help="Deadline for the whole session, seconds."),
+) -> None:
+    """Human in the loop: rounds as numbered contact sheets, like/dislike, then upscale the chosen one."""
+    import asyncio
+    import sys
+
+    import grpc
+
+    from philip.clients.generate import gateway_channel
+    from philip.clients.session import SessionClient, SessionError
+    from philip.clients.session_cli import run_session
+    from philip.v1 import common_pb2, gateway_pb2_grpc
+
+    params = common_pb2.GenerationParams(prompt=prompt, negative_prompt=negative, num_images=n, steps=steps,
+                                         guidance=guidance)
+    if seed is not None:
+        params.seed = seed
+    interactive = rounds is None and sys.stdin.isatty()
+
+    async def run() -> None:
+        async with gateway_channel(gateway) as channel:
+            session = await SessionClient.start(gateway_pb2_grpc.GatewayStub(channel), params, timeout_s=timeout)
+            console.print(f"session {session.session_id}")
+            try:
+                final = await run_session(
+                    session, out_dir=out, rounds=rounds if rounds is not None else (None if interactive else 1),
+                    likes=like, dislikes=dislike, finalize=finalize, scale=scale,
+                    ask=(lambda q: console.input(f"{q}\n> ")) if interactive else None, say=console.print)
+            finally:
+                await session.close()
+            if final is not None:
+                console.print(f"[green]final image[/green] {final}")
+
+    try:
+        asyncio.run(run())
+    except ValueError as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(2) from None
+    except SessionError as err:
+        console.print(f"[red]{err.code}[/red]: {err.message}")
+        raise typer.Exit(1) from None
+    except grpc.aio.AioRpcError as err:
+        console.print(f"[red]{err.code().name}[/red]: {err.details()}")
+        raise typer.Exit(2) from None
+
+
 @app.command("train-tiny")
 def train_tiny_cmd(
     out_dir: Path = typer.Option(Path("models/philip-tiny"), help="Where the diffusers folder is written."),
@@ -206,6 +267,40 @@ def eval_model_cmd(
           as_json)
 
 
+@eval_app.command("feedback")
+def eval_feedback_cmd(
+    trials: int = typer.Option(30, help="Trials (a hidden target and an underspecified prompt each)."),
+    rounds: int = typer.Option(3, help="Rounds per trial for the match rates."),
+    num_images: int = typer.Option(4, help="Images per round."),
+    steps: int = typer.Option(8, help="Denoising steps."),
+    guidance: float = typer.Option(5.0, help="Classifier-free guidance."),
+    cap: int = typer.Option(200, help="Image cap for images-to-first-match (both methods)."),
+    seed: int = typer.Option(0, help="Seed of the trial draws."),
+    gateway: str | None = typer.Option(None, help="Gateway host:port; absent = in-process services (serve all)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object last."),
+) -> None:
+    """FABRIC's protocol with a simulated user: feedback rounds vs no feedback vs blind re-rolling."""
+    import asyncio
+
+    from rich.progress import Progress
+
+    from philip.evals.feedback import FeedbackConfig, evaluate_feedback
+    from philip.logs import configure_logging
+
+    configure_logging("console", "warning")  # the in-process services' logs would drown the progress
+    cfg = FeedbackConfig(trials=trials, rounds=rounds, num_images=num_images, steps=steps, guidance=guidance,
+                         cap=cap, seed=seed)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("trials", total=trials)
+
+        def on_trial(t, r):  # type: ignore[no-untyped-def]
+            progress.update(task, advance=1, description=f"trial {t + 1}: {r.prompt!r} fb {r.feedback_images_to_match}"
+                            f" / reroll {r.reroll_images_to_match} images")
+
+        result = asyncio.run(evaluate_feedback(cfg, gateway, on_trial=on_trial))
+    _emit(result, as_json)
+
+
 @eval_app.command("upscaler")
 def eval_upscaler_cmd(
     path: Path = typer.Option(Path("models/philip-tiny-x4.onnx"), help="ONNX super-resolution model."),
@@ -251,6 +346,27 @@ def bench_generate_cmd(
     result = run_generate_bench(cfg, log=lambda msg: console.print(f"[dim]{msg}[/dim]"))
     render_table(result, console)
     _emit(result, as_json)
+
+
+@bench_app.command("refine")
+def bench_refine_cmd(
+    model_dir: Path = typer.Option(Path("models/philip-tiny"), help="Diffusers model folder."),
+    upscaler: Path = typer.Option(Path("models/philip-tiny-x4.onnx"), help="ONNX x4 model."),
+    images: int = typer.Option(4, help="Images per round."),
+    steps: int = typer.Option(8, help="Denoising steps."),
+    liked: int = typer.Option(1, help="Liked references of the FABRIC round."),
+    disliked: int = typer.Option(1, help="Disliked references of the FABRIC round."),
+    repeats: int = typer.Option(5, help="Timed runs after a warm-up; medians reported."),
+    threads: int | None = typer.Option(None, help="Torch threads."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object last."),
+) -> None:
+    """A FABRIC round vs a plain round (fabric_ratio, goal <= 2.0) and the x4 upscale time."""
+    from philip.bench.refine import RefineBenchConfig, run_refine_bench
+
+    _threads(threads)
+    cfg = RefineBenchConfig(model_dir=model_dir, upscaler_path=upscaler, images=images, steps=steps, liked=liked,
+                            disliked=disliked, repeats=repeats)
+    _emit(run_refine_bench(cfg), as_json)
 
 
 if __name__ == "__main__":

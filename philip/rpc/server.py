@@ -37,7 +37,7 @@ def server_options(max_message_mb: int, *, max_connection_age_ms: int | None = N
         ("grpc.keepalive_permit_without_calls", 1),
         # Clients ping every 30 s even when idle; without this the server's default
         # (5 min) would answer those pings with GOAWAY "too_many_pings".
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         # grpc sets SO_REUSEPORT by default, which lets a second server silently share a
         # busy port; we would rather fail loudly on a port clash.
         ("grpc.so_reuseport", 0),

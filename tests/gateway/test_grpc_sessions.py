@@ -279,3 +279,40 @@ async def test_the_refiner_rejects_bad_references_and_scales(deployment: Deploym
     events = [e async for e in deployment.refiner.Upscale(refiner_pb2.UpscaleRequest(
         image=common_pb2.Image(png=png.getvalue())))]
     assert (events[-1].image.width, events[-1].image.height) == (64, 64)
+
+
+async def test_a_scripted_cli_session_runs_two_feedback_rounds(deployment: Deployment, tmp_path: Path) -> None:
+    """What `philip session PROMPT --like 1 --dislike 2 --like 2 --dislike 4 --rounds 3` does."""
+    from philip.clients.session import SessionClient
+    from philip.clients.session_cli import run_session
+
+    said: list[str] = []
+    session = await SessionClient.start(deployment.stub, start(seed=61).start.params)
+    final = await run_session(session, out_dir=tmp_path, rounds=3, likes=["1", "2"], dislikes=["2", "4"],
+                              finalize="best", scale=0, ask=None, say=said.append)
+    await session.close()
+    assert final is not None and Image.open(final).size == (256, 256)
+    assert [r.number for r in session.rounds] == [1, 2, 3]
+    assert [sum(1 for i in r.images if i.steered_from) for r in session.rounds] == [0, 4, 4]
+    assert session.rounds[2].compute.reference_image_evals > session.rounds[1].compute.reference_image_evals
+    assert sorted(p.name for p in tmp_path.glob("*_round*.png")) == [
+        f"{session.session_id}_round{r}.png" for r in (1, 2, 3)]
+    snap = await deployment.stub.GetSession(gateway_pb2.GetSessionRequest(session_id=session.session_id))
+    ids = [[i.image.id for i in r.images] for r in snap.rounds]
+    assert list(snap.liked_image_ids) == [ids[0][0], ids[1][1]]
+    assert list(snap.disliked_image_ids) == [ids[0][1], ids[1][3]]
+    assert snap.chosen_image_id == ids[2][0]  # best: nothing liked in the last round, so image 1
+
+
+async def test_the_feedback_evaluation_runs_its_protocol(deployment: Deployment) -> None:
+    from philip.evals.feedback import FeedbackConfig, run_trials, summarize
+
+    cfg = FeedbackConfig(trials=2, rounds=2, cap=8, steps=4, seed=3)
+    results = await run_trials(deployment.stub, cfg)
+    out = summarize(results, cfg, 1.0)
+    assert out["trials"] == 2 and len(out["match_rate_by_round"]) == 2
+    for r in results:
+        assert 1 <= r.feedback_images_to_match <= 9 and 1 <= r.reroll_images_to_match <= 9
+        assert r.feedback_compute > 0 and r.reroll_compute > 0
+    assert list(out)[-6:] == ["match_rate_by_round", "baseline_match_rate", "images_to_first_match_feedback",
+                              "images_to_first_match_reroll", "compute_ratio", "trials"]
