@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: start every service in one process on the embedded defaults (in-process store,
-# models/philip-tiny), generate one batch through the gateway, stop the server cleanly.
+# models/philip-tiny), generate one batch, run a scripted 3-round session (like/dislike, upscale
+# the choice) through the gateway, stop the server cleanly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,7 +29,11 @@ if ! .venv/bin/philip health --gateway "127.0.0.1:$PORT" --wait 180 > /dev/null;
 fi
 
 .venv/bin/philip generate "$PROMPT" -n 4 --seed 7 --out "$OUT" --gateway "127.0.0.1:$PORT"
+echo
+echo "a scripted session: round 1, like 1 / dislike 2, round 2, like 1, round 3, upscale the best"
+.venv/bin/philip session "${PHILIP_DEMO_SESSION_PROMPT:-a circle}" --seed 7 --rounds 3 \
+  --like 1 --dislike 2 --like 1 --finalize best --out "$OUT" --gateway "127.0.0.1:$PORT"
 stop_server
 trap - EXIT
 echo
-echo "demo done: images and contact sheet are in $OUT/"
+echo "demo done: images, contact sheets and the final x4 image are in $OUT/"
