@@ -30,17 +30,7 @@ _PHASES = {
     Phase.DONE: gateway_pb2.SESSION_PHASE_DONE,
     Phase.CANCELLED: gateway_pb2.SESSION_PHASE_CANCELLED,
 }
-_WEIGHT_FIELDS = ("start", "end", "min_weight", "max_weight", "neg_scale", "diversity")
 _DROPPABLE = frozenset({"preview", "progress", "upscale_progress"})
-
-
-def weights_from_pb(pb: refiner_pb2.FeedbackWeights) -> dict[str, float]:
-    """Only the fields the client set; the rest take the refiner's defaults."""
-    return {name: float(getattr(pb, name)) for name in _WEIGHT_FIELDS if pb.HasField(name)}  # type: ignore[arg-type]
-
-
-def weights_to_pb(weights: dict[str, float]) -> refiner_pb2.FeedbackWeights:
-    return refiner_pb2.FeedbackWeights(**{k: v for k, v in weights.items() if k in _WEIGHT_FIELDS})
 
 
 def trace_to_pb(trace: NoiseTrace) -> refiner_pb2.NoiseOrigin:

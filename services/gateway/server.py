@@ -27,6 +27,7 @@ from services.gateway.fanout import buffered
 from services.gateway.sessions import SessionManager
 from services.gateway.upstream import GrpcUpstream, metadata
 from services.generator.codec import error_from_code, params_from_pb
+from services.refiner.weights import weights_from_pb
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 GENERATOR_SERVICE = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"].full_name
@@ -78,7 +79,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         mine: set[int] = set()  # rounds this connection asked for (0: its finalize)
         if first is not None and kind == "start":
             session_id = await self.sessions.start(params_from_pb(first.start.params),
-                                                   codec.weights_from_pb(first.start.weights))
+                                                   weights_from_pb(first.start.weights))
             mine.add(1)
         elif first is not None and kind == "resume":
             session_id = first.resume.session_id

@@ -57,7 +57,7 @@ from services.gateway.session_events import (
 )
 from services.generator.jobs import JOB_KIND, job_stream
 from services.generator.requests import MAX_PROMPT_CHARS, MAX_SEED, GenerationParams
-from services.refiner.weights import FeedbackWeights
+from services.refiner.weights import parse_weights
 
 log = get_logger("services.gateway.sessions")
 
@@ -89,15 +89,8 @@ class Upstream(Protocol):
 
 
 def check_weights(weights: dict[str, float]) -> dict[str, float]:
-    """FABRIC schedule fields (start, end, min_weight, max_weight, neg_scale) and diversity, checked."""
-    fabric = {k: v for k, v in weights.items() if k != "diversity"}
-    try:
-        FeedbackWeights(**fabric)  # type: ignore[arg-type]
-    except (TypeError, ValueError) as exc:
-        raise InvalidArgument(f"weights: {exc}", field="weights") from None
-    diversity = weights.get("diversity", 0.5)
-    if not 0.0 <= diversity <= 1.0:
-        raise InvalidArgument(f"weights.diversity must be in [0, 1], got {diversity}", field="weights.diversity")
+    """The weights a client set, checked now so a bad one fails the start, not round 2."""
+    parse_weights(weights)
     return dict(weights)
 
 

@@ -16,7 +16,7 @@ from grpc import aio
 from philip.rpc.errors import Cancelled, PhilipError
 from philip.rpc.interceptor import REQUEST_ID_KEY
 from philip.v1 import common_pb2, generator_pb2, generator_pb2_grpc, refiner_pb2, refiner_pb2_grpc
-from services.gateway.codec import image_from_pb, picture_to_pb, trace_to_pb, weights_to_pb
+from services.gateway.codec import image_from_pb, picture_to_pb, trace_to_pb
 from services.gateway.session_events import (
     Compute,
     NoiseTrace,
@@ -31,6 +31,7 @@ from services.gateway.session_events import (
 )
 from services.generator.codec import error_from_code, params_to_pb
 from services.generator.requests import DEFAULT_GUIDANCE, DEFAULT_STEPS, GenerationParams
+from services.refiner.weights import weights_to_pb
 
 
 def metadata() -> tuple[tuple[str, str], ...]:

@@ -13,14 +13,8 @@ from services.refiner.rounds import MAX_SEED, FeedbackImage, FeedbackRound, Nois
 from services.refiner.service import PreviewReady, RefineEvent, RoundDone, RoundStarted, StepDone
 from services.refiner.upscale import UpscaledImage, UpscaleEvent, UpscaleProgress, decode_png
 
-_WEIGHT_FIELDS = ("start", "end", "min_weight", "max_weight", "neg_scale", "diversity")
 MAX_ROUND_ID_CHARS = 128
 MAX_FEEDBACK_PIXELS = 1024 * 1024  # references are low-res round images
-
-
-def weights_from_pb(pb: refiner_pb2.FeedbackWeights) -> dict[str, float]:
-    """Only the fields the client set; the rest take the defaults."""
-    return {name: float(getattr(pb, name)) for name in _WEIGHT_FIELDS if pb.HasField(name)}  # type: ignore[arg-type]
 
 
 def origin_from_pb(pb: refiner_pb2.NoiseOrigin, field: str) -> NoiseOrigin:

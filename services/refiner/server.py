@@ -14,6 +14,7 @@ from services.generator.codec import params_from_pb
 from services.generator.requests import RequestResolver, load_styles
 from services.refiner import codec
 from services.refiner.service import Refiner
+from services.refiner.weights import weights_from_pb
 
 SERVICE_NAME = refiner_pb2.DESCRIPTOR.services_by_name["RefinerService"].full_name
 
@@ -30,7 +31,7 @@ class RefinerServicer(refiner_pb2_grpc.RefinerServiceServicer):
         with bind_ids(round_id=round_id):
             job = self.refiner.job(params_from_pb(request.params), codec.feedback_from_pb(list(request.liked), "liked"),
                                    codec.feedback_from_pb(list(request.disliked), "disliked"),
-                                   codec.weights_from_pb(request.weights), round_id)
+                                   weights_from_pb(request.weights), round_id)
             events = self.refiner.refine(job)
             try:
                 async for event in events:

@@ -20,7 +20,7 @@ from philip.rpc.errors import InvalidArgument, ResourceExhausted
 from services.generator.requests import GenerationParams, RequestResolver
 from services.refiner.rounds import Feedback, FeedbackImage, FeedbackRound, RoundParams, RoundRunner
 from services.refiner.upscale import UpscaleEvent, Upscaler
-from services.refiner.weights import FeedbackWeights
+from services.refiner.weights import parse_weights
 
 MAX_REFERENCES = 16  # liked (and disliked) images per round: each costs a reference pass per step
 
@@ -83,13 +83,8 @@ class Refiner:
             if len(refs) > MAX_REFERENCES:
                 raise InvalidArgument(f"{name} takes 0-{MAX_REFERENCES} images (the most recent), got {len(refs)}",
                                       field=name)
-        fabric = {k: v for k, v in weights.items() if k != "diversity"}
-        try:
-            schedule = FeedbackWeights(**fabric)
-        except (TypeError, ValueError) as exc:
-            raise InvalidArgument(f"weights: {exc}", field="weights") from None
-        feedback = Feedback(liked=tuple(liked), disliked=tuple(disliked), weights=schedule,
-                            diversity=weights.get("diversity", 0.5))
+        schedule, diversity = parse_weights(weights)
+        feedback = Feedback(liked=tuple(liked), disliked=tuple(disliked), weights=schedule, diversity=diversity)
         round_params = RoundParams(
             prompt=request.prompt, negative_prompt=request.negative_prompt, width=request.width,
             height=request.height, steps=request.steps, guidance=request.guidance, scheduler=request.scheduler,

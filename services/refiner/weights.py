@@ -1,9 +1,19 @@
-"""The FABRIC feedback-weight schedule: plain data, importable without torch (the gateway validates with it)."""
+"""The FABRIC feedback-weight schedule: plain data, importable without torch (the gateway validates with it).
+
+On the wire (``philip.v1.FeedbackWeights``) every field is optional; both services keep the
+fields a client set as a plain dict and check it with :func:`parse_weights`.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from philip.rpc.errors import InvalidArgument
+from philip.v1 import refiner_pb2
+
+WEIGHT_FIELDS = ("start", "end", "min_weight", "max_weight", "neg_scale", "diversity")
+DEFAULT_DIVERSITY = 0.5
 
 
 @dataclass(frozen=True)
@@ -40,3 +50,28 @@ def _check_range(name: str, value: float, low: float, high: float) -> None:
     if not (low <= value <= high) or value == math.inf:
         upper = "inf)" if high == math.inf else f"{high}]"
         raise ValueError(f"{name} must be in [{low}, {upper}, got {value}")
+
+
+def parse_weights(weights: dict[str, float]) -> tuple[FeedbackWeights, float]:
+    """The schedule and the seed-steering diversity from the fields a client set; INVALID_ARGUMENT if bad."""
+    unknown = set(weights) - set(WEIGHT_FIELDS)
+    if unknown:
+        raise InvalidArgument(f"weights has unknown fields {sorted(unknown)}; known: {', '.join(WEIGHT_FIELDS)}",
+                              field="weights")
+    try:
+        schedule = FeedbackWeights(**{k: v for k, v in weights.items() if k != "diversity"})
+    except ValueError as exc:
+        raise InvalidArgument(f"weights: {exc}", field="weights") from None
+    diversity = weights.get("diversity", DEFAULT_DIVERSITY)
+    if not 0.0 <= diversity <= 1.0:
+        raise InvalidArgument(f"weights.diversity must be in [0, 1], got {diversity}", field="weights.diversity")
+    return schedule, diversity
+
+
+def weights_from_pb(pb: refiner_pb2.FeedbackWeights) -> dict[str, float]:
+    """Only the fields the client set; the rest take the defaults."""
+    return {name: float(getattr(pb, name)) for name in WEIGHT_FIELDS if pb.HasField(name)}  # type: ignore[arg-type]
+
+
+def weights_to_pb(weights: dict[str, float]) -> refiner_pb2.FeedbackWeights:
+    return refiner_pb2.FeedbackWeights(**{k: v for k, v in weights.items() if k in WEIGHT_FIELDS})
