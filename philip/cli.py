@@ -276,6 +276,9 @@ def eval_feedback_cmd(
     guidance: float = typer.Option(5.0, help="Classifier-free guidance."),
     cap: int = typer.Option(200, help="Image cap for images-to-first-match (both methods)."),
     seed: int = typer.Option(0, help="Seed of the trial draws."),
+    likes: int = typer.Option(1, help="Images the simulated user likes per round."),
+    diversity: float | None = typer.Option(None, help="Seed-steering diversity 0-1 (default: the refiner's)."),
+    max_weight: float | None = typer.Option(None, help="FABRIC max feedback weight (default: the refiner's)."),
     gateway: str | None = typer.Option(None, help="Gateway host:port; absent = in-process services (serve all)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object last."),
 ) -> None:
@@ -288,8 +291,9 @@ def eval_feedback_cmd(
     from philip.logs import configure_logging
 
     configure_logging("console", "warning")  # the in-process services' logs would drown the progress
+    weights = {k: v for k, v in (("diversity", diversity), ("max_weight", max_weight)) if v is not None}
     cfg = FeedbackConfig(trials=trials, rounds=rounds, num_images=num_images, steps=steps, guidance=guidance,
-                         cap=cap, seed=seed)
+                         cap=cap, seed=seed, likes_per_round=likes, weights=weights)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("trials", total=trials)
 

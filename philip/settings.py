@@ -54,6 +54,9 @@ class Settings:
     threads: int | None = None
     onnx_providers: tuple[str, ...] = field(default=("CPUExecutionProvider",))
     blob_ttl_s: int = 3600
+    # Likes (and dislikes) a feedback round conditions on: the most recent. Each costs one UNet
+    # image evaluation per step, so 4 + 4 keep a FABRIC round within 2x a plain 4-image CFG round.
+    max_references: int = 4
     metrics_port: int | None = None
 
     def __post_init__(self) -> None:
@@ -128,6 +131,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "threads": (lambda v: v is None or v >= 1, "must be >= 1"),
     "onnx_providers": (lambda v: len(v) > 0, "must name at least one provider"),
     "blob_ttl_s": (lambda v: v >= 1, "must be >= 1"),
+    "max_references": (lambda v: 1 <= v <= 16, "must be in 1..16"),
 }
 
 

@@ -160,6 +160,8 @@ def summarize(results: list[TrialResult], cfg: FeedbackConfig, seconds: float) -
         "steps": cfg.steps,
         "guidance": cfg.guidance,
         "cap_images": cfg.cap,
+        "likes_per_round": cfg.likes_per_round,
+        "weights": cfg.weights,
         "baseline_match_rate_by_round": [round(x, 4) for x in baseline_by_round],
         "feedback_matched_within_cap": sum(r.feedback_images_to_match <= cfg.cap for r in results),
         "reroll_matched_within_cap": sum(r.reroll_images_to_match <= cfg.cap for r in results),

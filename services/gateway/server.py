@@ -184,7 +184,8 @@ def open_sessions(settings: Settings, store: Store, generator_channel: aio.Chann
     """The session domain on real upstreams; the caller closes it (and the channels)."""
     upstream = GrpcUpstream(generator_pb2_grpc.GeneratorServiceStub(generator_channel),
                             refiner_pb2_grpc.RefinerServiceStub(refiner_channel))
-    return SessionManager(store, upstream, encode_event=codec.encode_event, ttl_s=settings.blob_ttl_s)
+    return SessionManager(store, upstream, encode_event=codec.encode_event, ttl_s=settings.blob_ttl_s,
+                          max_references=settings.max_references)
 
 
 def build(settings: Settings, generator_channel: aio.Channel,

@@ -64,7 +64,6 @@ log = get_logger("services.gateway.sessions")
 SESSION_KIND = "session"
 IMAGE_KIND = "simage"
 MAX_FEEDBACK_IDS = 8  # per message and list
-MAX_REFERENCES = 16  # likes (and dislikes) kept for conditioning: the most recent
 ROUND_SEED_STRIDE = 1000  # round r draws from base_seed + (r - 1) * stride (+ image index)
 SessionEncoder = Callable[[str, SessionEvent], bytes]
 
@@ -98,13 +97,14 @@ class SessionManager:
     """Runs sessions against an :class:`Upstream`, keeping everything in the store."""
 
     def __init__(self, store: Store, upstream: Upstream, *, encode_event: SessionEncoder, ttl_s: int,
-                 max_rounds: int = 100, stale_after_s: float = 60.0) -> None:
+                 max_rounds: int = 100, stale_after_s: float = 60.0, max_references: int = 4) -> None:
         self.store = store
         self.upstream = upstream
         self.encode_event = encode_event
         self.ttl_s = ttl_s
         self.max_rounds = max_rounds
         self.stale_after_s = stale_after_s
+        self.max_references = max_references  # likes (and dislikes) a round conditions on: the most recent
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     # ---- commands ---------------------------------------------------------------------------------
@@ -281,8 +281,8 @@ class SessionManager:
         record = await self._record(session_id)
         params = _params_from_json(record["params"])
         params = dataclasses.replace(params, seed=int(record["base_seed"]) + (number - 1) * ROUND_SEED_STRIDE)
-        liked = [await self._require_image(i) for i in record["liked"][-MAX_REFERENCES:]]
-        disliked = [await self._require_image(i) for i in record["disliked"][-MAX_REFERENCES:]]
+        liked = [await self._require_image(i) for i in record["liked"][-self.max_references:]]
+        disliked = [await self._require_image(i) for i in record["disliked"][-self.max_references:]]
         await self._publish(
             session_id,
             RoundStarted(number, params.prompt, params.num_images or 4, len(liked), len(disliked)),

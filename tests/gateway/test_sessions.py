@@ -178,6 +178,22 @@ async def test_feedback_accumulates_and_a_like_overrides_an_earlier_dislike(mana
     assert upstream.calls[2][1:3] == ([a, b], [])
 
 
+async def test_a_round_conditions_on_the_most_recent_references_only(store: Store,
+                                                                     upstream: ScriptedUpstream) -> None:
+    manager = SessionManager(store, upstream, encode_event=codec.encode_event, ttl_s=600, max_references=2)
+    sid = await manager.start(GenerationParams(prompt="a shape", num_images=2, seed=5), {})
+    liked = []
+    for number in range(1, 4):
+        r = await _round_done(manager, sid, number)
+        liked.append(r.images[0].image.id)
+        await manager.feedback(sid, [liked[-1]], [r.images[1].image.id])
+    await _round_done(manager, sid, 4)
+    assert upstream.calls[-1][1] == liked[-2:]  # the two most recent likes, oldest first
+    assert len(upstream.calls[-1][2]) == 2
+    assert (await manager.snapshot(sid)).liked == tuple(liked)  # all are kept in the session
+    await manager.close()
+
+
 async def test_a_reroll_without_any_feedback_stays_a_plain_round(manager: SessionManager,
                                                                  upstream: ScriptedUpstream) -> None:
     sid = await manager.start(GenerationParams(prompt="a shape", num_images=1, seed=5), {})
