@@ -65,6 +65,8 @@ class TrialResult:
     target: Target
     feedback_matches: list[float]  # per round: fraction of images that match
     baseline_matches: list[float]
+    feedback_distance: list[float]  # per round: mean number of target attributes missed (0-3)
+    baseline_distance: list[float]
     feedback_images_to_match: int  # cap + 1 when never matched within the cap
     reroll_images_to_match: int
     feedback_compute: int  # UNet image evaluations until the first match (or the cap)
@@ -97,21 +99,23 @@ def _params(cfg: FeedbackConfig, prompt: str, seed: int, num_images: int) -> com
 
 
 async def _run_session(stub: gateway_pb2_grpc.GatewayStub, cfg: FeedbackConfig, prompt: str, target: Target,
-                       seed: int, *, with_feedback: bool) -> tuple[list[float], int, int]:
+                       seed: int, *, with_feedback: bool) -> tuple[list[float], list[float], int, int]:
     """Rounds until ``cfg.rounds`` are done and (a match was seen or ``cfg.cap`` images were drawn).
 
-    Returns per-round match rates of the first ``cfg.rounds`` rounds, images up to and including
+    Returns per-round match rates and mean distances of the first ``cfg.rounds`` rounds, images up to and including
     the first match (cap + 1 if none) and UNet evaluations of the rounds up to that match (or all).
     """
     weights = refiner_pb2.FeedbackWeights(**cfg.weights) if cfg.weights and with_feedback else None
     session = await SessionClient.start(stub, _params(cfg, prompt, seed, cfg.num_images), weights=weights)
     rates: list[float] = []
+    mean_distances: list[float] = []
     seen, compute, first_match = 0, 0, 0
     try:
         current = await session.next_round()
         while True:
             distances = _judge(current.images, target)
             rates.append(sum(d == 0 for d in distances) / len(distances))
+            mean_distances.append(sum(distances) / len(distances))
             if not first_match:  # a round's images arrive together: the matching round is charged in full
                 compute += current.compute.main_image_evals + current.compute.reference_image_evals
                 if 0 in distances:
@@ -125,7 +129,7 @@ async def _run_session(stub: gateway_pb2_grpc.GatewayStub, cfg: FeedbackConfig, 
             else:
                 liked, disliked = [], []  # no feedback: the next round is a fresh batch
             current = await session.feedback(liked, disliked)
-        return rates[: cfg.rounds], first_match or cfg.cap + 1, compute
+        return rates[: cfg.rounds], mean_distances[: cfg.rounds], first_match or cfg.cap + 1, compute
     finally:
         await session.close()
 
@@ -137,10 +141,12 @@ async def run_trials(stub: gateway_pb2_grpc.GatewayStub, cfg: FeedbackConfig,
     for t in range(cfg.trials):
         prompt, target = draw_trial(rng)
         seed = rng.randrange(2**40)
-        fb_rates, fb_images, fb_compute = await _run_session(stub, cfg, prompt, target, seed, with_feedback=True)
-        base_rates, rr_images, rr_compute = await _run_session(stub, cfg, prompt, target, seed + 7_919,
-                                                               with_feedback=False)
-        result = TrialResult(prompt, target, fb_rates, base_rates, fb_images, rr_images, fb_compute, rr_compute)
+        fb_rates, fb_dist, fb_images, fb_compute = await _run_session(stub, cfg, prompt, target, seed,
+                                                                      with_feedback=True)
+        base_rates, base_dist, rr_images, rr_compute = await _run_session(stub, cfg, prompt, target, seed + 7_919,
+                                                                          with_feedback=False)
+        result = TrialResult(prompt, target, fb_rates, base_rates, fb_dist, base_dist, fb_images, rr_images,
+                             fb_compute, rr_compute)
         results.append(result)
         if on_trial is not None:
             on_trial(t, result)
@@ -163,6 +169,10 @@ def summarize(results: list[TrialResult], cfg: FeedbackConfig, seconds: float) -
         "likes_per_round": cfg.likes_per_round,
         "weights": cfg.weights,
         "baseline_match_rate_by_round": [round(x, 4) for x in baseline_by_round],
+        # Attributes of the target missed per image (0-3), mean per round: does feedback move toward it?
+        "distance_by_round": [round(sum(r.feedback_distance[k] for r in results) / n, 3) for k in range(cfg.rounds)],
+        "baseline_distance_by_round": [round(sum(r.baseline_distance[k] for r in results) / n, 3)
+                                       for k in range(cfg.rounds)],
         "feedback_matched_within_cap": sum(r.feedback_images_to_match <= cfg.cap for r in results),
         "reroll_matched_within_cap": sum(r.reroll_images_to_match <= cfg.cap for r in results),
         "feedback_unet_evals": fb_compute,
