@@ -47,8 +47,10 @@ bench: install
 	.venv/bin/philip bench generate --json
 	.venv/bin/philip bench refine --json
 
+# The shipped weights' two stages (models/README.md): from scratch, then continued at half the rate.
 train-tiny: install
-	.venv/bin/philip train-tiny
+	.venv/bin/philip train-tiny --steps 3600
+	.venv/bin/philip train-tiny --init-from models/philip-tiny --steps 1500 --lr 3e-4 --work-dir models/.philip-tiny-ft
 	.venv/bin/philip train-upscaler
 
 clean:
