@@ -338,7 +338,7 @@ def bench_generate_cmd(
     guidance: float = typer.Option(5.0, help="Classifier-free guidance."),
     size: int = typer.Option(64, help="Width and height in pixels."),
     repeats: int = typer.Option(3, help="Measurements per kind after one warm-up; medians are reported."),
-    threads: int | None = typer.Option(None, help="Torch threads on both sides (PHILIP_THREADS, default 2)."),
+    threads: int | None = typer.Option(None, help="Torch threads on both sides (PHILIP_THREADS, default: cores - 1)."),
     port: int = typer.Option(0, help="Port for the benchmarked server (0 = a free one)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object last."),
 ) -> None:

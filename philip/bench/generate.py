@@ -97,12 +97,12 @@ class CallTiming:
 
 
 def resolve_threads(threads: int | None) -> int:
-    """The torch thread count for both sides: the flag, else PHILIP_THREADS, else 2."""
+    """The torch thread count for both sides: the flag, else the server's own (PHILIP_THREADS or cores - 1)."""
     if threads:
         return threads
     from philip.settings import Settings
 
-    return Settings.from_env().threads or DEFAULT_THREADS
+    return Settings.from_env().torch_threads
 
 
 # ---- the server process -------------------------------------------------------------------------

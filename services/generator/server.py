@@ -110,7 +110,7 @@ def open_generator(settings: Settings, store: Store, *, engine: Engine | None = 
     if engine is None:
         from services.generator.engine import DiffusionEngine  # torch stays out of the servicer's imports
 
-        engine = DiffusionEngine.load(settings.model_dir, settings.device, threads=settings.threads)
+        engine = DiffusionEngine.load(settings.model_dir, settings.device, threads=settings.torch_threads)
     resolver = RequestResolver(native_size=engine.native_size, schedulers=engine.schedulers,
                                styles=load_styles(settings.styles_path))
     queue = GenerationQueue(engine, max_queue=settings.max_queue, max_batch=settings.max_batch,

@@ -55,8 +55,7 @@ def open_refiner(settings: Settings) -> Refiner:
     from services.refiner.rounds import RoundRunner
     from services.refiner.upscale import Upscaler
 
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
+    torch.set_num_threads(settings.torch_threads)
     pipe = load_pipeline(settings.model_dir, settings.device)
     runner = RoundRunner(pipe, previews=PreviewEncoder.for_pipeline(pipe, settings.model_dir))
     native = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
