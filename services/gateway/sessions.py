@@ -25,7 +25,7 @@ import dataclasses
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
 from philip.logs import bind_ids, get_logger
@@ -79,10 +79,11 @@ def _now_ms() -> int:
 class Upstream(Protocol):
     """Where rounds and upscales run (the generator and refiner services)."""
 
-    def plain_round(self, params: GenerationParams, round_id: str) -> AsyncIterator[RoundEvent]: ...
+    def plain_round(self, params: GenerationParams, round_id: str) -> AsyncGenerator[RoundEvent, None]: ...
 
     def feedback_round(self, params: GenerationParams, round_id: str, liked: Sequence[SessionImage],
-                       disliked: Sequence[SessionImage], weights: dict[str, float]) -> AsyncIterator[RoundEvent]: ...
+                       disliked: Sequence[SessionImage],
+                       weights: dict[str, float]) -> AsyncGenerator[RoundEvent, None]: ...
 
     def upscale(self, picture: Picture, scale: int) -> AsyncIterator[UpscaleEvent]: ...
 
@@ -293,24 +294,27 @@ class SessionManager:
             events = self.upstream.feedback_round(params, round_id, liked, disliked, record["weights"])
         else:
             events = self.upstream.plain_round(params, round_id)
-        async for event in events:
-            if isinstance(event, StepProgress):
-                await self._publish(session_id, RoundProgress(number, event.step, event.total_steps),
-                                    {"heartbeat_ms": _now_ms()})
-            elif isinstance(event, PreviewPictures):
-                await self._publish(session_id, RoundPreview(number, event.step, event.pictures))
-            elif isinstance(event, RoundOutput):
-                images = tuple(dataclasses.replace(img, round=number) for img in event.images)
-                for image in images:
-                    await self._save_image(session_id, image)
-                entry = {"round": number, "image_ids": [i.image_id for i in images],
-                         "compute": dataclasses.asdict(event.compute)}
-                rounds = (await self._record(session_id))["rounds"]
-                await self._publish(session_id, RoundImages(number, images, event.compute),
-                                    {"rounds": [*rounds, entry], "phase": Phase.AWAITING_FEEDBACK.value,
-                                     "running_round": 0})
-                log.info("session.round_done", round=number, images=len(images), unet_evals=event.compute.total)
-                return
+        # aclosing: a cancel that lands between events (e.g. in a store write) still closes the
+        # upstream call at once, so the worker stops within one step.
+        async with contextlib.aclosing(events):
+            async for event in events:
+                if isinstance(event, StepProgress):
+                    await self._publish(session_id, RoundProgress(number, event.step, event.total_steps),
+                                        {"heartbeat_ms": _now_ms()})
+                elif isinstance(event, PreviewPictures):
+                    await self._publish(session_id, RoundPreview(number, event.step, event.pictures))
+                elif isinstance(event, RoundOutput):
+                    images = tuple(dataclasses.replace(img, round=number) for img in event.images)
+                    for image in images:
+                        await self._save_image(session_id, image)
+                    entry = {"round": number, "image_ids": [i.image_id for i in images],
+                             "compute": dataclasses.asdict(event.compute)}
+                    rounds = (await self._record(session_id))["rounds"]
+                    await self._publish(session_id, RoundImages(number, images, event.compute),
+                                        {"rounds": [*rounds, entry], "phase": Phase.AWAITING_FEEDBACK.value,
+                                         "running_round": 0})
+                    log.info("session.round_done", round=number, images=len(images), unet_evals=event.compute.total)
+                    return
         raise PhilipError(f"round {number} ended without images")
 
     async def _finalize(self, session_id: str, image: SessionImage, scale: int) -> None:

@@ -8,7 +8,7 @@ within one denoising step.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 import structlog
 from grpc import aio
@@ -49,7 +49,7 @@ class GrpcUpstream:
         self.refiner = refiner
         self.timeout_s = timeout_s
 
-    async def plain_round(self, params: GenerationParams, round_id: str) -> AsyncIterator[RoundEvent]:
+    async def plain_round(self, params: GenerationParams, round_id: str) -> AsyncGenerator[RoundEvent, None]:
         call = self.generator.Generate(timeout=self.timeout_s, metadata=metadata())
         try:
             await call.write(generator_pb2.GenerateClientMessage(
@@ -77,7 +77,8 @@ class GrpcUpstream:
             call.cancel()  # no-op when finished; otherwise stops the generator within one step
 
     async def feedback_round(self, params: GenerationParams, round_id: str, liked: Sequence[SessionImage],
-                             disliked: Sequence[SessionImage], weights: dict[str, float]) -> AsyncIterator[RoundEvent]:
+                             disliked: Sequence[SessionImage],
+                             weights: dict[str, float]) -> AsyncGenerator[RoundEvent, None]:
         request = refiner_pb2.RefineRequest(
             params=params_to_pb(params), liked=[_feedback_image(i) for i in liked],
             disliked=[_feedback_image(i) for i in disliked], weights=weights_to_pb(weights), round_id=round_id,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 import pytest
 from PIL import Image
@@ -49,7 +49,7 @@ class ScriptedUpstream:
         self.cancelled = 0
 
     async def _round(self, kind: str, params: GenerationParams, round_id: str, liked: Sequence[SessionImage],
-                     disliked: Sequence[SessionImage]) -> AsyncIterator[RoundEvent]:
+                     disliked: Sequence[SessionImage]) -> AsyncGenerator[RoundEvent, None]:
         self.calls.append((kind, [i.image_id for i in liked], [i.image_id for i in disliked], params.seed))
         if self.fail_next is not None:
             exc, self.fail_next = self.fail_next, None
@@ -61,7 +61,7 @@ class ScriptedUpstream:
                 await self.gate.wait()
             yield PreviewPictures(1, tuple(Picture(_png((9, 9, 9)), 8, 8) for _ in range(n)))
             yield StepProgress(2, 2)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):  # cancelled mid-await, or closed between events
             self.cancelled += 1
             raise
         seed = params.seed or 0
@@ -69,11 +69,11 @@ class ScriptedUpstream:
                                     NoiseTrace(seed + i)) for i in range(n))
         yield RoundOutput(images, Compute(2, 2 * n * 2))
 
-    def plain_round(self, params: GenerationParams, round_id: str) -> AsyncIterator[RoundEvent]:
+    def plain_round(self, params: GenerationParams, round_id: str) -> AsyncGenerator[RoundEvent, None]:
         return self._round("plain", params, round_id, (), ())
 
     def feedback_round(self, params: GenerationParams, round_id: str, liked: Sequence[SessionImage],
-                       disliked: Sequence[SessionImage], weights: dict[str, float]) -> AsyncIterator[RoundEvent]:
+                       disliked: Sequence[SessionImage], weights: dict[str, float]) -> AsyncGenerator[RoundEvent, None]:
         return self._round("feedback", params, round_id, liked, disliked)
 
     async def upscale(self, picture: Picture, scale: int) -> AsyncIterator[UpscaleEvent]:
