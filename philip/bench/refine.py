@@ -42,13 +42,13 @@ def _median_s(fn: Callable[[], Any], repeats: int) -> float:
 
 
 def run_refine_bench(cfg: RefineBenchConfig) -> dict[str, Any]:
-    from philip.models.pipelines import load_pipeline
+    from philip.models.pipelines import load_pipeline, native_size
     from philip.models.upscaler import OnnxUpscaler
     from services.refiner.rounds import Feedback, FeedbackImage, RoundParams, RoundRunner
 
     pipe = load_pipeline(cfg.model_dir)
     runner = RoundRunner(pipe)
-    size = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+    size = native_size(pipe)
     params = RoundParams(prompt=cfg.prompt, width=size, height=size, steps=cfg.steps, guidance=cfg.guidance,
                          scheduler="dpm++", num_images=cfg.images, seed=1)
     first = runner.run(params, Feedback())

@@ -57,3 +57,8 @@ def make_scheduler(pipe: StableDiffusionPipeline, name: str) -> Any:
         raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
     cls, extra = SCHEDULERS[name]
     return cls.from_config(pipe.scheduler.config, **extra)
+
+
+def native_size(pipe: Any) -> int:
+    """The model's default side in pixels: the UNet's sample size times the VAE's downscale."""
+    return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)

@@ -23,7 +23,7 @@ import torch
 
 from philip.images import png_bytes
 from philip.logs import bind_ids, get_logger
-from philip.models.pipelines import SCHEDULERS, load_pipeline, make_scheduler
+from philip.models.pipelines import SCHEDULERS, load_pipeline, make_scheduler, native_size
 from philip.previews import PreviewEncoder, UNetCapture, decode_latents, x0_estimate
 from philip.rpc.errors import InvalidArgument
 from services.generator.batching import WorkItem
@@ -55,7 +55,7 @@ class DiffusionEngine:
     @property
     def native_size(self) -> int:
         """Default long side in pixels: the UNet's sample size times the VAE's downscale."""
-        return int(self.pipe.unet.config.sample_size) * int(self.pipe.vae_scale_factor)
+        return native_size(self.pipe)
 
     @property
     def schedulers(self) -> tuple[str, ...]:

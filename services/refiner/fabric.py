@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0
 from PIL import Image
 
+from philip.models.pipelines import native_size
 from services.refiner.weights import FeedbackWeights
 
 Mode = Literal["off", "record", "inject"]
@@ -284,7 +285,7 @@ def encode_images(
     Uses the posterior mean for ``AutoencoderKL`` and ``.latents`` for ``AutoencoderTiny``
     (which has no distribution).
     """
-    size = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+    size = native_size(pipe)
     vae = pipe.vae
     pixels = pipe.image_processor.preprocess(list(images), height=height or size, width=width or size)
     with torch.no_grad():
