@@ -2,7 +2,7 @@ PY ?= .venv/bin/python
 PIP ?= .venv/bin/pip
 PROTOS := $(wildcard protos/philip/v1/*.proto)
 
-.PHONY: install proto proto-check lint test test-fast demo bench eval train-tiny clean
+.PHONY: install proto proto-check lint test test-fast demo bench eval train-tiny clean k8s-validate
 
 .venv/bin/python:
 	python3 -m venv .venv
@@ -41,6 +41,7 @@ eval: install
 	.venv/bin/philip eval model --json
 	.venv/bin/philip eval upscaler --json
 	.venv/bin/philip eval feedback --json
+	.venv/bin/philip eval personalize --json
 
 bench: install
 	.venv/bin/philip bench model --json
@@ -52,6 +53,18 @@ train-tiny: install
 	.venv/bin/philip train-tiny --steps 3600
 	.venv/bin/philip train-tiny --init-from models/philip-tiny --steps 1500 --lr 3e-4 --work-dir models/.philip-tiny-ft
 	.venv/bin/philip train-upscaler
+
+# Renders both kustomize overlays and validates them offline against Kubernetes $(K8S_VERSION) (strict:
+# unknown fields fail; KEDA's custom resources have no schema there and only warn), then the wiring
+# checks of tests/deploy. Needs no cluster: kubectl and kubernetes-validate come with the dev extra.
+K8S_VERSION ?= 1.34
+k8s-validate: .venv/.installed
+	@set -e; out=$$(mktemp -d); trap 'rm -rf "$$out"' EXIT; for overlay in dev amd; do \
+	  echo "deploy/k8s/overlays/$$overlay -> Kubernetes $(K8S_VERSION)"; \
+	  .venv/bin/kubectl kustomize deploy/k8s/overlays/$$overlay > "$$out/$$overlay.yaml"; \
+	  .venv/bin/kubernetes-validate --strict --quiet -k $(K8S_VERSION) "$$out/$$overlay.yaml"; \
+	done
+	.venv/bin/pytest -q tests/deploy
 
 clean:
 	rm -rf .proto-check .pytest_cache .mypy_cache .ruff_cache
