@@ -9,11 +9,14 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from philip.clients.adapter_cli import adapter_app
+
 app = typer.Typer(help="PHiLIP: Personalized Human-in-Loop Image Production.", no_args_is_help=True)
 eval_app = typer.Typer(help="Measure model quality (prints one JSON object last).", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks (not tests): timings and ratios measured in one run.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 app.add_typer(bench_app, name="bench")
+app.add_typer(adapter_app, name="adapter")
 console = Console(stderr=True)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -36,7 +39,8 @@ def _threads(threads: int | None) -> None:
 
 @app.command("serve")
 def serve_cmd(
-    role: str = typer.Argument("all", help="generator | refiner | gateway | all (every service in one process)."),
+    role: str = typer.Argument(
+        "all", help="generator | refiner | personalizer | gateway | all (every service in one process)."),
     port: int | None = typer.Option(None, help="Port to listen on (PHILIP_PORT, default 50051)."),
     host: str | None = typer.Option(None, help="Address to bind (PHILIP_HOST, default 127.0.0.1)."),
     redis_url: str | None = typer.Option(None, help="Redis URL (PHILIP_REDIS_URL); absent = in-process store."),
@@ -100,6 +104,7 @@ def generate_cmd(
     scheduler: str = typer.Option("dpm++", help="dpm++ | euler | euler_a | ddim | lcm."),
     style: str = typer.Option("", help="Named style preset from the server's styles file."),
     preview_every: int = typer.Option(2, help="Steps between previews (0 = none)."),
+    adapter: list[str] = typer.Option([], help="Adapter id to activate (repeatable; `philip adapter list`)."),
     timeout: float = typer.Option(300.0, help="Deadline for the whole call, seconds."),
 ) -> None:
     """Generate a low-resolution batch through the gateway, streaming progress."""
@@ -113,7 +118,7 @@ def generate_cmd(
 
     params = common_pb2.GenerationParams(
         prompt=prompt, negative_prompt=negative, num_images=n, steps=steps, guidance=guidance,
-        scheduler=scheduler, style=style, preview_every=preview_every,
+        scheduler=scheduler, style=style, preview_every=preview_every, adapter_ids=adapter,
     )
     if seed is not None:
         params.seed = seed
@@ -302,6 +307,35 @@ def eval_feedback_cmd(
                             f" / reroll {r.reroll_images_to_match} images")
 
         result = asyncio.run(evaluate_feedback(cfg, gateway, on_trial=on_trial))
+    _emit(result, as_json)
+
+
+@eval_app.command("personalize")
+def eval_personalize_cmd(
+    model_dir: Path = typer.Option(Path("models/philip-tiny"), help="Diffusers model folder."),
+    method: str = typer.Option("lora", help="lora | textual_inversion."),
+    steps: int = typer.Option(0, help="Training steps (0 = the method's default)."),
+    seeds: int = typer.Option(6, help="Images per background colour, with and without the adapter."),
+    save_dir: Path | None = typer.Option(None, help="Also write contact sheets (references, with, without) here."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object last."),
+) -> None:
+    """Teach the model the held-out star from 5 renders; judge generations with and without the adapter."""
+    import asyncio
+
+    from rich.progress import Progress
+
+    from philip.evals.personalize import PersonalizeConfig, evaluate_in_process
+    from philip.logs import configure_logging
+
+    configure_logging("console", "warning")
+    cfg = PersonalizeConfig(method=method, steps=steps, seeds_per_colour=seeds)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("training", total=None)
+
+        def on_progress(step: int, total: int, loss: float) -> None:
+            progress.update(task, completed=step, total=total, description=f"training, loss {loss:.4f}")
+
+        result = asyncio.run(evaluate_in_process(cfg, model_dir, save_dir, on_progress))
     _emit(result, as_json)
 
 

@@ -58,6 +58,11 @@ class Settings:
     # image evaluation per step, so 4 + 4 keep a FABRIC round within 2x a plain 4-image CFG round.
     max_references: int = 4
     metrics_port: int | None = None
+    # A training job whose worker stopped heart-beating this long is taken over by another worker.
+    train_reclaim_idle_s: float = 60.0
+    train_checkpoint_every: int = 50
+    # Adapters each generating process keeps loaded (LRU).
+    adapter_cache: int = 8
 
     def __post_init__(self) -> None:
         # from_env parses strings first; checking here too means Settings(port="x") or
@@ -139,6 +144,9 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "onnx_providers": (lambda v: len(v) > 0, "must name at least one provider"),
     "blob_ttl_s": (lambda v: v >= 1, "must be >= 1"),
     "max_references": (lambda v: 1 <= v <= 16, "must be in 1..16"),
+    "train_reclaim_idle_s": (lambda v: 1.0 <= v <= 3600.0, "must be in 1..3600 seconds"),
+    "train_checkpoint_every": (lambda v: 1 <= v <= 10_000, "must be in 1..10000 steps"),
+    "adapter_cache": (lambda v: 4 <= v <= 64, "must be in 4..64 (a batch may use 4 adapters)"),
 }
 
 

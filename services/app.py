@@ -1,8 +1,9 @@
-"""Process entry point: run the generator, the refiner, the gateway, or all three in one process.
+"""Process entry point: run the generator, the refiner, the personalizer, the gateway, or all four.
 
-``all`` is the embedded mode for a laptop or a single pod: generator and refiner listen on
-ephemeral loopback ports and the gateway (on ``settings.port``) dials them, so the code path is
-the same as in a split deployment. SIGTERM/SIGINT stop the gateway first (it stops taking
+``all`` is the embedded mode for a laptop or a single pod: generator, refiner and personalizer
+listen on ephemeral loopback ports and the gateway (on ``settings.port``) dials them, so the code
+path is the same as in a split deployment. A personalizer process also runs one training worker.
+SIGTERM/SIGINT stop the gateway first (it stops taking
 calls, drains them and fails the session steps still running), then the workers, then the store.
 """
 
@@ -21,9 +22,10 @@ from philip.settings import Settings
 from philip.store import Store, open_store
 from services.gateway import server as gateway_server
 from services.generator import server as generator_server
+from services.personalizer import server as personalizer_server
 from services.refiner import server as refiner_server
 
-ROLES = ("generator", "refiner", "gateway", "all")
+ROLES = ("generator", "refiner", "personalizer", "gateway", "all")
 
 log = get_logger("services.app")
 
@@ -38,7 +40,7 @@ async def serve(
 ) -> None:
     """Serve ``role`` until SIGTERM/SIGINT (or ``stop`` is set), then shut down gracefully.
 
-    ``on_ready`` receives the bound addresses ({"generator": ..., "refiner": ..., "gateway": ...});
+    ``on_ready`` receives the bound addresses ({"generator": ..., "personalizer": ..., "gateway": ...});
     ``store`` overrides the one named by ``settings.redis_url`` (and is then not closed here).
     """
     if role not in ROLES:
@@ -70,6 +72,16 @@ async def serve(
             await server.start()
             stack.push_async_callback(server.stop)
             addresses["refiner"] = refiner_addr = server.address
+        personalizer_addr = settings.personalizer_addr
+        if role in ("personalizer", "all"):
+            personalizer = await asyncio.to_thread(personalizer_server.open_personalizer, settings, store)
+            worker = personalizer_server.WorkerTask(personalizer, settings)
+            stack.push_async_callback(worker.close)  # after the server: a running job goes back to the queue
+            own = settings if role == "personalizer" else settings.with_(host="127.0.0.1", port=0)
+            server = GrpcServer(own, personalizer_server.build(personalizer))
+            await server.start()
+            stack.push_async_callback(server.stop)
+            addresses["personalizer"] = personalizer_addr = server.address
         if role in ("gateway", "all"):
             assert generator_addr is not None and refiner_addr is not None
             generator_channel = make_channel(generator_addr, [gateway_server.GENERATOR_SERVICE],
@@ -78,10 +90,16 @@ async def serve(
             refiner_channel = make_channel(refiner_addr, [gateway_server.REFINER_SERVICE],
                                            max_message_mb=settings.max_message_mb)
             stack.push_async_callback(refiner_channel.close)
+            personalizer_channel = None
+            if personalizer_addr is not None:
+                personalizer_channel = make_channel(personalizer_addr, [gateway_server.PERSONALIZER_SERVICE],
+                                                    max_message_mb=settings.max_message_mb)
+                stack.push_async_callback(personalizer_channel.close)
             sessions = gateway_server.open_sessions(settings, store, generator_channel, refiner_channel)
             # Runs after the gateway has stopped taking calls: running steps get the grace, then fail.
             stack.push_async_callback(sessions.close, settings.grace_s)
-            gateway = GrpcServer(settings, gateway_server.build(settings, generator_channel, sessions))
+            gateway = GrpcServer(settings, gateway_server.build(settings, generator_channel, sessions,
+                                                                 personalizer_channel))
             await gateway.start()
             stack.push_async_callback(gateway.stop)
             addresses["gateway"] = gateway.address
@@ -111,7 +129,7 @@ def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m services.app [generator|refiner|gateway|all]`` with settings from PHILIP_* variables."""
+    """``python -m services.app [generator|refiner|personalizer|gateway|all]`` with settings from PHILIP_* variables."""
     args = sys.argv[1:] if argv is None else argv
     role = args[0] if args else "all"
     settings = Settings.from_env()

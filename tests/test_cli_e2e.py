@@ -1,6 +1,7 @@
 """The CLI end to end: `philip serve all` in its own process, `philip generate` against it."""
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+
+from philip.evals.personalize import reference_images
 
 ROOT = Path(__file__).resolve().parents[1]
 PHILIP = [sys.executable, "-m", "philip.cli"]
@@ -24,7 +27,8 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_serve_generate_and_graceful_stop(tmp_path: Path) -> None:
     port = _free_port()
-    env = {**os.environ, "PHILIP_LOG_FORMAT": "json", "PHILIP_THREADS": "2"}
+    env = {**os.environ, "PHILIP_LOG_FORMAT": "json", "PHILIP_THREADS": "2",
+           "PHILIP_ADAPTERS_DIR": str(tmp_path / "adapters")}
     env.pop("PHILIP_REDIS_URL", None)  # the embedded default: in-process store
     server = subprocess.Popen([*PHILIP, "serve", "all", "--port", str(port)], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -46,6 +50,30 @@ def test_serve_generate_and_graceful_stop(tmp_path: Path) -> None:
         bad = subprocess.run([*PHILIP, "generate", "x", "-n", "9", "--gateway", f"127.0.0.1:{port}"],
                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
         assert bad.returncode == 2 and "INVALID_ARGUMENT" in bad.stderr and "num_images" in bad.stderr
+
+        refs = []
+        for i, image in enumerate(reference_images(4)):
+            refs.append(tmp_path / f"ref{i}.png")
+            image.save(refs[-1])
+        gateway = ["--gateway", f"127.0.0.1:{port}"]
+        made = subprocess.run([*PHILIP, "adapter", "create", *map(str, refs), "--token", "sks", "--class-word",
+                               "shape", "--steps", "4", "--out", str(tmp_path / "samples"), *gateway],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+        assert made.returncode == 0, made.stderr
+        adapter_id = re.findall(r"adapter (ad_[0-9a-f]{16})", made.stderr)[-1]
+        listed = subprocess.run([*PHILIP, "adapter", "list", *gateway], cwd=ROOT, env=env, capture_output=True,
+                                text=True, timeout=60)
+        assert f"{adapter_id}  token=sks" in listed.stderr
+        used = subprocess.run([*PHILIP, "generate", "a sks on a red background", "-n", "1", "--adapter", adapter_id,
+                               "--out", str(tmp_path / "adapted"), *gateway],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert used.returncode == 0, used.stderr
+        taken = subprocess.run([*PHILIP, "adapter", "create", *map(str, refs), "--token", "sks", "--class-word",
+                                "shape", *gateway], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert taken.returncode == 2 and "ALREADY_EXISTS" in taken.stderr
+        gone = subprocess.run([*PHILIP, "adapter", "delete", adapter_id, *gateway], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert gone.returncode == 0 and not (tmp_path / "adapters" / adapter_id).exists()
     finally:
         t0 = time.monotonic()
         server.send_signal(signal.SIGTERM)

@@ -203,6 +203,12 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def touch(self, queue: str, group: str, consumer: str, entry_id: str) -> bool:
+        """Heartbeat: reset the idle time of a pending item ``consumer`` is working on, so ``reclaim``
+        does not hand a long job to another worker. False if the item is not pending (acked, or
+        never delivered) or belongs to another consumer now."""
+
+    @abc.abstractmethod
     async def pending_count(self, queue: str, group: str) -> int:
         """Number of items delivered to ``group`` but not yet acknowledged (0 for an unknown group)."""
 

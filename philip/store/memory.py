@@ -284,6 +284,15 @@ class MemoryStore(Store):
                 taken.append(q.by_id[eid].public())
         return taken
 
+    async def touch(self, queue: str, group: str, consumer: str, entry_id: str) -> bool:
+        q = self._queues.get(queue)
+        g = q.groups.get(group) if q else None
+        pending = g.pel.get(entry_id) if g else None
+        if pending is None or pending.consumer != consumer:
+            return False
+        pending.delivered_at = time.monotonic()
+        return True
+
     async def pending_count(self, queue: str, group: str) -> int:
         q = self._queues.get(queue)
         g = q.groups.get(group) if q else None

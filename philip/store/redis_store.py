@@ -355,6 +355,20 @@ class RedisStore(Store):
         # Reply is [next_cursor, entries, deleted_ids]; deleted ids are already dropped from the PEL.
         return _entries(reply[1])
 
+    async def touch(self, queue: str, group: str, consumer: str, entry_id: str) -> bool:
+        key = self._queue_key(queue)
+        with self._errors():
+            try:
+                owner = await self._r.xpending_range(key, group, min=entry_id, max=entry_id, count=1)
+                if not owner or _text(owner[0]["consumer"]) != consumer:  # type: ignore[arg-type]
+                    return False
+                # XCLAIM with min-idle 0 to the same consumer resets the idle time (JUSTID: no re-delivery).
+                return bool(await self._r.xclaim(key, group, consumer, 0, [entry_id], justid=True))
+            except ResponseError as exc:
+                if _is_nogroup(exc):
+                    return False
+                raise
+
     async def pending_count(self, queue: str, group: str) -> int:
         with self._errors():
             try:

@@ -24,46 +24,47 @@ _sym_db = _symbol_database.Default()
 
 from philip.v1 import common_pb2 as philip_dot_v1_dot_common__pb2
 from philip.v1 import generator_pb2 as philip_dot_v1_dot_generator__pb2
+from philip.v1 import personalizer_pb2 as philip_dot_v1_dot_personalizer__pb2
 from philip.v1 import refiner_pb2 as philip_dot_v1_dot_refiner__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17philip/v1/gateway.proto\x12\tphilip.v1\x1a\x16philip/v1/common.proto\x1a\x19philip/v1/generator.proto\x1a\x17philip/v1/refiner.proto\"h\n\x0cSessionStart\x12+\n\x06params\x18\x01 \x01(\x0b\x32\x1b.philip.v1.GenerationParams\x12+\n\x07weights\x18\x02 \x01(\x0b\x32\x1a.philip.v1.FeedbackWeights\"#\n\rSessionResume\x12\x12\n\nsession_id\x18\x01 \x01(\t\"f\n\x0fSessionFeedback\x12\x17\n\x0fliked_image_ids\x18\x01 \x03(\t\x12\x1a\n\x12\x64isliked_image_ids\x18\x02 \x03(\t\x12\x13\n\x06prompt\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\t\n\x07_prompt\"2\n\x0fSessionFinalize\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\r\n\x05scale\x18\x02 \x01(\r\"\x0f\n\rSessionCancel\"\x83\x02\n\x14SessionClientMessage\x12(\n\x05start\x18\x01 \x01(\x0b\x32\x17.philip.v1.SessionStartH\x00\x12*\n\x06resume\x18\x02 \x01(\x0b\x32\x18.philip.v1.SessionResumeH\x00\x12.\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x03 \x01(\x0b\x32\x1a.philip.v1.SessionFeedbackH\x00\x12.\n\x08\x66inalize\x18\x04 \x01(\x0b\x32\x1a.philip.v1.SessionFinalizeH\x00\x12*\n\x06\x63\x61ncel\x18\x05 \x01(\x0b\x32\x18.philip.v1.SessionCancelH\x00\x42\t\n\x07message\"b\n\x0cRoundStarted\x12\r\n\x05round\x18\x01 \x01(\r\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x12\n\nnum_images\x18\x03 \x01(\r\x12\r\n\x05liked\x18\x04 \x01(\r\x12\x10\n\x08\x64isliked\x18\x05 \x01(\r\"m\n\x0bRoundImages\x12\r\n\x05round\x18\x01 \x01(\r\x12%\n\x06images\x18\x02 \x03(\x0b\x32\x15.philip.v1.RoundImage\x12(\n\x07\x63ompute\x18\x03 \x01(\x0b\x32\x17.philip.v1.RoundCompute\"H\n\x0cSessionFinal\x12\x1f\n\x05image\x18\x01 \x01(\x0b\x32\x10.philip.v1.Image\x12\x17\n\x0fsource_image_id\x18\x02 \x01(\t\"\xaf\x02\n\x0fSessionSnapshot\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12&\n\x05phase\x18\x02 \x01(\x0e\x32\x17.philip.v1.SessionPhase\x12+\n\x06params\x18\x03 \x01(\x0b\x32\x1b.philip.v1.GenerationParams\x12&\n\x06rounds\x18\x04 \x03(\x0b\x32\x16.philip.v1.RoundImages\x12\x17\n\x0fliked_image_ids\x18\x05 \x03(\t\x12\x1a\n\x12\x64isliked_image_ids\x18\x06 \x03(\t\x12\x17\n\x0f\x63hosen_image_id\x18\x07 \x01(\t\x12&\n\x05\x66inal\x18\x08 \x01(\x0b\x32\x17.philip.v1.SessionFinal\x12\x15\n\rrunning_round\x18\t \x01(\r\"\xd2\x03\n\x0cSessionEvent\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12.\n\x08snapshot\x18\n \x01(\x0b\x32\x1a.philip.v1.SessionSnapshotH\x00\x12\x30\n\rround_started\x18\x0b \x01(\x0b\x32\x17.philip.v1.RoundStartedH\x00\x12\'\n\x08progress\x18\x0c \x01(\x0b\x32\x13.philip.v1.ProgressH\x00\x12%\n\x07preview\x18\r \x01(\x0b\x32\x12.philip.v1.PreviewH\x00\x12.\n\x0cround_images\x18\x0e \x01(\x0b\x32\x16.philip.v1.RoundImagesH\x00\x12\x36\n\x10upscale_progress\x18\x0f \x01(\x0b\x32\x1a.philip.v1.UpscaleProgressH\x00\x12(\n\x05\x66inal\x18\x10 \x01(\x0b\x32\x17.philip.v1.SessionFinalH\x00\x12\'\n\x05\x65rror\x18\x11 \x01(\x0b\x32\x16.philip.v1.StreamErrorH\x00\x12)\n\tcancelled\x18\x12 \x01(\x0b\x32\x14.philip.v1.CancelledH\x00\x42\x07\n\x05\x65vent\"D\n\x10SubscribeRequest\x12\x14\n\nsession_id\x18\x01 \x01(\tH\x00\x12\x10\n\x06job_id\x18\x02 \x01(\tH\x00\x42\x08\n\x06target\"n\n\x0eSubscribeEvent\x12*\n\x07session\x18\x01 \x01(\x0b\x32\x17.philip.v1.SessionEventH\x00\x12\'\n\x03job\x18\x02 \x01(\x0b\x32\x18.philip.v1.GenerateEventH\x00\x42\x07\n\x05\x65vent\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t*\xc3\x01\n\x0cSessionPhase\x12\x1d\n\x19SESSION_PHASE_UNSPECIFIED\x10\x00\x12\x1c\n\x18SESSION_PHASE_GENERATING\x10\x01\x12#\n\x1fSESSION_PHASE_AWAITING_FEEDBACK\x10\x02\x12\x1c\n\x18SESSION_PHASE_FINALIZING\x10\x03\x12\x16\n\x12SESSION_PHASE_DONE\x10\x04\x12\x1b\n\x17SESSION_PHASE_CANCELLED\x10\x05\x32\xe1\x02\n\x07Gateway\x12J\n\x08Generate\x12 .philip.v1.GenerateClientMessage\x1a\x18.philip.v1.GenerateEvent(\x01\x30\x01\x12\x32\n\x06GetJob\x12\x18.philip.v1.GetJobRequest\x1a\x0e.philip.v1.Job\x12G\n\x07Session\x12\x1f.philip.v1.SessionClientMessage\x1a\x17.philip.v1.SessionEvent(\x01\x30\x01\x12\x45\n\tSubscribe\x12\x1b.philip.v1.SubscribeRequest\x1a\x19.philip.v1.SubscribeEvent0\x01\x12\x46\n\nGetSession\x12\x1c.philip.v1.GetSessionRequest\x1a\x1a.philip.v1.SessionSnapshotb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17philip/v1/gateway.proto\x12\tphilip.v1\x1a\x16philip/v1/common.proto\x1a\x19philip/v1/generator.proto\x1a\x1cphilip/v1/personalizer.proto\x1a\x17philip/v1/refiner.proto\"h\n\x0cSessionStart\x12+\n\x06params\x18\x01 \x01(\x0b\x32\x1b.philip.v1.GenerationParams\x12+\n\x07weights\x18\x02 \x01(\x0b\x32\x1a.philip.v1.FeedbackWeights\"#\n\rSessionResume\x12\x12\n\nsession_id\x18\x01 \x01(\t\"f\n\x0fSessionFeedback\x12\x17\n\x0fliked_image_ids\x18\x01 \x03(\t\x12\x1a\n\x12\x64isliked_image_ids\x18\x02 \x03(\t\x12\x13\n\x06prompt\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\t\n\x07_prompt\"2\n\x0fSessionFinalize\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\r\n\x05scale\x18\x02 \x01(\r\"\x0f\n\rSessionCancel\"\x83\x02\n\x14SessionClientMessage\x12(\n\x05start\x18\x01 \x01(\x0b\x32\x17.philip.v1.SessionStartH\x00\x12*\n\x06resume\x18\x02 \x01(\x0b\x32\x18.philip.v1.SessionResumeH\x00\x12.\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x03 \x01(\x0b\x32\x1a.philip.v1.SessionFeedbackH\x00\x12.\n\x08\x66inalize\x18\x04 \x01(\x0b\x32\x1a.philip.v1.SessionFinalizeH\x00\x12*\n\x06\x63\x61ncel\x18\x05 \x01(\x0b\x32\x18.philip.v1.SessionCancelH\x00\x42\t\n\x07message\"b\n\x0cRoundStarted\x12\r\n\x05round\x18\x01 \x01(\r\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x12\n\nnum_images\x18\x03 \x01(\r\x12\r\n\x05liked\x18\x04 \x01(\r\x12\x10\n\x08\x64isliked\x18\x05 \x01(\r\"m\n\x0bRoundImages\x12\r\n\x05round\x18\x01 \x01(\r\x12%\n\x06images\x18\x02 \x03(\x0b\x32\x15.philip.v1.RoundImage\x12(\n\x07\x63ompute\x18\x03 \x01(\x0b\x32\x17.philip.v1.RoundCompute\"H\n\x0cSessionFinal\x12\x1f\n\x05image\x18\x01 \x01(\x0b\x32\x10.philip.v1.Image\x12\x17\n\x0fsource_image_id\x18\x02 \x01(\t\"\xaf\x02\n\x0fSessionSnapshot\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12&\n\x05phase\x18\x02 \x01(\x0e\x32\x17.philip.v1.SessionPhase\x12+\n\x06params\x18\x03 \x01(\x0b\x32\x1b.philip.v1.GenerationParams\x12&\n\x06rounds\x18\x04 \x03(\x0b\x32\x16.philip.v1.RoundImages\x12\x17\n\x0fliked_image_ids\x18\x05 \x03(\t\x12\x1a\n\x12\x64isliked_image_ids\x18\x06 \x03(\t\x12\x17\n\x0f\x63hosen_image_id\x18\x07 \x01(\t\x12&\n\x05\x66inal\x18\x08 \x01(\x0b\x32\x17.philip.v1.SessionFinal\x12\x15\n\rrunning_round\x18\t \x01(\r\"\xd2\x03\n\x0cSessionEvent\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12.\n\x08snapshot\x18\n \x01(\x0b\x32\x1a.philip.v1.SessionSnapshotH\x00\x12\x30\n\rround_started\x18\x0b \x01(\x0b\x32\x17.philip.v1.RoundStartedH\x00\x12\'\n\x08progress\x18\x0c \x01(\x0b\x32\x13.philip.v1.ProgressH\x00\x12%\n\x07preview\x18\r \x01(\x0b\x32\x12.philip.v1.PreviewH\x00\x12.\n\x0cround_images\x18\x0e \x01(\x0b\x32\x16.philip.v1.RoundImagesH\x00\x12\x36\n\x10upscale_progress\x18\x0f \x01(\x0b\x32\x1a.philip.v1.UpscaleProgressH\x00\x12(\n\x05\x66inal\x18\x10 \x01(\x0b\x32\x17.philip.v1.SessionFinalH\x00\x12\'\n\x05\x65rror\x18\x11 \x01(\x0b\x32\x16.philip.v1.StreamErrorH\x00\x12)\n\tcancelled\x18\x12 \x01(\x0b\x32\x14.philip.v1.CancelledH\x00\x42\x07\n\x05\x65vent\"D\n\x10SubscribeRequest\x12\x14\n\nsession_id\x18\x01 \x01(\tH\x00\x12\x10\n\x06job_id\x18\x02 \x01(\tH\x00\x42\x08\n\x06target\"n\n\x0eSubscribeEvent\x12*\n\x07session\x18\x01 \x01(\x0b\x32\x17.philip.v1.SessionEventH\x00\x12\'\n\x03job\x18\x02 \x01(\x0b\x32\x18.philip.v1.GenerateEventH\x00\x42\x07\n\x05\x65vent\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t*\xc3\x01\n\x0cSessionPhase\x12\x1d\n\x19SESSION_PHASE_UNSPECIFIED\x10\x00\x12\x1c\n\x18SESSION_PHASE_GENERATING\x10\x01\x12#\n\x1fSESSION_PHASE_AWAITING_FEEDBACK\x10\x02\x12\x1c\n\x18SESSION_PHASE_FINALIZING\x10\x03\x12\x16\n\x12SESSION_PHASE_DONE\x10\x04\x12\x1b\n\x17SESSION_PHASE_CANCELLED\x10\x05\x32\xdc\x06\n\x07Gateway\x12J\n\x08Generate\x12 .philip.v1.GenerateClientMessage\x1a\x18.philip.v1.GenerateEvent(\x01\x30\x01\x12\x32\n\x06GetJob\x12\x18.philip.v1.GetJobRequest\x1a\x0e.philip.v1.Job\x12G\n\x07Session\x12\x1f.philip.v1.SessionClientMessage\x1a\x17.philip.v1.SessionEvent(\x01\x30\x01\x12\x45\n\tSubscribe\x12\x1b.philip.v1.SubscribeRequest\x1a\x19.philip.v1.SubscribeEvent0\x01\x12\x46\n\nGetSession\x12\x1c.philip.v1.GetSessionRequest\x1a\x1a.philip.v1.SessionSnapshot\x12H\n\rCreateAdapter\x12\x1f.philip.v1.CreateAdapterRequest\x1a\x16.philip.v1.TrainingJob\x12\x42\n\x08WatchJob\x12\x1a.philip.v1.WatchJobRequest\x1a\x18.philip.v1.TrainingEvent0\x01\x12\x44\n\x0eGetTrainingJob\x12\x1a.philip.v1.WatchJobRequest\x1a\x16.philip.v1.TrainingJob\x12@\n\tCancelJob\x12\x1b.philip.v1.CancelJobRequest\x1a\x16.philip.v1.TrainingJob\x12O\n\x0cListAdapters\x12\x1e.philip.v1.ListAdaptersRequest\x1a\x1f.philip.v1.ListAdaptersResponse\x12>\n\nGetAdapter\x12\x1c.philip.v1.GetAdapterRequest\x1a\x12.philip.v1.Adapter\x12R\n\rDeleteAdapter\x12\x1f.philip.v1.DeleteAdapterRequest\x1a .philip.v1.DeleteAdapterResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'philip.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SESSIONPHASE']._serialized_start=1976
-  _globals['_SESSIONPHASE']._serialized_end=2171
-  _globals['_SESSIONSTART']._serialized_start=114
-  _globals['_SESSIONSTART']._serialized_end=218
-  _globals['_SESSIONRESUME']._serialized_start=220
-  _globals['_SESSIONRESUME']._serialized_end=255
-  _globals['_SESSIONFEEDBACK']._serialized_start=257
-  _globals['_SESSIONFEEDBACK']._serialized_end=359
-  _globals['_SESSIONFINALIZE']._serialized_start=361
-  _globals['_SESSIONFINALIZE']._serialized_end=411
-  _globals['_SESSIONCANCEL']._serialized_start=413
-  _globals['_SESSIONCANCEL']._serialized_end=428
-  _globals['_SESSIONCLIENTMESSAGE']._serialized_start=431
-  _globals['_SESSIONCLIENTMESSAGE']._serialized_end=690
-  _globals['_ROUNDSTARTED']._serialized_start=692
-  _globals['_ROUNDSTARTED']._serialized_end=790
-  _globals['_ROUNDIMAGES']._serialized_start=792
-  _globals['_ROUNDIMAGES']._serialized_end=901
-  _globals['_SESSIONFINAL']._serialized_start=903
-  _globals['_SESSIONFINAL']._serialized_end=975
-  _globals['_SESSIONSNAPSHOT']._serialized_start=978
-  _globals['_SESSIONSNAPSHOT']._serialized_end=1281
-  _globals['_SESSIONEVENT']._serialized_start=1284
-  _globals['_SESSIONEVENT']._serialized_end=1750
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=1752
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=1820
-  _globals['_SUBSCRIBEEVENT']._serialized_start=1822
-  _globals['_SUBSCRIBEEVENT']._serialized_end=1932
-  _globals['_GETSESSIONREQUEST']._serialized_start=1934
-  _globals['_GETSESSIONREQUEST']._serialized_end=1973
-  _globals['_GATEWAY']._serialized_start=2174
-  _globals['_GATEWAY']._serialized_end=2527
+  _globals['_SESSIONPHASE']._serialized_start=2006
+  _globals['_SESSIONPHASE']._serialized_end=2201
+  _globals['_SESSIONSTART']._serialized_start=144
+  _globals['_SESSIONSTART']._serialized_end=248
+  _globals['_SESSIONRESUME']._serialized_start=250
+  _globals['_SESSIONRESUME']._serialized_end=285
+  _globals['_SESSIONFEEDBACK']._serialized_start=287
+  _globals['_SESSIONFEEDBACK']._serialized_end=389
+  _globals['_SESSIONFINALIZE']._serialized_start=391
+  _globals['_SESSIONFINALIZE']._serialized_end=441
+  _globals['_SESSIONCANCEL']._serialized_start=443
+  _globals['_SESSIONCANCEL']._serialized_end=458
+  _globals['_SESSIONCLIENTMESSAGE']._serialized_start=461
+  _globals['_SESSIONCLIENTMESSAGE']._serialized_end=720
+  _globals['_ROUNDSTARTED']._serialized_start=722
+  _globals['_ROUNDSTARTED']._serialized_end=820
+  _globals['_ROUNDIMAGES']._serialized_start=822
+  _globals['_ROUNDIMAGES']._serialized_end=931
+  _globals['_SESSIONFINAL']._serialized_start=933
+  _globals['_SESSIONFINAL']._serialized_end=1005
+  _globals['_SESSIONSNAPSHOT']._serialized_start=1008
+  _globals['_SESSIONSNAPSHOT']._serialized_end=1311
+  _globals['_SESSIONEVENT']._serialized_start=1314
+  _globals['_SESSIONEVENT']._serialized_end=1780
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=1782
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=1850
+  _globals['_SUBSCRIBEEVENT']._serialized_start=1852
+  _globals['_SUBSCRIBEEVENT']._serialized_end=1962
+  _globals['_GETSESSIONREQUEST']._serialized_start=1964
+  _globals['_GETSESSIONREQUEST']._serialized_end=2003
+  _globals['_GATEWAY']._serialized_start=2204
+  _globals['_GATEWAY']._serialized_end=3064
 # @@protoc_insertion_point(module_scope)

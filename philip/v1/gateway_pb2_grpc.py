@@ -5,6 +5,7 @@ import warnings
 
 from philip.v1 import gateway_pb2 as philip_dot_v1_dot_gateway__pb2
 from philip.v1 import generator_pb2 as philip_dot_v1_dot_generator__pb2
+from philip.v1 import personalizer_pb2 as philip_dot_v1_dot_personalizer__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -61,6 +62,41 @@ class GatewayStub:
                 request_serializer=philip_dot_v1_dot_gateway__pb2.GetSessionRequest.SerializeToString,
                 response_deserializer=philip_dot_v1_dot_gateway__pb2.SessionSnapshot.FromString,
                 _registered_method=True)
+        self.CreateAdapter = channel.unary_unary(
+                '/philip.v1.Gateway/CreateAdapter',
+                request_serializer=philip_dot_v1_dot_personalizer__pb2.CreateAdapterRequest.SerializeToString,
+                response_deserializer=philip_dot_v1_dot_personalizer__pb2.TrainingJob.FromString,
+                _registered_method=True)
+        self.WatchJob = channel.unary_stream(
+                '/philip.v1.Gateway/WatchJob',
+                request_serializer=philip_dot_v1_dot_personalizer__pb2.WatchJobRequest.SerializeToString,
+                response_deserializer=philip_dot_v1_dot_personalizer__pb2.TrainingEvent.FromString,
+                _registered_method=True)
+        self.GetTrainingJob = channel.unary_unary(
+                '/philip.v1.Gateway/GetTrainingJob',
+                request_serializer=philip_dot_v1_dot_personalizer__pb2.WatchJobRequest.SerializeToString,
+                response_deserializer=philip_dot_v1_dot_personalizer__pb2.TrainingJob.FromString,
+                _registered_method=True)
+        self.CancelJob = channel.unary_unary(
+                '/philip.v1.Gateway/CancelJob',
+                request_serializer=philip_dot_v1_dot_personalizer__pb2.CancelJobRequest.SerializeToString,
+                response_deserializer=philip_dot_v1_dot_personalizer__pb2.TrainingJob.FromString,
+                _registered_method=True)
+        self.ListAdapters = channel.unary_unary(
+                '/philip.v1.Gateway/ListAdapters',
+                request_serializer=philip_dot_v1_dot_personalizer__pb2.ListAdaptersRequest.SerializeToString,
+                response_deserializer=philip_dot_v1_dot_personalizer__pb2.ListAdaptersResponse.FromString,
+                _registered_method=True)
+        self.GetAdapter = channel.unary_unary(
+                '/philip.v1.Gateway/GetAdapter',
+                request_serializer=philip_dot_v1_dot_personalizer__pb2.GetAdapterRequest.SerializeToString,
+                response_deserializer=philip_dot_v1_dot_personalizer__pb2.Adapter.FromString,
+                _registered_method=True)
+        self.DeleteAdapter = channel.unary_unary(
+                '/philip.v1.Gateway/DeleteAdapter',
+                request_serializer=philip_dot_v1_dot_personalizer__pb2.DeleteAdapterRequest.SerializeToString,
+                response_deserializer=philip_dot_v1_dot_personalizer__pb2.DeleteAdapterResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -106,6 +142,49 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateAdapter(self, request, context):
+        """Personalization, same contracts as PersonalizerService.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTrainingJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAdapters(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAdapter(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAdapter(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -133,6 +212,41 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.GetSession,
                     request_deserializer=philip_dot_v1_dot_gateway__pb2.GetSessionRequest.FromString,
                     response_serializer=philip_dot_v1_dot_gateway__pb2.SessionSnapshot.SerializeToString,
+            ),
+            'CreateAdapter': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateAdapter,
+                    request_deserializer=philip_dot_v1_dot_personalizer__pb2.CreateAdapterRequest.FromString,
+                    response_serializer=philip_dot_v1_dot_personalizer__pb2.TrainingJob.SerializeToString,
+            ),
+            'WatchJob': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJob,
+                    request_deserializer=philip_dot_v1_dot_personalizer__pb2.WatchJobRequest.FromString,
+                    response_serializer=philip_dot_v1_dot_personalizer__pb2.TrainingEvent.SerializeToString,
+            ),
+            'GetTrainingJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTrainingJob,
+                    request_deserializer=philip_dot_v1_dot_personalizer__pb2.WatchJobRequest.FromString,
+                    response_serializer=philip_dot_v1_dot_personalizer__pb2.TrainingJob.SerializeToString,
+            ),
+            'CancelJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJob,
+                    request_deserializer=philip_dot_v1_dot_personalizer__pb2.CancelJobRequest.FromString,
+                    response_serializer=philip_dot_v1_dot_personalizer__pb2.TrainingJob.SerializeToString,
+            ),
+            'ListAdapters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAdapters,
+                    request_deserializer=philip_dot_v1_dot_personalizer__pb2.ListAdaptersRequest.FromString,
+                    response_serializer=philip_dot_v1_dot_personalizer__pb2.ListAdaptersResponse.SerializeToString,
+            ),
+            'GetAdapter': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAdapter,
+                    request_deserializer=philip_dot_v1_dot_personalizer__pb2.GetAdapterRequest.FromString,
+                    response_serializer=philip_dot_v1_dot_personalizer__pb2.Adapter.SerializeToString,
+            ),
+            'DeleteAdapter': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAdapter,
+                    request_deserializer=philip_dot_v1_dot_personalizer__pb2.DeleteAdapterRequest.FromString,
+                    response_serializer=philip_dot_v1_dot_personalizer__pb2.DeleteAdapterResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -271,6 +385,195 @@ class Gateway:
             '/philip.v1.Gateway/GetSession',
             philip_dot_v1_dot_gateway__pb2.GetSessionRequest.SerializeToString,
             philip_dot_v1_dot_gateway__pb2.SessionSnapshot.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/philip.v1.Gateway/CreateAdapter',
+            philip_dot_v1_dot_personalizer__pb2.CreateAdapterRequest.SerializeToString,
+            philip_dot_v1_dot_personalizer__pb2.TrainingJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/philip.v1.Gateway/WatchJob',
+            philip_dot_v1_dot_personalizer__pb2.WatchJobRequest.SerializeToString,
+            philip_dot_v1_dot_personalizer__pb2.TrainingEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTrainingJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/philip.v1.Gateway/GetTrainingJob',
+            philip_dot_v1_dot_personalizer__pb2.WatchJobRequest.SerializeToString,
+            philip_dot_v1_dot_personalizer__pb2.TrainingJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/philip.v1.Gateway/CancelJob',
+            philip_dot_v1_dot_personalizer__pb2.CancelJobRequest.SerializeToString,
+            philip_dot_v1_dot_personalizer__pb2.TrainingJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAdapters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/philip.v1.Gateway/ListAdapters',
+            philip_dot_v1_dot_personalizer__pb2.ListAdaptersRequest.SerializeToString,
+            philip_dot_v1_dot_personalizer__pb2.ListAdaptersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/philip.v1.Gateway/GetAdapter',
+            philip_dot_v1_dot_personalizer__pb2.GetAdapterRequest.SerializeToString,
+            philip_dot_v1_dot_personalizer__pb2.Adapter.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/philip.v1.Gateway/DeleteAdapter',
+            philip_dot_v1_dot_personalizer__pb2.DeleteAdapterRequest.SerializeToString,
+            philip_dot_v1_dot_personalizer__pb2.DeleteAdapterResponse.FromString,
             options,
             channel_credentials,
             insecure,

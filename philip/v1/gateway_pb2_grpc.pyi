@@ -7,6 +7,7 @@ from collections import abc as _abc
 from grpc import aio as _aio
 from philip.v1 import gateway_pb2 as _gateway_pb2
 from philip.v1 import generator_pb2 as _generator_pb2
+from philip.v1 import personalizer_pb2 as _personalizer_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -50,6 +51,14 @@ class GatewayStub:
     """
     GetSession: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetSessionRequest, _gateway_pb2.SessionSnapshot]
     """The current state of a session, for callers that poll. NOT_FOUND for unknown ids."""
+    CreateAdapter: _grpc.UnaryUnaryMultiCallable[_personalizer_pb2.CreateAdapterRequest, _personalizer_pb2.TrainingJob]
+    """Personalization, same contracts as PersonalizerService."""
+    WatchJob: _grpc.UnaryStreamMultiCallable[_personalizer_pb2.WatchJobRequest, _personalizer_pb2.TrainingEvent]
+    GetTrainingJob: _grpc.UnaryUnaryMultiCallable[_personalizer_pb2.WatchJobRequest, _personalizer_pb2.TrainingJob]
+    CancelJob: _grpc.UnaryUnaryMultiCallable[_personalizer_pb2.CancelJobRequest, _personalizer_pb2.TrainingJob]
+    ListAdapters: _grpc.UnaryUnaryMultiCallable[_personalizer_pb2.ListAdaptersRequest, _personalizer_pb2.ListAdaptersResponse]
+    GetAdapter: _grpc.UnaryUnaryMultiCallable[_personalizer_pb2.GetAdapterRequest, _personalizer_pb2.Adapter]
+    DeleteAdapter: _grpc.UnaryUnaryMultiCallable[_personalizer_pb2.DeleteAdapterRequest, _personalizer_pb2.DeleteAdapterResponse]
 
 @_typing.type_check_only
 class GatewayAsyncStub(GatewayStub):
@@ -72,6 +81,14 @@ class GatewayAsyncStub(GatewayStub):
     """
     GetSession: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetSessionRequest, _gateway_pb2.SessionSnapshot]  # type: ignore[assignment]
     """The current state of a session, for callers that poll. NOT_FOUND for unknown ids."""
+    CreateAdapter: _aio.UnaryUnaryMultiCallable[_personalizer_pb2.CreateAdapterRequest, _personalizer_pb2.TrainingJob]  # type: ignore[assignment]
+    """Personalization, same contracts as PersonalizerService."""
+    WatchJob: _aio.UnaryStreamMultiCallable[_personalizer_pb2.WatchJobRequest, _personalizer_pb2.TrainingEvent]  # type: ignore[assignment]
+    GetTrainingJob: _aio.UnaryUnaryMultiCallable[_personalizer_pb2.WatchJobRequest, _personalizer_pb2.TrainingJob]  # type: ignore[assignment]
+    CancelJob: _aio.UnaryUnaryMultiCallable[_personalizer_pb2.CancelJobRequest, _personalizer_pb2.TrainingJob]  # type: ignore[assignment]
+    ListAdapters: _aio.UnaryUnaryMultiCallable[_personalizer_pb2.ListAdaptersRequest, _personalizer_pb2.ListAdaptersResponse]  # type: ignore[assignment]
+    GetAdapter: _aio.UnaryUnaryMultiCallable[_personalizer_pb2.GetAdapterRequest, _personalizer_pb2.Adapter]  # type: ignore[assignment]
+    DeleteAdapter: _aio.UnaryUnaryMultiCallable[_personalizer_pb2.DeleteAdapterRequest, _personalizer_pb2.DeleteAdapterResponse]  # type: ignore[assignment]
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
     """Public entry point: authentication, sessions, routing, fan-out."""
@@ -121,5 +138,55 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.SessionSnapshot, _abc.Awaitable[_gateway_pb2.SessionSnapshot]]:
         """The current state of a session, for callers that poll. NOT_FOUND for unknown ids."""
+
+    @_abc_1.abstractmethod
+    def CreateAdapter(
+        self,
+        request: _personalizer_pb2.CreateAdapterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_personalizer_pb2.TrainingJob, _abc.Awaitable[_personalizer_pb2.TrainingJob]]:
+        """Personalization, same contracts as PersonalizerService."""
+
+    @_abc_1.abstractmethod
+    def WatchJob(
+        self,
+        request: _personalizer_pb2.WatchJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_personalizer_pb2.TrainingEvent], _abc.AsyncIterator[_personalizer_pb2.TrainingEvent]]: ...
+
+    @_abc_1.abstractmethod
+    def GetTrainingJob(
+        self,
+        request: _personalizer_pb2.WatchJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_personalizer_pb2.TrainingJob, _abc.Awaitable[_personalizer_pb2.TrainingJob]]: ...
+
+    @_abc_1.abstractmethod
+    def CancelJob(
+        self,
+        request: _personalizer_pb2.CancelJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_personalizer_pb2.TrainingJob, _abc.Awaitable[_personalizer_pb2.TrainingJob]]: ...
+
+    @_abc_1.abstractmethod
+    def ListAdapters(
+        self,
+        request: _personalizer_pb2.ListAdaptersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_personalizer_pb2.ListAdaptersResponse, _abc.Awaitable[_personalizer_pb2.ListAdaptersResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetAdapter(
+        self,
+        request: _personalizer_pb2.GetAdapterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_personalizer_pb2.Adapter, _abc.Awaitable[_personalizer_pb2.Adapter]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteAdapter(
+        self,
+        request: _personalizer_pb2.DeleteAdapterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_personalizer_pb2.DeleteAdapterResponse, _abc.Awaitable[_personalizer_pb2.DeleteAdapterResponse]]: ...
 
 def add_GatewayServicer_to_server(servicer: GatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -22,19 +22,44 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from philip.v1 import common_pb2 as philip_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cphilip/v1/personalizer.proto\x12\tphilip.v1\"\x9a\x01\n\x14\x43reateAdapterRequest\x12\x18\n\x10reference_images\x18\x01 \x03(\x0c\x12\r\n\x05token\x18\x02 \x01(\t\x12\x12\n\nclass_word\x18\x03 \x01(\t\x12(\n\x06method\x18\x04 \x01(\x0e\x32\x18.philip.v1.AdapterMethod\x12\r\n\x05steps\x18\x05 \x01(\r\x12\x0c\n\x04rank\x18\x06 \x01(\r\"~\n\x07\x41\x64\x61pter\x12\x12\n\nadapter_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x12\n\nclass_word\x18\x03 \x01(\t\x12(\n\x06method\x18\x04 \x01(\x0e\x32\x18.philip.v1.AdapterMethod\x12\x12\n\ncreated_ms\x18\x05 \x01(\x03*n\n\rAdapterMethod\x12\x1e\n\x1a\x41\x44\x41PTER_METHOD_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41\x44\x41PTER_METHOD_LORA\x10\x01\x12$\n ADAPTER_METHOD_TEXTUAL_INVERSION\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cphilip/v1/personalizer.proto\x12\tphilip.v1\x1a\x16philip/v1/common.proto\"\x9a\x01\n\x14\x43reateAdapterRequest\x12\x18\n\x10reference_images\x18\x01 \x03(\x0c\x12\r\n\x05token\x18\x02 \x01(\t\x12\x12\n\nclass_word\x18\x03 \x01(\t\x12(\n\x06method\x18\x04 \x01(\x0e\x32\x18.philip.v1.AdapterMethod\x12\r\n\x05steps\x18\x05 \x01(\r\x12\x0c\n\x04rank\x18\x06 \x01(\r\"\x9d\x01\n\x07\x41\x64\x61pter\x12\x12\n\nadapter_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x12\n\nclass_word\x18\x03 \x01(\t\x12(\n\x06method\x18\x04 \x01(\x0e\x32\x18.philip.v1.AdapterMethod\x12\x12\n\ncreated_ms\x18\x05 \x01(\x03\x12\x0e\n\x06job_id\x18\x06 \x01(\t\x12\r\n\x05steps\x18\x07 \x01(\r\"\xe6\x01\n\x0bTrainingJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\"\n\x05state\x18\x02 \x01(\x0e\x32\x13.philip.v1.JobState\x12\x0c\n\x04step\x18\x03 \x01(\r\x12\x13\n\x0btotal_steps\x18\x04 \x01(\r\x12\r\n\x05token\x18\x05 \x01(\t\x12(\n\x06method\x18\x06 \x01(\x0e\x32\x18.philip.v1.AdapterMethod\x12\x12\n\nadapter_id\x18\x07 \x01(\t\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x12\n\ncreated_ms\x18\t \x01(\x03\x12\x10\n\x08\x61ttempts\x18\n \x01(\r\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"Y\n\x10TrainingProgress\x12\x0c\n\x04step\x18\x01 \x01(\r\x12\x13\n\x0btotal_steps\x18\x02 \x01(\r\x12\x0c\n\x04loss\x18\x03 \x01(\x02\x12\x14\n\x0cresumed_from\x18\x04 \x01(\r\"@\n\x0fTrainingPreview\x12\x0c\n\x04step\x18\x01 \x01(\r\x12\x1f\n\x05image\x18\x02 \x01(\x0b\x32\x10.philip.v1.Image\"\xc6\x01\n\rTrainingEvent\x12%\n\x03job\x18\x01 \x01(\x0b\x32\x16.philip.v1.TrainingJobH\x00\x12/\n\x08progress\x18\x02 \x01(\x0b\x32\x1b.philip.v1.TrainingProgressH\x00\x12-\n\x07preview\x18\x03 \x01(\x0b\x32\x1a.philip.v1.TrainingPreviewH\x00\x12%\n\x07\x61\x64\x61pter\x18\x04 \x01(\x0b\x32\x12.philip.v1.AdapterH\x00\x42\x07\n\x05\x65vent\"\x15\n\x13ListAdaptersRequest\"<\n\x14ListAdaptersResponse\x12$\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x12.philip.v1.Adapter\"\'\n\x11GetAdapterRequest\x12\x12\n\nadapter_id\x18\x01 \x01(\t\"*\n\x14\x44\x65leteAdapterRequest\x12\x12\n\nadapter_id\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteAdapterResponse*n\n\rAdapterMethod\x12\x1e\n\x1a\x41\x44\x41PTER_METHOD_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41\x44\x41PTER_METHOD_LORA\x10\x01\x12$\n ADAPTER_METHOD_TEXTUAL_INVERSION\x10\x02\x32\x90\x04\n\x13PersonalizerService\x12H\n\rCreateAdapter\x12\x1f.philip.v1.CreateAdapterRequest\x1a\x16.philip.v1.TrainingJob\x12\x42\n\x08WatchJob\x12\x1a.philip.v1.WatchJobRequest\x1a\x18.philip.v1.TrainingEvent0\x01\x12\x44\n\x0eGetTrainingJob\x12\x1a.philip.v1.WatchJobRequest\x1a\x16.philip.v1.TrainingJob\x12@\n\tCancelJob\x12\x1b.philip.v1.CancelJobRequest\x1a\x16.philip.v1.TrainingJob\x12O\n\x0cListAdapters\x12\x1e.philip.v1.ListAdaptersRequest\x1a\x1f.philip.v1.ListAdaptersResponse\x12>\n\nGetAdapter\x12\x1c.philip.v1.GetAdapterRequest\x1a\x12.philip.v1.Adapter\x12R\n\rDeleteAdapter\x12\x1f.philip.v1.DeleteAdapterRequest\x1a .philip.v1.DeleteAdapterResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'philip.v1.personalizer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ADAPTERMETHOD']._serialized_start=328
-  _globals['_ADAPTERMETHOD']._serialized_end=438
-  _globals['_CREATEADAPTERREQUEST']._serialized_start=44
-  _globals['_CREATEADAPTERREQUEST']._serialized_end=198
-  _globals['_ADAPTER']._serialized_start=200
-  _globals['_ADAPTER']._serialized_end=326
+  _globals['_ADAPTERMETHOD']._serialized_start=1241
+  _globals['_ADAPTERMETHOD']._serialized_end=1351
+  _globals['_CREATEADAPTERREQUEST']._serialized_start=68
+  _globals['_CREATEADAPTERREQUEST']._serialized_end=222
+  _globals['_ADAPTER']._serialized_start=225
+  _globals['_ADAPTER']._serialized_end=382
+  _globals['_TRAININGJOB']._serialized_start=385
+  _globals['_TRAININGJOB']._serialized_end=615
+  _globals['_WATCHJOBREQUEST']._serialized_start=617
+  _globals['_WATCHJOBREQUEST']._serialized_end=650
+  _globals['_CANCELJOBREQUEST']._serialized_start=652
+  _globals['_CANCELJOBREQUEST']._serialized_end=686
+  _globals['_TRAININGPROGRESS']._serialized_start=688
+  _globals['_TRAININGPROGRESS']._serialized_end=777
+  _globals['_TRAININGPREVIEW']._serialized_start=779
+  _globals['_TRAININGPREVIEW']._serialized_end=843
+  _globals['_TRAININGEVENT']._serialized_start=846
+  _globals['_TRAININGEVENT']._serialized_end=1044
+  _globals['_LISTADAPTERSREQUEST']._serialized_start=1046
+  _globals['_LISTADAPTERSREQUEST']._serialized_end=1067
+  _globals['_LISTADAPTERSRESPONSE']._serialized_start=1069
+  _globals['_LISTADAPTERSRESPONSE']._serialized_end=1129
+  _globals['_GETADAPTERREQUEST']._serialized_start=1131
+  _globals['_GETADAPTERREQUEST']._serialized_end=1170
+  _globals['_DELETEADAPTERREQUEST']._serialized_start=1172
+  _globals['_DELETEADAPTERREQUEST']._serialized_end=1214
+  _globals['_DELETEADAPTERRESPONSE']._serialized_start=1216
+  _globals['_DELETEADAPTERRESPONSE']._serialized_end=1239
+  _globals['_PERSONALIZERSERVICE']._serialized_start=1354
+  _globals['_PERSONALIZERSERVICE']._serialized_end=1882
 # @@protoc_insertion_point(module_scope)

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from philip.v1 import personalizer_pb2 as philip_dot_v1_dot_personalizer__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -22,3 +23,346 @@ if _version_not_supported:
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
+
+
+class PersonalizerServiceStub:
+    """Training jobs and adapters. The gateway offers the same RPCs.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CreateAdapter = channel.unary_unary(
+                '/philip.v1.PersonalizerService/CreateAdapter',
+                request_serializer=philip_dot_v1_dot_personalizer__pb2.CreateAdapterRequest.SerializeToString,
+                response_deserializer=philip_dot_v1_dot_personalizer__pb2.TrainingJob.FromString,
+                _registered_method=True)
+        self.WatchJob = channel.unary_stream(
+                '/philip.v1.PersonalizerService/WatchJob',
+                request_serializer=philip_dot_v1_dot_personalizer__pb2.WatchJobRequest.SerializeToString,
+                response_deserializer=philip_dot_v1_dot_personalizer__pb2.TrainingEvent.FromString,
+                _registered_method=True)
+        self.GetTrainingJob = channel.unary_unary(
+                '/philip.v1.PersonalizerService/GetTrainingJob',
+                request_serializer=philip_dot_v1_dot_personalizer__pb2.WatchJobRequest.SerializeToString,
+                response_deserializer=philip_dot_v1_dot_personalizer__pb2.TrainingJob.FromString,
+                _registered_method=True)
+        self.CancelJob = channel.unary_unary(
+                '/philip.v1.PersonalizerService/CancelJob',
+                request_serializer=philip_dot_v1_dot_personalizer__pb2.CancelJobRequest.SerializeToString,
+                response_deserializer=philip_dot_v1_dot_personalizer__pb2.TrainingJob.FromString,
+                _registered_method=True)
+        self.ListAdapters = channel.unary_unary(
+                '/philip.v1.PersonalizerService/ListAdapters',
+                request_serializer=philip_dot_v1_dot_personalizer__pb2.ListAdaptersRequest.SerializeToString,
+                response_deserializer=philip_dot_v1_dot_personalizer__pb2.ListAdaptersResponse.FromString,
+                _registered_method=True)
+        self.GetAdapter = channel.unary_unary(
+                '/philip.v1.PersonalizerService/GetAdapter',
+                request_serializer=philip_dot_v1_dot_personalizer__pb2.GetAdapterRequest.SerializeToString,
+                response_deserializer=philip_dot_v1_dot_personalizer__pb2.Adapter.FromString,
+                _registered_method=True)
+        self.DeleteAdapter = channel.unary_unary(
+                '/philip.v1.PersonalizerService/DeleteAdapter',
+                request_serializer=philip_dot_v1_dot_personalizer__pb2.DeleteAdapterRequest.SerializeToString,
+                response_deserializer=philip_dot_v1_dot_personalizer__pb2.DeleteAdapterResponse.FromString,
+                _registered_method=True)
+
+
+class PersonalizerServiceServicer:
+    """Training jobs and adapters. The gateway offers the same RPCs.
+    """
+
+    def CreateAdapter(self, request, context):
+        """Validates the references and queues a training job; returns the job (state QUEUED).
+        INVALID_ARGUMENT for bad images, counts, token or numbers; ALREADY_EXISTS for a token the model
+        or another adapter already has.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchJob(self, request, context):
+        """Replays the job's events from the start, then follows them until a terminal state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTrainingJob(self, request, context):
+        """The job's current state. NOT_FOUND for unknown ids.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelJob(self, request, context):
+        """Cancels a queued or running job (a running one stops within one step).
+        FAILED_PRECONDITION if it already ended.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAdapters(self, request, context):
+        """Every adapter, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAdapter(self, request, context):
+        """One adapter. NOT_FOUND for unknown ids.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAdapter(self, request, context):
+        """Deletes an adapter's files and metadata; its token becomes free again. NOT_FOUND for unknown ids.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_PersonalizerServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CreateAdapter': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateAdapter,
+                    request_deserializer=philip_dot_v1_dot_personalizer__pb2.CreateAdapterRequest.FromString,
+                    response_serializer=philip_dot_v1_dot_personalizer__pb2.TrainingJob.SerializeToString,
+            ),
+            'WatchJob': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJob,
+                    request_deserializer=philip_dot_v1_dot_personalizer__pb2.WatchJobRequest.FromString,
+                    response_serializer=philip_dot_v1_dot_personalizer__pb2.TrainingEvent.SerializeToString,
+            ),
+            'GetTrainingJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTrainingJob,
+                    request_deserializer=philip_dot_v1_dot_personalizer__pb2.WatchJobRequest.FromString,
+                    response_serializer=philip_dot_v1_dot_personalizer__pb2.TrainingJob.SerializeToString,
+            ),
+            'CancelJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJob,
+                    request_deserializer=philip_dot_v1_dot_personalizer__pb2.CancelJobRequest.FromString,
+                    response_serializer=philip_dot_v1_dot_personalizer__pb2.TrainingJob.SerializeToString,
+            ),
+            'ListAdapters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAdapters,
+                    request_deserializer=philip_dot_v1_dot_personalizer__pb2.ListAdaptersRequest.FromString,
+                    response_serializer=philip_dot_v1_dot_personalizer__pb2.ListAdaptersResponse.SerializeToString,
+            ),
+            'GetAdapter': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAdapter,
+                    request_deserializer=philip_dot_v1_dot_personalizer__pb2.GetAdapterRequest.FromString,
+                    response_serializer=philip_dot_v1_dot_personalizer__pb2.Adapter.SerializeToString,
+            ),
+            'DeleteAdapter': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAdapter,
+                    request_deserializer=philip_dot_v1_dot_personalizer__pb2.DeleteAdapterRequest.FromString,
+                    response_serializer=philip_dot_v1_dot_personalizer__pb2.DeleteAdapterResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'philip.v1.PersonalizerService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('philip.v1.PersonalizerService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class PersonalizerService:
+    """Training jobs and adapters. The gateway offers the same RPCs.
+    """
+
+    @staticmethod
+    def CreateAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/philip.v1.PersonalizerService/CreateAdapter',
+            philip_dot_v1_dot_personalizer__pb2.CreateAdapterRequest.SerializeToString,
+            philip_dot_v1_dot_personalizer__pb2.TrainingJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/philip.v1.PersonalizerService/WatchJob',
+            philip_dot_v1_dot_personalizer__pb2.WatchJobRequest.SerializeToString,
+            philip_dot_v1_dot_personalizer__pb2.TrainingEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTrainingJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/philip.v1.PersonalizerService/GetTrainingJob',
+            philip_dot_v1_dot_personalizer__pb2.WatchJobRequest.SerializeToString,
+            philip_dot_v1_dot_personalizer__pb2.TrainingJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/philip.v1.PersonalizerService/CancelJob',
+            philip_dot_v1_dot_personalizer__pb2.CancelJobRequest.SerializeToString,
+            philip_dot_v1_dot_personalizer__pb2.TrainingJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAdapters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/philip.v1.PersonalizerService/ListAdapters',
+            philip_dot_v1_dot_personalizer__pb2.ListAdaptersRequest.SerializeToString,
+            philip_dot_v1_dot_personalizer__pb2.ListAdaptersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/philip.v1.PersonalizerService/GetAdapter',
+            philip_dot_v1_dot_personalizer__pb2.GetAdapterRequest.SerializeToString,
+            philip_dot_v1_dot_personalizer__pb2.Adapter.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/philip.v1.PersonalizerService/DeleteAdapter',
+            philip_dot_v1_dot_personalizer__pb2.DeleteAdapterRequest.SerializeToString,
+            philip_dot_v1_dot_personalizer__pb2.DeleteAdapterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

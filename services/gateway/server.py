@@ -11,19 +11,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import NoReturn
 
 from grpc import aio
 
 from philip.logs import bind_ids
 from philip.rpc.errors import InvalidArgument
 from philip.rpc.server import RegisterFn
-from philip.rpc.status import DETAILS_KEY
 from philip.settings import Settings
 from philip.store import Store
-from philip.v1 import gateway_pb2, gateway_pb2_grpc, generator_pb2, generator_pb2_grpc, refiner_pb2, refiner_pb2_grpc
+from philip.v1 import (
+    gateway_pb2,
+    gateway_pb2_grpc,
+    generator_pb2,
+    generator_pb2_grpc,
+    personalizer_pb2,
+    personalizer_pb2_grpc,
+    refiner_pb2,
+    refiner_pb2_grpc,
+)
 from services.gateway import codec
 from services.gateway.fanout import buffered
+from services.gateway.personalization import PersonalizationProxy, abort_like
 from services.gateway.sessions import SessionManager
 from services.gateway.upstream import GrpcUpstream, metadata
 from services.generator.codec import error_from_code, params_from_pb
@@ -32,6 +40,7 @@ from services.refiner.weights import weights_from_pb
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 GENERATOR_SERVICE = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"].full_name
 REFINER_SERVICE = refiner_pb2.DESCRIPTOR.services_by_name["RefinerService"].full_name
+PERSONALIZER_SERVICE = personalizer_pb2.DESCRIPTOR.services_by_name["PersonalizerService"].full_name
 # Errors of a round this connection asked for that are the caller's to fix end its stream with
 # that status; others (a replica gone, ...) arrive as `error` events and the session goes on.
 CALLER_CODES = frozenset({"INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED",
@@ -39,12 +48,14 @@ CALLER_CODES = frozenset({"INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION"
 _END = object()
 
 
-class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
+class GatewayServicer(PersonalizationProxy, gateway_pb2_grpc.GatewayServicer):
     """Validation happens in the generator; the gateway only routes (and later authenticates)."""
 
     def __init__(self, generator: generator_pb2_grpc.GeneratorServiceStub, sessions: SessionManager, *,
+                 personalizer: personalizer_pb2_grpc.PersonalizerServiceStub | None = None,
                  subscriber_buffer: int = 16) -> None:
         self.generator = generator
+        self.personalizer = personalizer
         self.sessions = sessions
         self.subscriber_buffer = subscriber_buffer
 
@@ -57,7 +68,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             async for event in call:
                 yield event
         except aio.AioRpcError as exc:
-            await _abort_like(context, exc)
+            await abort_like(context, exc)
         finally:
             pump.cancel()
             call.cancel()  # no-op when finished; otherwise our client left: tell the generator
@@ -67,7 +78,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             job: generator_pb2.Job = await self.generator.GetJob(request, timeout=_timeout(context),
                                                                  metadata=metadata())
         except aio.AioRpcError as exc:
-            await _abort_like(context, exc)
+            await abort_like(context, exc)
         return job
 
     async def Session(
@@ -172,13 +183,6 @@ def _timeout(context: aio.ServicerContext) -> float | None:
     return context.time_remaining()
 
 
-async def _abort_like(context: aio.ServicerContext, exc: aio.AioRpcError) -> NoReturn:
-    """End our call with the upstream status: code, message and rich error details."""
-    details = tuple((key, value) for key, value in exc.trailing_metadata() or () if key == DETAILS_KEY)
-    await context.abort(exc.code(), exc.details() or "", trailing_metadata=details)
-    raise AssertionError("unreachable: abort raises")
-
-
 def open_sessions(settings: Settings, store: Store, generator_channel: aio.Channel,
                   refiner_channel: aio.Channel) -> SessionManager:
     """The session domain on real upstreams; the caller closes it (and the channels)."""
@@ -188,10 +192,12 @@ def open_sessions(settings: Settings, store: Store, generator_channel: aio.Chann
                           max_references=settings.max_references)
 
 
-def build(settings: Settings, generator_channel: aio.Channel,
-          sessions: SessionManager) -> list[tuple[str, RegisterFn]]:
-    """Services for ``GrpcServer``; the caller owns (and closes) ``generator_channel`` and ``sessions``."""
-    servicer = GatewayServicer(generator_pb2_grpc.GeneratorServiceStub(generator_channel), sessions)
+def build(settings: Settings, generator_channel: aio.Channel, sessions: SessionManager,
+          personalizer_channel: aio.Channel | None = None) -> list[tuple[str, RegisterFn]]:
+    """Services for ``GrpcServer``; the caller owns (and closes) the channels and ``sessions``."""
+    personalizer = personalizer_pb2_grpc.PersonalizerServiceStub(personalizer_channel) if personalizer_channel else None
+    servicer = GatewayServicer(generator_pb2_grpc.GeneratorServiceStub(generator_channel), sessions,
+                               personalizer=personalizer)
 
     def register(server: aio.Server) -> None:
         gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, server)
@@ -199,4 +205,7 @@ def build(settings: Settings, generator_channel: aio.Channel,
     return [(SERVICE_NAME, register)]
 
 
-__all__ = ["GENERATOR_SERVICE", "REFINER_SERVICE", "SERVICE_NAME", "GatewayServicer", "build", "open_sessions"]
+__all__ = [
+    "GENERATOR_SERVICE", "PERSONALIZER_SERVICE", "REFINER_SERVICE", "SERVICE_NAME", "GatewayServicer", "build",
+    "open_sessions",
+]

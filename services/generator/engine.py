@@ -23,9 +23,9 @@ import torch
 
 from philip.images import png_bytes
 from philip.logs import bind_ids, get_logger
+from philip.models.adapters import AdapterSwitch, activate_adapters
 from philip.models.pipelines import SCHEDULERS, load_pipeline, make_scheduler, native_size
 from philip.previews import PreviewEncoder, UNetCapture, decode_latents, x0_estimate
-from philip.rpc.errors import InvalidArgument
 from services.generator.batching import WorkItem
 from services.generator.events import Cancelled, GeneratedImage, JobEvent, Preview, Progress, Result
 
@@ -35,9 +35,10 @@ log = get_logger("services.generator.engine")
 class DiffusionEngine:
     """Owns one Stable Diffusion pipeline and runs merged batches (a ``BatchRunner``)."""
 
-    def __init__(self, pipe: Any, previews: PreviewEncoder) -> None:
+    def __init__(self, pipe: Any, previews: PreviewEncoder, adapters: AdapterSwitch | None = None) -> None:
         self.pipe = pipe
         self.previews = previews
+        self.adapters = adapters
         # One thread: the pipeline (and its scheduler swap) is not safe to share, and torch work
         # must never run on the event loop.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffusion")
@@ -45,12 +46,14 @@ class DiffusionEngine:
         self._hook = pipe.unet.register_forward_hook(self._capture, with_kwargs=True)
 
     @classmethod
-    def load(cls, model_dir: str | Path, device: str = "cpu", *, threads: int | None = None) -> DiffusionEngine:
+    def load(cls, model_dir: str | Path, device: str = "cpu", *, threads: int | None = None,
+             adapters_dir: str | Path | None = None, adapter_cache: int = 8) -> DiffusionEngine:
         """Load the model folder and its preview projection (fitted on first use). Blocking."""
         if threads:
             torch.set_num_threads(threads)
         pipe = load_pipeline(model_dir, device)
-        return cls(pipe, PreviewEncoder.for_pipeline(pipe, model_dir))
+        adapters = AdapterSwitch(pipe, adapters_dir, adapter_cache) if adapters_dir is not None else None
+        return cls(pipe, PreviewEncoder.for_pipeline(pipe, model_dir), adapters)
 
     @property
     def native_size(self) -> int:
@@ -77,10 +80,7 @@ class DiffusionEngine:
 
     def _run_batch(self, batch: list[WorkItem], loop: asyncio.AbstractEventLoop) -> None:
         key = batch[0].key
-        if key.adapter_ids:  # validated earlier; loading adapters is not implemented yet
-            unknown = key.adapter_ids[0]
-            raise InvalidArgument(f"unknown adapter id {unknown} in adapter_ids (no adapters are loaded yet)",
-                                  field="adapter_ids")
+        activate_adapters(self.adapters, key.adapter_ids)  # a batch holds one adapter set (batching.py)
         run = _BatchRun(self, batch, loop)
         pipe = self.pipe
         base_scheduler = pipe.scheduler

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from philip.logs import get_logger
-from philip.rpc.errors import InvalidArgument
+from philip.models.adapters import adapter_exists, is_adapter_id
+from philip.rpc.errors import FailedPrecondition, InvalidArgument, NotFound
 
 log = get_logger("services.generator.requests")
 
@@ -149,7 +150,7 @@ class RequestResolver:
     native_size: int  # unet.config.sample_size * vae scale factor
     schedulers: tuple[str, ...]
     styles: Mapping[str, Style] = field(default_factory=dict)
-    known_adapters: frozenset[str] = frozenset()  # loading adapters is a later issue: none yet
+    adapters_dir: str | None = None  # None: this server loads no adapters
 
     def resolve(self, params: GenerationParams) -> GenerationRequest:
         if not params.prompt.strip():
@@ -217,9 +218,15 @@ class RequestResolver:
             raise InvalidArgument(f"adapter_ids takes 0-{MAX_ADAPTERS} ids; got {len(adapter_ids)}",
                                   field="adapter_ids")
         for adapter_id in adapter_ids:
-            if adapter_id not in self.known_adapters:
-                raise InvalidArgument(f"unknown adapter id {adapter_id} in adapter_ids (no adapters are loaded yet)",
-                                      field="adapter_ids")
+            if not is_adapter_id(adapter_id):
+                raise InvalidArgument(f"adapter_ids: {adapter_id!r} is not an adapter id (ad_ followed by hex "
+                                      "digits, as CreateAdapter returns)", field="adapter_ids")
+            if self.adapters_dir is None:
+                raise FailedPrecondition("this server is not configured for adapters (PHILIP_ADAPTERS_DIR)",
+                                         field="adapter_ids")
+            if not adapter_exists(self.adapters_dir, adapter_id):
+                raise NotFound(f"unknown adapter id {adapter_id} in adapter_ids; ListAdapters shows the ones "
+                               "that exist", field="adapter_ids")
         return tuple(sorted(set(adapter_ids)))
 
 

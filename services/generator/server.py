@@ -110,9 +110,10 @@ def open_generator(settings: Settings, store: Store, *, engine: Engine | None = 
     if engine is None:
         from services.generator.engine import DiffusionEngine  # torch stays out of the servicer's imports
 
-        engine = DiffusionEngine.load(settings.model_dir, settings.device, threads=settings.torch_threads)
+        engine = DiffusionEngine.load(settings.model_dir, settings.device, threads=settings.torch_threads,
+                                      adapters_dir=settings.adapters_dir, adapter_cache=settings.adapter_cache)
     resolver = RequestResolver(native_size=engine.native_size, schedulers=engine.schedulers,
-                               styles=load_styles(settings.styles_path))
+                               styles=load_styles(settings.styles_path), adapters_dir=settings.adapters_dir)
     queue = GenerationQueue(engine, max_queue=settings.max_queue, max_batch=settings.max_batch,
                             batch_window_ms=settings.batch_window_ms)
     return Generator(store, queue, resolver, encode_event=codec.encode_event, blob_ttl_s=settings.blob_ttl_s)

@@ -37,6 +37,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from philip.models.adapters import AdapterSwitch, activate_adapters
 from philip.models.pipelines import SCHEDULERS, make_scheduler
 from philip.previews import PreviewEncoder, UNetCapture, decode_latents, x0_estimate
 from philip.rpc.errors import Cancelled, InvalidArgument
@@ -123,6 +124,7 @@ class RoundParams:
     num_images: int
     seed: int
     negative_prompt: str = ""
+    adapter_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -159,9 +161,11 @@ class FeedbackRound:
 class RoundRunner:
     """Runs feedback rounds on one pipeline; caches reference latents by image id."""
 
-    def __init__(self, pipe: Any, *, previews: PreviewEncoder | None = None, cache_size: int = 256) -> None:
+    def __init__(self, pipe: Any, *, previews: PreviewEncoder | None = None, cache_size: int = 256,
+                 adapters: AdapterSwitch | None = None) -> None:
         self.pipe = pipe
         self.previews = previews
+        self.adapters = adapters
         self.cache_size = cache_size
         self._latents: OrderedDict[tuple[str, int, int], torch.Tensor] = OrderedDict()
         self._empty_prompt: torch.Tensor | None = None
@@ -231,6 +235,8 @@ class RoundRunner:
         """
         pipe = self.pipe
         _check(params)
+        # Before anything touches the UNet: reference latents and passes use the same adapters.
+        activate_adapters(self.adapters, params.adapter_ids)
         shape = (1, int(pipe.unet.config.in_channels),
                  params.height // int(pipe.vae_scale_factor), params.width // int(pipe.vae_scale_factor))
         plan = self._plan(params, feedback, shape)

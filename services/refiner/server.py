@@ -49,6 +49,7 @@ def open_refiner(settings: Settings) -> Refiner:
     """The refiner domain for ``settings``: loads the model and the upscaler. Blocking."""
     import torch
 
+    from philip.models.adapters import AdapterSwitch
     from philip.models.pipelines import SCHEDULERS, load_pipeline, native_size
     from philip.models.upscaler import OnnxUpscaler
     from philip.previews import PreviewEncoder
@@ -57,9 +58,10 @@ def open_refiner(settings: Settings) -> Refiner:
 
     torch.set_num_threads(settings.torch_threads)
     pipe = load_pipeline(settings.model_dir, settings.device)
-    runner = RoundRunner(pipe, previews=PreviewEncoder.for_pipeline(pipe, settings.model_dir))
+    runner = RoundRunner(pipe, previews=PreviewEncoder.for_pipeline(pipe, settings.model_dir),
+                         adapters=AdapterSwitch(pipe, settings.adapters_dir, settings.adapter_cache))
     resolver = RequestResolver(native_size=native_size(pipe), schedulers=tuple(SCHEDULERS),
-                               styles=load_styles(settings.styles_path))
+                               styles=load_styles(settings.styles_path), adapters_dir=settings.adapters_dir)
     upscaler = Upscaler(OnnxUpscaler(settings.upscaler_path, providers=settings.onnx_providers))
     return Refiner(runner, upscaler, resolver, max_queue=settings.max_queue)
 

@@ -88,7 +88,7 @@ class Refiner:
         round_params = RoundParams(
             prompt=request.prompt, negative_prompt=request.negative_prompt, width=request.width,
             height=request.height, steps=request.steps, guidance=request.guidance, scheduler=request.scheduler,
-            num_images=request.num_images, seed=request.seed,
+            num_images=request.num_images, seed=request.seed, adapter_ids=request.adapter_ids,
         )
         return RefineJob(round_params, feedback, request.preview_every, round_id)
 

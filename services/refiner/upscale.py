@@ -10,25 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
-import warnings
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from PIL import Image
 
-from philip.images import png_bytes
+from philip.images import InvalidImage, decode_upload, png_bytes
 from philip.models.upscaler import OnnxUpscaler
 from philip.rpc.errors import InvalidArgument
 
 MAX_INPUT_PIXELS = 4_000_000  # 4 megapixels, as the API promises
 
-
-class InvalidImage(InvalidArgument, ValueError):
-    """The image bytes are not a usable PNG (unreadable, another format, too large)."""
-
-    def __init__(self, message: str, *, field: str = "image") -> None:
-        super().__init__(message, field=field)
+__all__ = ["InvalidImage", "Upscaler", "decode_png"]
 
 
 @dataclass(frozen=True)
@@ -48,42 +41,8 @@ UpscaleEvent = UpscaleProgress | UpscaledImage
 
 
 def decode_png(data: bytes, *, max_pixels: int = MAX_INPUT_PIXELS, field: str = "image") -> Image.Image:
-    """An RGB image from PNG ``data``; :class:`InvalidImage` naming ``field`` for anything else.
-
-    The size is checked from the header before any pixel is decoded, so a decompression bomb
-    costs nothing; Pillow's own ``MAX_IMAGE_PIXELS`` guard is also turned into an error.
-    """
-    if not data:
-        raise InvalidImage(f"{field} is empty; send the PNG file's bytes", field=field)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=["PNG"])
-            width, height = image.size
-            if width * height > max_pixels:
-                raise InvalidImage(
-                    f"{field} is {width}x{height} ({width * height / 1e6:.1f} megapixels); "
-                    f"the limit is {max_pixels / 1e6:g} megapixels, downscale it first", field=field)
-            image.load()
-    except InvalidImage:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InvalidImage(f"{field} is too large to decode safely ({exc}); the limit is "
-                           f"{max_pixels / 1e6:g} megapixels", field=field) from exc
-    except Image.UnidentifiedImageError as exc:
-        raise InvalidImage(f"{field} is not a PNG ({_sniff(data)}); send PNG bytes", field=field) from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise InvalidImage(f"{field} is a damaged or truncated PNG ({exc}); re-export it", field=field) from exc
-    if width < 1 or height < 1:
-        raise InvalidImage(f"{field} is {width}x{height}; it needs at least one pixel", field=field)
-    return image.convert("RGB")
-
-
-def _sniff(data: bytes) -> str:
-    for magic, name in ((b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"RIFF", "WebP"), (b"BM", "BMP")):
-        if data.startswith(magic):
-            return f"looks like {name}"
-    return f"first bytes {data[:8]!r}"
+    """An RGB image from PNG ``data``; :class:`InvalidImage` naming ``field`` for anything else."""
+    return decode_upload(data, formats=("PNG",), max_pixels=max_pixels, field=field)
 
 
 class Upscaler:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from philip.rpc.errors import InvalidArgument
+from philip.rpc.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.generator.requests import (
     MAX_SEED,
     GenerationParams,
@@ -90,10 +90,23 @@ def test_violations_name_field_and_range(resolver: RequestResolver, changes: dic
     assert field in caught.value.message and range_text in caught.value.message
 
 
-def test_adapters_are_not_loadable_yet(resolver: RequestResolver) -> None:
-    with pytest.raises(InvalidArgument, match="unknown adapter id sks-dog") as caught:
+def test_adapter_ids_are_checked_for_form_then_existence(tmp_path: Path) -> None:
+    resolver = RequestResolver(native_size=64, schedulers=SCHEDULERS, adapters_dir=str(tmp_path))
+    with pytest.raises(InvalidArgument, match="'sks-dog' is not an adapter id") as caught:
         resolver.resolve(GenerationParams(prompt="x", adapter_ids=("sks-dog",)))
     assert caught.value.field == "adapter_ids"
+    with pytest.raises(NotFound, match="unknown adapter id ad_0123456789abcdef") as missing:
+        resolver.resolve(GenerationParams(prompt="x", adapter_ids=("ad_0123456789abcdef",)))
+    assert missing.value.field == "adapter_ids"
+    (tmp_path / "ad_0123456789abcdef").mkdir()
+    (tmp_path / "ad_0123456789abcdef" / "adapter.json").write_text("{}")
+    both = ("ad_0123456789abcdef", "ad_0123456789abcdef")
+    assert resolver.resolve(GenerationParams(prompt="x", adapter_ids=both)).adapter_ids == both[:1]
+
+
+def test_adapters_need_an_adapters_dir(resolver: RequestResolver) -> None:
+    with pytest.raises(FailedPrecondition, match="not configured for adapters"):
+        resolver.resolve(GenerationParams(prompt="x", adapter_ids=("ad_0123456789abcdef",)))
 
 
 def test_style_wraps_prompt_and_extends_negative(resolver: RequestResolver) -> None:

@@ -298,6 +298,22 @@ async def test_dead_consumer_entry_is_reclaimed(store: Store) -> None:
     assert await store.pending_count("q", "g") == 0
 
 
+async def test_touch_keeps_a_live_consumers_entry_from_reclaim(store: Store) -> None:
+    await store.enqueue("q", b"long job")
+    (taken,) = await store.claim("q", "g", "busy")
+    for _ in range(3):
+        await asyncio.sleep(0.2)
+        assert await store.touch("q", "g", "busy", taken.id) is True
+        assert await store.reclaim("q", "g", "thief", min_idle_ms=300) == []  # heartbeat < idle
+    assert await store.touch("q", "g", "thief", taken.id) is False  # not the owner
+    await asyncio.sleep(0.35)  # heartbeats stop: the entry goes to another worker
+    assert await store.reclaim("q", "g", "thief", min_idle_ms=300) == [taken]
+    assert await store.touch("q", "g", "busy", taken.id) is False  # the old owner learns it lost it
+    assert await store.ack("q", "g", taken.id) is True
+    assert await store.touch("q", "g", "thief", taken.id) is False  # acked: nothing to keep alive
+    assert await store.touch("q", "nogroup", "thief", taken.id) is False
+
+
 async def test_restarted_consumer_resumes_own_pending_first(backend: tuple[Store, Reopen]) -> None:
     store, reopen = backend
     await store.enqueue("q", b"a")
