@@ -316,6 +316,7 @@ def eval_personalize_cmd(
     method: str = typer.Option("lora", help="lora | textual_inversion."),
     steps: int = typer.Option(0, help="Training steps (0 = the method's default)."),
     seeds: int = typer.Option(6, help="Images per background colour, with and without the adapter."),
+    colour: str = typer.Option("green", help="The star's colour (one of the palette's eight)."),
     save_dir: Path | None = typer.Option(None, help="Also write contact sheets (references, with, without) here."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object last."),
 ) -> None:
@@ -328,7 +329,7 @@ def eval_personalize_cmd(
     from philip.logs import configure_logging
 
     configure_logging("console", "warning")
-    cfg = PersonalizeConfig(method=method, steps=steps, seeds_per_colour=seeds)
+    cfg = PersonalizeConfig(method=method, steps=steps, seeds_per_colour=seeds, colour=colour)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("training", total=None)
 

@@ -28,7 +28,7 @@ SUBJECT_COLOR = "green"
 REFERENCE_BACKGROUNDS = ("white", "blue", "black", "red", "yellow", "purple", "orange")
 # The subject is a big star: philip-tiny's VAE (16x16 latents) keeps the points of stars this size
 # (21/21 round trips judged star at 0.75 of the side) but blurs smaller ones (8/21 at 0.55).
-SUBJECT_SIZE = 0.74
+SUBJECT_SIZE = 0.80
 REFERENCE_SEED = 4_242
 
 
@@ -40,6 +40,7 @@ class PersonalizeConfig:
     steps: int = 0  # 0 = the method's default
     references: int = 5
     seeds_per_colour: int = 6
+    colour: str = SUBJECT_COLOR
     guidance: float = 5.0
     inference_steps: int = 8
 
@@ -83,16 +84,17 @@ TrainFn = Callable[[list[Image.Image], PersonalizeConfig], Awaitable[str]]
 async def evaluate_personalization(config: PersonalizeConfig, train: TrainFn, generate: GenerateFn,
                                    save_dir: Path | None = None) -> dict[str, Any]:
     """Train an adapter through ``train`` (returns its id), then judge generations with and without it."""
-    refs = reference_images(config.references)
+    refs = reference_images(config.references, config.colour)
     started = time.monotonic()
     adapter_id = await train(refs, config)
     train_s = time.monotonic() - started
-    pairs = [(prompt, bg) for prompt, bg in eval_prompts(config.token) for _ in range(config.seeds_per_colour)]
+    pairs = [(prompt, bg) for prompt, bg in eval_prompts(config.token, config.colour)
+             for _ in range(config.seeds_per_colour)]
     prompts = [p for p, _ in pairs]
     seeds = [10_000 + i for i in range(len(pairs))]
     with_images = await generate(prompts, seeds, (adapter_id,))
     without_images = await generate(prompts, seeds, ())
-    result = score(with_images, without_images, [bg for _, bg in pairs])
+    result = score(with_images, without_images, [bg for _, bg in pairs], config.colour)
     if save_dir is not None:
         from philip.images import contact_sheet
 
@@ -100,7 +102,7 @@ async def evaluate_personalization(config: PersonalizeConfig, train: TrainFn, ge
         contact_sheet(refs, 5).save(save_dir / "personalize_refs.png")
         contact_sheet(with_images, config.seeds_per_colour).save(save_dir / "personalize_with.png")
         contact_sheet(without_images, config.seeds_per_colour).save(save_dir / "personalize_without.png")
-    return {**result, "train_s": round(train_s, 1), "method": config.method, "n": len(pairs),
+    return {**result, "train_s": round(train_s, 1), "method": config.method, "n": len(pairs), "colour": config.colour,
             "adapter_id": adapter_id}
 
 

@@ -65,7 +65,7 @@ class CreateAdapterRequest(_message.Message):
     method: Global___AdapterMethod.ValueType
     """Method; default LoRA."""
     steps: _builtins.int
-    """Training steps, 1-5000; 0 = the method's default (600)."""
+    """Training steps, 1-5000; 0 = the method's default (500)."""
     rank: _builtins.int
     """LoRA rank, 1-64; 0 = default 8. Ignored for textual inversion."""
     @_builtins.property

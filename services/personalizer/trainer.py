@@ -40,7 +40,7 @@ class TrainConfig:
     token: str
     class_word: str
     method: str = "lora"  # "lora" | "textual_inversion"
-    steps: int = 600
+    steps: int = 500
     rank: int = 8
     lr: float = 5e-3
     embedding_lr: float = 2e-2
@@ -55,7 +55,7 @@ class TrainConfig:
     lora_targets: tuple[str, ...] = LORA_TARGETS
 
 
-DEFAULT_STEPS = {"lora": 600, "textual_inversion": 600}
+DEFAULT_STEPS = {"lora": 500, "textual_inversion": 500}
 
 
 @dataclass(frozen=True, slots=True)

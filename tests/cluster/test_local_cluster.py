@@ -1,5 +1,6 @@
-"""A split deployment on one machine: gateway, two generator replicas and a refiner as separate
-OS processes (``philip serve <role>``), state in Redis, with the trained philip-tiny models.
+"""A split deployment on one machine: gateway, two generator replicas, a refiner and two
+personalizers as separate OS processes (``philip serve <role>``), state in Redis, with the
+trained philip-tiny models.
 
 What Kubernetes gives the real deployment is played here by hand: the gateway dials both
 generator replicas through one ``ipv4:host:port,host:port`` target (gRPC's static resolver; the
@@ -129,11 +130,14 @@ async def wait_serving(services: list[Service], timeout_s: float = START_TIMEOUT
         await asyncio.sleep(0.5)
 
 
-def start_gateway(name: str, generators: list[Service], refiner: Service, logs: Path) -> Service:
+def start_gateway(name: str, generators: list[Service], refiner: Service, logs: Path,
+                  personalizers: list[Service] | None = None) -> Service:
     # Two replicas behind one target: gRPC's ipv4: resolver takes a comma-separated list.
-    generator_addr = "ipv4:" + ",".join(g.address for g in generators)
-    gateway = Service(name, "gateway", free_port(), logs / f"{name}.log",
-                      env={"PHILIP_GENERATOR_ADDR": generator_addr, "PHILIP_REFINER_ADDR": refiner.address})
+    env = {"PHILIP_GENERATOR_ADDR": "ipv4:" + ",".join(g.address for g in generators),
+           "PHILIP_REFINER_ADDR": refiner.address}
+    if personalizers:
+        env["PHILIP_PERSONALIZER_ADDR"] = "ipv4:" + ",".join(p.address for p in personalizers)
+    gateway = Service(name, "gateway", free_port(), logs / f"{name}.log", env=env)
     gateway.start()
     return gateway
 
@@ -143,6 +147,7 @@ class Cluster:
     gateway: Service
     generators: list[Service]
     refiner: Service
+    personalizers: list[Service]
     logs: Path
 
     def submitted(self) -> list[int]:
@@ -159,14 +164,22 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     logs = tmp_path_factory.mktemp("cluster-logs")
     generators = [Service(f"generator-{i}", "generator", free_port(), logs / f"generator-{i}.log") for i in (1, 2)]
     refiner = Service("refiner", "refiner", free_port(), logs / "refiner.log")
-    workers = [*generators, refiner]
+    # Personalizers share the adapters folder (a ReadWriteMany volume in Kubernetes); a dead
+    # worker's job is reclaimed after 3 s instead of the default minute.
+    shared = {"PHILIP_ADAPTERS_DIR": str(logs / "adapters"), "PHILIP_TRAIN_RECLAIM_IDLE_S": "3",
+              "PHILIP_TRAIN_CHECKPOINT_EVERY": "5"}
+    personalizers = [Service(f"personalizer-{i}", "personalizer", free_port(), logs / f"personalizer-{i}.log",
+                             env=shared) for i in (1, 2)]
+    for service in [*generators, refiner]:
+        service.env = {**service.env, "PHILIP_ADAPTERS_DIR": shared["PHILIP_ADAPTERS_DIR"]}
+    workers = [*generators, refiner, *personalizers]
     for worker in workers:
         worker.start()
-    gateway = start_gateway("gateway", generators, refiner, logs)
+    gateway = start_gateway("gateway", generators, refiner, logs, personalizers)
     everything = [*workers, gateway]
     try:
         asyncio.run(wait_serving(everything))
-        yield Cluster(gateway, generators, refiner, logs)
+        yield Cluster(gateway, generators, refiner, personalizers, logs)
     finally:
         for service in [gateway, *workers]:  # like a rollout: the gateway first, then the workers
             service.stop()
@@ -261,47 +274,36 @@ async def test_session_continues_on_the_other_replica_when_one_dies(cluster: Clu
             assert len(survivor.events("job.submitted")) > survivor_before
 
 
-async def test_a_personalizer_killed_mid_training_is_finished_by_another(tmp_path: Path) -> None:
-    """Two personalizer processes share the queue and the adapters folder; the one training is
-    SIGKILLed after a checkpoint; the other reclaims the job once its heartbeat stops and resumes."""
-    if not redis_up():
-        pytest.skip("needs Redis on 127.0.0.1:6379")
+async def test_a_personalizer_killed_mid_training_is_finished_by_another(cluster: Cluster) -> None:
+    """The personalizer training a job (created through the gateway) is SIGKILLed after a
+    checkpoint; the other reclaims the job once the heartbeat stops and resumes from the checkpoint."""
     from philip.v1 import personalizer_pb2 as pb
-    from philip.v1 import personalizer_pb2_grpc
     from tests.personalizer.conftest import reference_pngs
 
-    shared = {"PHILIP_ADAPTERS_DIR": str(tmp_path / "adapters"), "PHILIP_TRAIN_RECLAIM_IDLE_S": "3",
-              "PHILIP_TRAIN_CHECKPOINT_EVERY": "5"}
-    workers = [Service(f"personalizer-{i}", "personalizer", free_port(), tmp_path / f"personalizer-{i}.log",
-                       env=shared) for i in (1, 2)]
-    for worker in workers:
-        worker.start()
-    try:
-        await wait_serving(workers)
-        token = "zq" + "".join(chr(ord("a") + int(c, 16) % 26) for c in os.urandom(4).hex())
-        async with grpc.aio.insecure_channel(workers[0].address) as first, \
-                grpc.aio.insecure_channel(workers[1].address) as second:
-            stubs = [personalizer_pb2_grpc.PersonalizerServiceStub(c) for c in (first, second)]
-            job = await stubs[0].CreateAdapter(pb.CreateAdapterRequest(
-                reference_images=reference_pngs(5), token=token, class_word="shape", steps=30))
-            async for event in stubs[0].WatchJob(pb.WatchJobRequest(job_id=job.job_id), timeout=300):
-                if event.WhichOneof("event") == "progress" and event.progress.step >= 8:
-                    break  # past the checkpoint at step 5
-            trainers = [i for i, w in enumerate(workers) if w.events("training.started")]
-            assert len(trainers) == 1, "exactly one worker took the job"
-            victim, survivor = trainers[0], 1 - trainers[0]
-            workers[victim].stop(signal.SIGKILL)
-            events = [e async for e in stubs[survivor].WatchJob(pb.WatchJobRequest(job_id=job.job_id), timeout=300)]
-        done = events[-1].job
-        assert done.state == common_pb2.JOB_STATE_SUCCEEDED, (done, workers[survivor].tail())
-        assert done.attempts == 2 and done.adapter_id
-        resumed = [e.progress.resumed_from for e in events
-                   if e.WhichOneof("event") == "progress" and e.progress.resumed_from]
-        assert resumed and resumed[0] >= 5, "the survivor resumed from the dead worker's checkpoint"
-        steps = {e.progress.step for e in events if e.WhichOneof("event") == "progress"}
-        assert steps == set(range(1, 31)), "every step is in the job's history, across both workers"
-        assert workers[survivor].events("worker.reclaimed")
-        assert (tmp_path / "adapters" / done.adapter_id / "adapter.json").is_file()
-    finally:
-        for worker in workers:
-            worker.stop(signal.SIGKILL)
+    token = "zq" + "".join(chr(ord("a") + int(c, 16) % 26) for c in os.urandom(4).hex())
+    async with gateway_channel(cluster.gateway.address) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        job = await stub.CreateAdapter(pb.CreateAdapterRequest(
+            reference_images=reference_pngs(5), token=token, class_word="shape", steps=30))
+        async for event in stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id), timeout=300):
+            if event.WhichOneof("event") == "progress" and event.progress.step >= 8:
+                break  # past the checkpoint at step 5
+        workers = cluster.personalizers
+        trainers = [i for i, w in enumerate(workers) if w.events("training.started")]
+        assert len(trainers) == 1, "exactly one worker took the job"
+        victim, survivor = workers[trainers[0]], workers[1 - trainers[0]]
+        victim.stop(signal.SIGKILL)
+        # The gateway's channel round-robins; after the kill only the survivor answers.
+        events = [e async for e in stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id), timeout=300)]
+        adapter_id = events[-1].job.adapter_id
+        listed = await stub.ListAdapters(pb.ListAdaptersRequest())
+    done = events[-1].job
+    assert done.state == common_pb2.JOB_STATE_SUCCEEDED, (done, survivor.tail())
+    assert done.attempts == 2 and adapter_id in [a.adapter_id for a in listed.adapters]
+    resumed = [e.progress.resumed_from for e in events
+               if e.WhichOneof("event") == "progress" and e.progress.resumed_from]
+    assert resumed and resumed[0] >= 5, "the survivor resumed from the dead worker's checkpoint"
+    steps = {e.progress.step for e in events if e.WhichOneof("event") == "progress"}
+    assert steps == set(range(1, 31)), "every step is in the job's history, across both workers"
+    assert survivor.events("worker.reclaimed")
+    assert (cluster.logs / "adapters" / adapter_id / "adapter.json").is_file()

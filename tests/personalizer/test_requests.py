@@ -25,8 +25,8 @@ def big_png(width: int, height: int) -> bytes:
 
 def test_defaults_are_filled_in() -> None:
     valid = validate(request())
-    assert (valid.method, valid.steps, valid.rank, len(valid.images)) == ("lora", 600, 8, 5)
-    assert validate(request(method="textual_inversion")).steps == 600
+    assert (valid.method, valid.steps, valid.rank, len(valid.images)) == ("lora", 500, 8, 5)
+    assert validate(request(method="textual_inversion")).steps == 500
 
 
 def test_jpeg_references_are_accepted() -> None:
