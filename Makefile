@@ -2,7 +2,7 @@ PY ?= .venv/bin/python
 PIP ?= .venv/bin/pip
 PROTOS := $(wildcard protos/philip/v1/*.proto)
 
-.PHONY: install proto proto-check lint test test-fast demo bench eval train-tiny clean k8s-validate
+.PHONY: install proto proto-check lint test test-fast demo bench eval train-tiny clean k8s-validate fuzz
 
 .venv/bin/python:
 	python3 -m venv .venv
@@ -47,6 +47,10 @@ bench: install
 	.venv/bin/philip bench model --json
 	.venv/bin/philip bench generate --json
 	.venv/bin/philip bench refine --json
+
+# 1,000 random and mutated requests against a running gateway (make test runs 120 of them).
+fuzz: install
+	PHILIP_FUZZ_EXAMPLES=1000 .venv/bin/pytest -q tests/hardening/test_fuzz_gateway.py
 
 # The shipped weights' two stages (models/README.md): from scratch, then continued at half the rate.
 train-tiny: install

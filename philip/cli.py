@@ -387,6 +387,25 @@ def bench_generate_cmd(
     _emit(result, as_json)
 
 
+@bench_app.command("load")
+def bench_load_cmd(
+    sessions: int = typer.Option(50, help="Concurrent scripted sessions (2 rounds + finalize each)."),
+    steps: int = typer.Option(8, help="Denoising steps per round."),
+    gateway: str | None = typer.Option(None, help="Gateway host:port; absent = in-process services (serve all)."),
+    redis_url: str | None = typer.Option("redis://127.0.0.1:6379/0",
+                                         help="Store of the in-process services (a fresh key prefix)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object last."),
+) -> None:
+    """Many sessions at once: completed, lost, round latency percentiles."""
+    import asyncio
+
+    from philip.bench.load import bench_load
+    from philip.logs import configure_logging
+
+    configure_logging("console", "warning")
+    _emit(asyncio.run(bench_load(sessions, steps, gateway, redis_url)), as_json)
+
+
 @bench_app.command("refine")
 def bench_refine_cmd(
     model_dir: Path = typer.Option(Path("models/philip-tiny"), help="Diffusers model folder."),

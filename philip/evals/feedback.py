@@ -17,7 +17,6 @@ included). The match rate of a round is the fraction of its images that match, o
 
 from __future__ import annotations
 
-import asyncio
 import io
 import random
 import time
@@ -192,38 +191,10 @@ async def evaluate_feedback(cfg: FeedbackConfig, gateway: str | None = None, *,
                             settings: Any = None,
                             on_trial: Callable[[int, TrialResult], None] | None = None) -> dict[str, Any]:
     """Run the protocol against ``gateway``, or against in-process services (``serve all``)."""
-    from philip.rpc.client import make_channel
-    from services.gateway.server import SERVICE_NAME
+    from philip.clients.embedded import gateway_stub
 
     t0 = time.monotonic()
-    if gateway is not None:
-        channel = make_channel(gateway, [SERVICE_NAME])
-        try:
-            results = await run_trials(gateway_pb2_grpc.GatewayStub(channel), cfg, on_trial)
-        finally:
-            await channel.close()
-        return summarize(results, cfg, time.monotonic() - t0)
-
-    from philip.settings import Settings
-    from services.app import serve
-
-    settings = settings or Settings.from_env(port=0, host="127.0.0.1")
-    stop = asyncio.Event()
-    ready: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
-    server = asyncio.create_task(serve("all", settings, stop=stop, on_ready=ready.set_result))
-    try:
-        while not ready.done():
-            if server.done():
-                server.result()  # raises what stopped it
-                raise RuntimeError("the services stopped before serving")
-            await asyncio.sleep(0.05)
-        channel = make_channel(ready.result()["gateway"], [SERVICE_NAME])
-        try:
-            results = await run_trials(gateway_pb2_grpc.GatewayStub(channel), cfg, on_trial)
-        finally:
-            await channel.close()
-    finally:
-        stop.set()
-        await server
+    async with gateway_stub(gateway, settings=settings) as stub:
+        results = await run_trials(stub, cfg, on_trial)
     return summarize(results, cfg, time.monotonic() - t0)
 

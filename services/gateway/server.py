@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import grpc
 from grpc import aio
 
 from philip.logs import bind_ids
@@ -63,12 +64,17 @@ class GatewayServicer(PersonalizationProxy, gateway_pb2_grpc.GatewayServicer):
         self, request_iterator: AsyncIterator[generator_pb2.GenerateClientMessage], context: aio.ServicerContext
     ) -> AsyncIterator[generator_pb2.GenerateEvent]:
         call = self.generator.Generate(timeout=_timeout(context), metadata=metadata())
-        pump = asyncio.create_task(_pump(request_iterator, call))
+        accepted = asyncio.Event()  # the generator answered: later client messages may follow
+        pump = asyncio.create_task(_pump(request_iterator, call, accepted))
+        ended = False  # saw the job's last event (result or cancelled)
         try:
             async for event in call:
+                accepted.set()
+                ended = event.WhichOneof("event") in ("result", "cancelled")
                 yield event
         except aio.AioRpcError as exc:
-            await abort_like(context, exc)
+            if not (ended and _overwritten(exc)):
+                await abort_like(context, exc)
         finally:
             pump.cancel()
             call.cancel()  # no-op when finished; otherwise our client left: tell the generator
@@ -170,12 +176,30 @@ async def _forward(source: AsyncIterator[bytes], out: asyncio.Queue[object]) -> 
         out.put_nowait(exc)
 
 
-async def _pump(messages: AsyncIterator[generator_pb2.GenerateClientMessage], call: aio.StreamStreamCall) -> None:
-    """Forward client messages upstream, then half-close; stops quietly once the call is over."""
+async def _pump(messages: AsyncIterator[generator_pb2.GenerateClientMessage], call: aio.StreamStreamCall,
+                accepted: asyncio.Event) -> None:
+    """Forward client messages upstream, then half-close; stops quietly once the call is over.
+
+    Messages after the first wait until the generator has answered: a write to a call the
+    generator already ended (e.g. a `cancel` right behind a rejected `start`) makes grpc aio
+    replace the generator's status with INTERNAL "Internal error from Core" (grpc/grpc#36066).
+    """
     with contextlib.suppress(aio.AioRpcError, asyncio.InvalidStateError):
+        first = True
         async for message in messages:
+            if not first:
+                await accepted.wait()
+            if call.done():
+                return
             await call.write(message)
-        await call.done_writing()
+            first = False
+        if not call.done():
+            await call.done_writing()
+
+
+def _overwritten(exc: aio.AioRpcError) -> bool:
+    """The status grpc aio invents when a write races the end of the call (grpc/grpc#36066)."""
+    return exc.code() == grpc.StatusCode.INTERNAL and exc.details() == "Internal error from Core"
 
 
 def _timeout(context: aio.ServicerContext) -> float | None:

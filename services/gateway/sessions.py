@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import random
 import secrets
 import time
 import uuid
@@ -29,7 +30,14 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
 from philip.logs import bind_ids, get_logger
-from philip.rpc.errors import FailedPrecondition, InvalidArgument, NotFound, PhilipError, Unavailable
+from philip.rpc.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PhilipError,
+    ResourceExhausted,
+    Unavailable,
+)
 from philip.store import Store
 from services.gateway.session_events import (
     TERMINAL_PHASES,
@@ -65,6 +73,7 @@ SESSION_KIND = "session"
 IMAGE_KIND = "simage"
 MAX_FEEDBACK_IDS = 8  # per message and list
 ROUND_SEED_STRIDE = 1000  # round r draws from base_seed + (r - 1) * stride (+ image index)
+BUSY_WAIT_S = 300.0  # how long a round waits out full generator/refiner queues before it fails
 SessionEncoder = Callable[[str, SessionEvent], bytes]
 
 
@@ -262,11 +271,7 @@ class SessionManager:
     async def _round(self, session_id: str, number: int) -> None:
         with bind_ids(session_id=session_id):
             try:
-                try:
-                    await self._run_round(session_id, number)
-                except Unavailable as exc:  # a replica went away: round-robin gives the next one a go
-                    log.warning("session.round_retry", round=number, error=str(exc))
-                    await self._run_round(session_id, number)
+                await self._run_round_retrying(session_id, number)
             except asyncio.CancelledError:
                 raise
             except PhilipError as exc:
@@ -277,6 +282,29 @@ class SessionManager:
                 log.exception("session.round_crashed", round=number)
                 await self._publish(session_id, SessionFailed(number, "INTERNAL", f"round {number} failed: {exc}"),
                                     {"phase": Phase.AWAITING_FEEDBACK.value, "running_round": 0})
+
+    async def _run_round_retrying(self, session_id: str, number: int) -> None:
+        """A replica that went away gets one more try (round-robin picks another); a full queue
+        is waited out with jittered backoff for up to ``BUSY_WAIT_S``: a person would rather wait
+        in line than see the round fail."""
+        retried, waited, backoff = False, 0.0, 0.5
+        while True:
+            try:
+                await self._run_round(session_id, number)
+                return
+            except Unavailable as exc:
+                if retried:
+                    raise
+                retried = True
+                log.warning("session.round_retry", round=number, error=str(exc))
+            except ResourceExhausted as exc:
+                if waited >= BUSY_WAIT_S:
+                    raise
+                delay = (exc.retry_after_s or backoff) * random.uniform(0.5, 1.5)
+                log.info("session.round_waiting", round=number, delay_s=round(delay, 2))
+                await asyncio.sleep(delay)
+                waited += delay
+                backoff = min(backoff * 2, 5.0)
 
     async def _run_round(self, session_id: str, number: int) -> None:
         record = await self._record(session_id)

@@ -10,10 +10,11 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 import pytest
 from PIL import Image
 
-from philip.rpc.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from philip.rpc.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from philip.store import MemoryStore, RedisStore, Store
 from philip.v1 import gateway_pb2
 from services.gateway import codec
+from services.gateway import sessions as sessions_module
 from services.gateway.session_events import (
     Compute,
     NoiseTrace,
@@ -46,6 +47,7 @@ class ScriptedUpstream:
         self.calls: list[tuple[str, list[str], list[str], int | None]] = []
         self.gate: asyncio.Event | None = None
         self.fail_next: Exception | None = None
+        self.full_for = 0  # the next this many rounds find the queue full
         self.cancelled = 0
 
     async def _round(self, kind: str, params: GenerationParams, round_id: str, liked: Sequence[SessionImage],
@@ -54,6 +56,9 @@ class ScriptedUpstream:
         if self.fail_next is not None:
             exc, self.fail_next = self.fail_next, None
             raise exc
+        if self.full_for > 0:
+            self.full_for -= 1
+            raise ResourceExhausted("generation queue is full", retry_after_s=0.02)
         n = params.num_images or 4
         try:
             yield StepProgress(1, 2)
@@ -268,6 +273,23 @@ async def test_an_unavailable_replica_is_retried_once(manager: SessionManager, u
     sid = await manager.start(GenerationParams(prompt="a shape", num_images=1, seed=5), {})
     await _round_done(manager, sid, 1)
     assert len(upstream.calls) == 2
+
+
+async def test_a_full_queue_is_waited_out(manager: SessionManager, upstream: ScriptedUpstream) -> None:
+    upstream.full_for = 3
+    sid = await manager.start(GenerationParams(prompt="a shape", num_images=1, seed=5), {})
+    await _round_done(manager, sid, 1)
+    assert len(upstream.calls) == 4 and upstream.full_for == 0
+
+
+async def test_a_queue_that_stays_full_fails_the_round_in_the_end(manager: SessionManager, upstream: ScriptedUpstream,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sessions_module, "BUSY_WAIT_S", 0.1)
+    upstream.full_for = 10_000
+    sid = await manager.start(GenerationParams(prompt="a shape", num_images=1, seed=5), {})
+    events = await _events_until(manager, sid, "error")
+    assert events[-1].error.code == "RESOURCE_EXHAUSTED"
+    assert (await manager.snapshot(sid)).phase is Phase.AWAITING_FEEDBACK
 
 
 async def test_snapshot_then_follow_misses_nothing(manager: SessionManager, upstream: ScriptedUpstream) -> None:

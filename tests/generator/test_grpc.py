@@ -347,3 +347,19 @@ async def test_client_disconnect_cancels_the_job(deployment: Deployment) -> None
         await stream.finish()
     record = await cancelled_record(deployment, first.job_id)
     assert record["cancel_reason"] == "client"
+
+
+async def test_a_cancel_right_behind_a_rejected_start_keeps_the_real_status(deployment: Deployment) -> None:
+    """grpc aio turns a write to an upstream call that just ended into INTERNAL (grpc/grpc#36066);
+    the gateway holds later client messages until the generator answers, so the caller sees why."""
+    bad = generator_pb2.GenerateClientMessage(start=generator_pb2.GenerateStart(params=params(width=12, height=64)))
+    cancel = generator_pb2.GenerateClientMessage(cancel=generator_pb2.CancelGeneration())
+    for _ in range(30):
+        call = deployment.stub.Generate()
+        await call.write(bad)
+        await call.write(cancel)
+        await call.done_writing()
+        with pytest.raises(aio.AioRpcError) as caught:
+            async for _event in call:
+                pass
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
