@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Iterator
 
 from philip.logs import configure_logging, get_logger
+from philip.metrics import serve_metrics
 from philip.rpc.client import make_channel
 from philip.rpc.server import GrpcServer
 from philip.settings import Settings
@@ -103,6 +104,10 @@ async def serve(
             await gateway.start()
             stack.push_async_callback(gateway.stop)
             addresses["gateway"] = gateway.address
+        if settings.metrics_port is not None:
+            metrics_port, stop_metrics = serve_metrics(settings.metrics_port, settings.host)
+            stack.callback(stop_metrics)
+            addresses["metrics"] = f"{settings.host}:{metrics_port}"
         stack.enter_context(_stop_on_signals(stop))
         log.info("app.serving", role=role, **addresses)
         if on_ready is not None:

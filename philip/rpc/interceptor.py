@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from philip import metrics
 from philip.logs import bind_ids, get_logger
 from philip.rpc.errors import PhilipError, Unavailable
 from philip.rpc.status import to_rpc_status
@@ -92,6 +93,8 @@ class _Call:
         quiet = self.method.startswith(_QUIET_PREFIXES)
         emit = log.debug if quiet else log.info
         emit("rpc.finished", method=self.method, code=self.code, duration_ms=duration_ms)
+        metrics.RPCS.labels(self.method, self.code).inc()
+        metrics.RPC_SECONDS.labels(self.method).observe(duration_ms / 1000)
 
 
 def _context_code(context: aio.ServicerContext) -> grpc.StatusCode | None:

@@ -29,6 +29,7 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
+from philip import metrics
 from philip.logs import bind_ids, get_logger
 from philip.rpc.errors import (
     FailedPrecondition,
@@ -265,8 +266,14 @@ class SessionManager:
     def _spawn(self, session_id: str, work: Any) -> None:
         task = asyncio.get_running_loop().create_task(work, name=f"session-{session_id}")
         self._tasks[session_id] = task
-        task.add_done_callback(lambda t: self._tasks.pop(session_id, None) if self._tasks.get(session_id) is t
-                               else None)
+        metrics.SESSIONS_ACTIVE.set(len(self._tasks))
+
+        def done(t: asyncio.Task[Any]) -> None:
+            if self._tasks.get(session_id) is t:
+                del self._tasks[session_id]
+            metrics.SESSIONS_ACTIVE.set(len(self._tasks))
+
+        task.add_done_callback(done)
 
     async def _round(self, session_id: str, number: int) -> None:
         with bind_ids(session_id=session_id):
@@ -302,6 +309,7 @@ class SessionManager:
                     raise
                 delay = (exc.retry_after_s or backoff) * random.uniform(0.5, 1.5)
                 log.info("session.round_waiting", round=number, delay_s=round(delay, 2))
+                metrics.ROUND_WAITS.inc()
                 await asyncio.sleep(delay)
                 waited += delay
                 backoff = min(backoff * 2, 5.0)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from philip import metrics
 from philip.logs import get_logger
 from philip.rpc.errors import PhilipError, ResourceExhausted
 from services.generator.events import Cancelled, Failed, JobEvent, Queued, Started, is_terminal
@@ -119,6 +120,7 @@ class GenerationQueue:
         if self._closing:
             raise ResourceExhausted("the generator is shutting down; retry on another replica", retry_after_s=1.0)
         if len(self._pending) >= self.max_queue:
+            metrics.REJECTED.inc()
             # A slot frees when the running batch ends, so one batch time is an honest hint.
             retry = round(max(0.1, self._batch_s), 1)
             raise ResourceExhausted(
@@ -127,6 +129,7 @@ class GenerationQueue:
                 retry_after_s=retry,
             )
         self._pending.append(item)
+        metrics.QUEUE_DEPTH.set(len(self._pending))
         self._announce_positions()
         self._ensure_started()
         self._changed.set()
@@ -200,6 +203,7 @@ class GenerationQueue:
             for item in batch:
                 self._pending.remove(item)
             self._announce_positions()
+            metrics.QUEUE_DEPTH.set(len(self._pending))
             self._running = batch
             self._idle.clear()
             size = sum(item.num_images for item in batch)
@@ -224,3 +228,5 @@ class GenerationQueue:
                 self._running = []
                 self._idle.set()
             self._batch_s = 0.7 * self._batch_s + 0.3 * (time.monotonic() - started)
+            metrics.BATCH_IMAGES.observe(size)
+            metrics.BATCH_SECONDS.observe(time.monotonic() - started)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from philip import metrics
 from philip.models.adapters import AdapterInfo, save_adapter, token_in_vocabulary
 from philip.models.pipelines import load_pipeline, native_size
 
@@ -230,7 +231,9 @@ class AdapterTrainer:
         while self.step < cfg.steps:
             if should_stop():
                 raise TrainingStopped(f"stopped at step {self.step}")
+            step_started = time.monotonic()
             loss = self.train_step()
+            metrics.TRAINING_STEP_SECONDS.observe(time.monotonic() - step_started)
             preview = None
             if cfg.preview_every and (self.step % cfg.preview_every == 0 or self.step == cfg.steps):
                 preview = self.preview()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from philip import metrics
 from philip.images import png_bytes
 from philip.logs import bind_ids, get_logger
 from philip.models.adapters import adapter_dir
@@ -94,10 +95,12 @@ class TrainingWorker:
         with bind_ids(job_id=job_id):
             log.info("training.started", consumer=self.consumer, attempt=job.attempts, token=job.token)
             self.busy = True
+            metrics.TRAINING_RUNNING.set(1)
             try:
                 await self._train(entry_id, job, stop)
             finally:
                 self.busy = False
+                metrics.TRAINING_RUNNING.set(0)
 
     async def _train(self, entry_id: str, job: TrainingJob, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -188,6 +191,7 @@ class TrainingWorker:
         await self.store.put_record(JOB_KIND, job.job_id, job.to_record())
         await self.personalizer.finish(job)
         await self.store.ack(QUEUE, GROUP, entry_id)
+        metrics.TRAINING_JOBS.labels(job.state).inc()
         log.info("training.ended", state=job.state, error=job.error or None)
 
 
