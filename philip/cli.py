@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from philip.clients.adapter_cli import adapter_app
+from philip.clients.adapter_cli import adapter_app, keys_app
 
 app = typer.Typer(help="PHiLIP: Personalized Human-in-Loop Image Production.", no_args_is_help=True)
 eval_app = typer.Typer(help="Measure model quality (prints one JSON object last).", no_args_is_help=True)
@@ -17,6 +17,7 @@ bench_app = typer.Typer(help="Benchmarks (not tests): timings and ratios measure
 app.add_typer(eval_app, name="eval")
 app.add_typer(bench_app, name="bench")
 app.add_typer(adapter_app, name="adapter")
+app.add_typer(keys_app, name="keys")
 console = Console(stderr=True)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -63,6 +63,8 @@ class Settings:
     train_checkpoint_every: int = 50
     # Adapters each generating process keeps loaded (LRU).
     adapter_cache: int = 8
+    # JSON file of hashed API keys -> tenants (`philip keys add`); None: the gateway is open.
+    api_keys_file: str | None = None
 
     def __post_init__(self) -> None:
         # from_env parses strings first; checking here too means Settings(port="x") or

@@ -15,8 +15,11 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 
+from grpc import aio
+
 from philip.logs import configure_logging, get_logger
 from philip.metrics import serve_metrics
+from philip.rpc.auth import ApiKeys, AuthInterceptor, TenantInterceptor
 from philip.rpc.client import make_channel
 from philip.rpc.server import GrpcServer
 from philip.settings import Settings
@@ -60,7 +63,8 @@ async def serve(
             generator = await asyncio.to_thread(generator_server.open_generator, settings, store)
             stack.push_async_callback(generator.close)
             own = settings if role == "generator" else settings.with_(host="127.0.0.1", port=0)
-            server = GrpcServer(own, generator_server.build(settings, store, generator=generator))
+            server = GrpcServer(own, generator_server.build(settings, store, generator=generator),
+                                interceptors=[TenantInterceptor()])
             await server.start()
             stack.push_async_callback(server.stop)
             addresses["generator"] = generator_addr = server.address
@@ -69,7 +73,8 @@ async def serve(
             refiner = await asyncio.to_thread(refiner_server.open_refiner, settings)
             stack.callback(refiner.close)
             own = settings if role == "refiner" else settings.with_(host="127.0.0.1", port=0)
-            server = GrpcServer(own, refiner_server.build(settings, refiner=refiner))
+            server = GrpcServer(own, refiner_server.build(settings, refiner=refiner),
+                                interceptors=[TenantInterceptor()])
             await server.start()
             stack.push_async_callback(server.stop)
             addresses["refiner"] = refiner_addr = server.address
@@ -79,7 +84,7 @@ async def serve(
             worker = personalizer_server.WorkerTask(personalizer, settings)
             stack.push_async_callback(worker.close)  # after the server: a running job goes back to the queue
             own = settings if role == "personalizer" else settings.with_(host="127.0.0.1", port=0)
-            server = GrpcServer(own, personalizer_server.build(personalizer))
+            server = GrpcServer(own, personalizer_server.build(personalizer), interceptors=[TenantInterceptor()])
             await server.start()
             stack.push_async_callback(server.stop)
             addresses["personalizer"] = personalizer_addr = server.address
@@ -100,7 +105,8 @@ async def serve(
             # Runs after the gateway has stopped taking calls: running steps get the grace, then fail.
             stack.push_async_callback(sessions.close, settings.grace_s)
             gateway = GrpcServer(settings, gateway_server.build(settings, generator_channel, sessions,
-                                                                 personalizer_channel))
+                                                                 personalizer_channel),
+                                 interceptors=_gateway_interceptors(settings))
             await gateway.start()
             stack.push_async_callback(gateway.stop)
             addresses["gateway"] = gateway.address
@@ -114,6 +120,15 @@ async def serve(
             on_ready(addresses)
         await stop.wait()
         log.info("app.stopping", role=role)
+
+
+def _gateway_interceptors(settings: Settings) -> list[aio.ServerInterceptor]:
+    if settings.api_keys_file is None:
+        log.warning("gateway.open", why="no PHILIP_API_KEYS_FILE: every caller is the same tenant")
+        return []
+    keys = ApiKeys.load(settings.api_keys_file)
+    log.info("gateway.auth", keys=len(keys.by_hash), tenants=len(set(keys.by_hash.values())))
+    return [AuthInterceptor(keys)]
 
 
 @contextlib.contextmanager

@@ -112,3 +112,24 @@ def adapter_delete_cmd(
         console.print(f"[red]{err.code().name}[/red]: {err.details()}")
         raise typer.Exit(2) from None
     console.print(f"deleted {adapter_id}")
+
+
+keys_app = typer.Typer(help="API keys of the gateway (PHILIP_API_KEYS_FILE).", no_args_is_help=True)
+
+
+@keys_app.command("add")
+def keys_add_cmd(
+    tenant: str = typer.Option(..., help="The tenant the key belongs to."),
+    file: Path = typer.Option(Path("api-keys.json"),
+                              help="Keys file (created if absent); point PHILIP_API_KEYS_FILE at it."),
+) -> None:
+    """Create an API key for a tenant; only its SHA-256 is stored. Prints the key once."""
+    from philip.rpc.auth import add_key
+
+    if not tenant.strip():
+        console.print("[red]--tenant must not be empty[/red]")
+        raise typer.Exit(2)
+    key = add_key(file, tenant.strip())
+    console.print(f"key for tenant {tenant!r} added to {file} (only its hash is stored); clients send it as "
+                  "`authorization: Bearer <key>` (the philip CLI reads PHILIP_API_KEY):")
+    print(key)

@@ -15,11 +15,12 @@ async def gateway_stub(gateway: str | None = None, *, settings: Any = None,
                        store: Any = None) -> AsyncIterator[gateway_pb2_grpc.GatewayStub]:
     """Yield a Gateway stub for ``gateway`` (host:port), or for in-process services (`serve all` with
     ``settings``, default from PHILIP_* on an ephemeral loopback port), stopped gracefully on exit."""
+    from philip.rpc.auth import client_interceptors
     from philip.rpc.client import make_channel
     from services.gateway.server import SERVICE_NAME
 
     if gateway is not None:
-        channel = make_channel(gateway, [SERVICE_NAME])
+        channel = make_channel(gateway, [SERVICE_NAME], interceptors=client_interceptors())
         try:
             yield gateway_pb2_grpc.GatewayStub(channel)
         finally:
@@ -39,7 +40,7 @@ async def gateway_stub(gateway: str | None = None, *, settings: Any = None,
                 server.result()  # raises what stopped it
                 raise RuntimeError("the services stopped before serving")
             await asyncio.sleep(0.05)
-        channel = make_channel(ready.result()["gateway"], [SERVICE_NAME])
+        channel = make_channel(ready.result()["gateway"], [SERVICE_NAME], interceptors=client_interceptors())
         try:
             yield gateway_pb2_grpc.GatewayStub(channel)
         finally:

@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 
 from philip.images import contact_sheet, decode_png
+from philip.rpc.auth import client_interceptors
 from philip.rpc.client import make_channel
 from philip.v1 import common_pb2, gateway_pb2_grpc, generator_pb2
 
@@ -60,8 +61,9 @@ async def stream_generation(
     return outcome
 
 
-def gateway_channel(target: str) -> grpc.aio.Channel:
-    return make_channel(target, [GATEWAY_SERVICE])
+def gateway_channel(target: str, api_key: str | None = None) -> grpc.aio.Channel:
+    """A channel to the gateway that sends ``api_key`` (or PHILIP_API_KEY, if set) on every call."""
+    return make_channel(target, [GATEWAY_SERVICE], interceptors=client_interceptors(api_key))
 
 
 def save_outcome(outcome: GenerationOutcome, out_dir: Path, columns: int = 4) -> tuple[list[Path], Path]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from philip.rpc.auth import owned_by_caller
 from philip.rpc.errors import NotFound
 
 if TYPE_CHECKING:  # torch stays out of light importers (request validation, servicers)
@@ -46,10 +47,11 @@ class AdapterInfo:
     token: str
     class_word: str
     method: str
+    tenant: str = ""  # who may use it (API-key tenant; "" with an open gateway)
 
     def to_json(self) -> dict[str, str]:
         return {"adapter_id": self.adapter_id, "token": self.token, "class_word": self.class_word,
-                "method": self.method}
+                "method": self.method, "tenant": self.tenant}
 
 
 def is_adapter_id(value: str) -> bool:
@@ -57,7 +59,14 @@ def is_adapter_id(value: str) -> bool:
 
 
 def adapter_exists(adapters_dir: str | Path, adapter_id: str) -> bool:
-    return is_adapter_id(adapter_id) and (Path(adapters_dir) / adapter_id / META_FILE).is_file()
+    """The adapter's files are there, and the caller's tenant may use it."""
+    meta = Path(adapters_dir) / adapter_id / META_FILE
+    if not is_adapter_id(adapter_id) or not meta.is_file():
+        return False
+    try:
+        return owned_by_caller(json.loads(meta.read_text()))
+    except (OSError, ValueError):
+        return False
 
 
 def adapter_dir(adapters_dir: str | Path, adapter_id: str) -> Path:
@@ -88,7 +97,7 @@ def read_adapter(adapters_dir: str | Path, adapter_id: str) -> AdapterInfo:
     if not meta.is_file():
         raise AdapterError(f"adapter {adapter_id} has no files under {folder} (is PHILIP_ADAPTERS_DIR shared?)")
     data = json.loads(meta.read_text())
-    info = AdapterInfo(adapter_id, data["token"], data["class_word"], data["method"])
+    info = AdapterInfo(adapter_id, data["token"], data["class_word"], data["method"], data.get("tenant", ""))
     if info.method == "lora" and not (folder / LORA_FILE).is_file():
         raise AdapterError(f"adapter {adapter_id} is a LoRA but {folder / LORA_FILE} is missing")
     return info

@@ -31,7 +31,9 @@ class _AdapterMethodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Adapter
     ADAPTER_METHOD_UNSPECIFIED: _AdapterMethod.ValueType  # 0
     """LoRA, the default."""
     ADAPTER_METHOD_LORA: _AdapterMethod.ValueType  # 1
-    """DreamBooth-LoRA on the UNet attention projections (diffusers LoRA format)."""
+    """DreamBooth-LoRA (diffusers LoRA format) on the UNet attention projections, transformer proj/ff and
+    ResNet convolutions, plus the new token's embedding (textual-inversion format).
+    """
     ADAPTER_METHOD_TEXTUAL_INVERSION: _AdapterMethod.ValueType  # 2
     """Textual inversion: one new token embedding."""
 
@@ -41,7 +43,9 @@ class AdapterMethod(_AdapterMethod, metaclass=_AdapterMethodEnumTypeWrapper):
 ADAPTER_METHOD_UNSPECIFIED: AdapterMethod.ValueType  # 0
 """LoRA, the default."""
 ADAPTER_METHOD_LORA: AdapterMethod.ValueType  # 1
-"""DreamBooth-LoRA on the UNet attention projections (diffusers LoRA format)."""
+"""DreamBooth-LoRA (diffusers LoRA format) on the UNet attention projections, transformer proj/ff and
+ResNet convolutions, plus the new token's embedding (textual-inversion format).
+"""
 ADAPTER_METHOD_TEXTUAL_INVERSION: AdapterMethod.ValueType  # 2
 """Textual inversion: one new token embedding."""
 Global___AdapterMethod: _TypeAlias = AdapterMethod  # noqa: Y015

@@ -24,13 +24,13 @@ import contextlib
 import dataclasses
 import random
 import secrets
-import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any, Protocol
 
 from philip import metrics
 from philip.logs import bind_ids, get_logger
+from philip.rpc.auth import current_tenant, owned_by_caller
 from philip.rpc.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -44,7 +44,6 @@ from services.gateway.session_events import (
     TERMINAL_PHASES,
     Compute,
     Finalized,
-    NoiseTrace,
     Phase,
     Picture,
     PreviewPictures,
@@ -55,7 +54,6 @@ from services.gateway.session_events import (
     RoundProgress,
     RoundStarted,
     SessionCancelled,
-    SessionEvent,
     SessionFailed,
     SessionImage,
     SessionView,
@@ -64,26 +62,24 @@ from services.gateway.session_events import (
     UpscaleEvent,
     UpscaleProgress,
 )
+from services.gateway.session_store import (
+    SESSION_KIND,
+    SessionEncoder,
+    SessionStore,
+    now_ms,
+    params_from_json,
+    params_to_json,
+    session_stream,
+)
 from services.generator.jobs import JOB_KIND, job_stream
 from services.generator.requests import MAX_PROMPT_CHARS, MAX_SEED, GenerationParams
 from services.refiner.weights import parse_weights
 
 log = get_logger("services.gateway.sessions")
 
-SESSION_KIND = "session"
-IMAGE_KIND = "simage"
 MAX_FEEDBACK_IDS = 8  # per message and list
 ROUND_SEED_STRIDE = 1000  # round r draws from base_seed + (r - 1) * stride (+ image index)
 BUSY_WAIT_S = 300.0  # how long a round waits out full generator/refiner queues before it fails
-SessionEncoder = Callable[[str, SessionEvent], bytes]
-
-
-def session_stream(session_id: str) -> str:
-    return f"session:{session_id}"
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class Upstream(Protocol):
@@ -104,15 +100,13 @@ def check_weights(weights: dict[str, float]) -> dict[str, float]:
     return dict(weights)
 
 
-class SessionManager:
+class SessionManager(SessionStore):
     """Runs sessions against an :class:`Upstream`, keeping everything in the store."""
 
     def __init__(self, store: Store, upstream: Upstream, *, encode_event: SessionEncoder, ttl_s: int,
                  max_rounds: int = 100, stale_after_s: float = 60.0, max_references: int = 4) -> None:
-        self.store = store
+        super().__init__(store, encode_event, ttl_s)
         self.upstream = upstream
-        self.encode_event = encode_event
-        self.ttl_s = ttl_s
         self.max_rounds = max_rounds
         self.stale_after_s = stale_after_s
         self.max_references = max_references  # likes (and dislikes) a round conditions on: the most recent
@@ -135,10 +129,10 @@ class SessionManager:
                                   field="params.seed")
         session_id = f"ses_{uuid.uuid4().hex}"
         record = {
-            "phase": Phase.GENERATING.value, "params": _params_json(dataclasses.replace(params, seed=None)),
+            "phase": Phase.GENERATING.value, "params": params_to_json(dataclasses.replace(params, seed=None)),
             "base_seed": base, "weights": weights, "rounds": [], "liked": [], "disliked": [], "chosen": "",
-            "final": None, "running_round": 1, "event_id": "0-0", "created_ms": _now_ms(),
-            "heartbeat_ms": _now_ms(),
+            "final": None, "running_round": 1, "event_id": "0-0", "created_ms": now_ms(),
+            "heartbeat_ms": now_ms(), "tenant": current_tenant(),
         }
         await self.store.put_record(SESSION_KIND, session_id, record, ttl_s=self.ttl_s)
         log.info("session.started", session_id=session_id, prompt_chars=len(params.prompt))
@@ -167,7 +161,7 @@ class SessionManager:
                         + [i for i in disliked if i not in record["disliked"]])
         number = rounds + 1
         fields: dict[str, Any] = {"liked": new_liked, "disliked": new_disliked, "phase": Phase.GENERATING.value,
-                                  "running_round": number, "heartbeat_ms": _now_ms()}
+                                  "running_round": number, "heartbeat_ms": now_ms()}
         if prompt is not None:
             fields["params"] = {**record["params"], "prompt": prompt}
         await self.store.update_record(SESSION_KIND, session_id, fields)
@@ -182,7 +176,7 @@ class SessionManager:
             raise InvalidArgument(f"scale must be 0 (the upscaler's own) or the upscaler's factor, got {scale}",
                                   field="scale")
         await self.store.update_record(SESSION_KIND, session_id, {"phase": Phase.FINALIZING.value,
-                                                                  "chosen": image_id, "heartbeat_ms": _now_ms()})
+                                                                  "chosen": image_id, "heartbeat_ms": now_ms()})
         self._spawn(session_id, self._finalize(session_id, image, scale))
 
     async def cancel(self, session_id: str, reason: str = "client") -> None:
@@ -222,7 +216,7 @@ class SessionManager:
         """The stored state; a round orphaned by a gateway that died is failed first."""
         record = await self._record(session_id)
         phase = Phase(record["phase"])
-        stale = _now_ms() - int(record.get("heartbeat_ms", 0)) > self.stale_after_s * 1000
+        stale = now_ms() - int(record.get("heartbeat_ms", 0)) > self.stale_after_s * 1000
         if phase in (Phase.GENERATING, Phase.FINALIZING) and session_id not in self._tasks and stale:
             await self._publish(
                 session_id,
@@ -256,7 +250,8 @@ class SessionManager:
 
     async def follow_job(self, job_id: str) -> AsyncIterator[bytes]:
         """A generation job's encoded events from the start (replay, then live) until it ends."""
-        if not job_id or await self.store.get_record(JOB_KIND, job_id) is None:
+        job = await self.store.get_record(JOB_KIND, job_id) if job_id else None
+        if job is None or not owned_by_caller(job):
             raise NotFound(f"no job {job_id!r} (unknown or expired)", field="job_id")
         async for entry in self.store.subscribe(job_stream(job_id)):
             yield entry.payload
@@ -316,14 +311,14 @@ class SessionManager:
 
     async def _run_round(self, session_id: str, number: int) -> None:
         record = await self._record(session_id)
-        params = _params_from_json(record["params"])
+        params = params_from_json(record["params"])
         params = dataclasses.replace(params, seed=int(record["base_seed"]) + (number - 1) * ROUND_SEED_STRIDE)
         liked = [await self._require_image(i) for i in record["liked"][-self.max_references:]]
         disliked = [await self._require_image(i) for i in record["disliked"][-self.max_references:]]
         await self._publish(
             session_id,
             RoundStarted(number, params.prompt, params.num_images or 4, len(liked), len(disliked)),
-            {"phase": Phase.GENERATING.value, "running_round": number, "heartbeat_ms": _now_ms()},
+            {"phase": Phase.GENERATING.value, "running_round": number, "heartbeat_ms": now_ms()},
         )
         round_id = f"{session_id}-r{number}"
         if liked or disliked:
@@ -336,7 +331,7 @@ class SessionManager:
             async for event in events:
                 if isinstance(event, StepProgress):
                     await self._publish(session_id, RoundProgress(number, event.step, event.total_steps),
-                                        {"heartbeat_ms": _now_ms()})
+                                        {"heartbeat_ms": now_ms()})
                 elif isinstance(event, PreviewPictures):
                     await self._publish(session_id, RoundPreview(number, event.step, event.pictures))
                 elif isinstance(event, RoundOutput):
@@ -359,7 +354,7 @@ class SessionManager:
                 async for event in self.upstream.upscale(image.picture, scale):
                     if isinstance(event, TileProgress):
                         await self._publish(session_id, UpscaleProgress(event.done, event.total),
-                                            {"heartbeat_ms": _now_ms()})
+                                            {"heartbeat_ms": now_ms()})
                         continue
                     final = Finalized(f"final_{uuid.uuid4().hex}", event, image.image_id)
                     await self.store.put_blob(final.image_id, event.png, self.ttl_s)
@@ -379,71 +374,6 @@ class SessionManager:
                 await self._publish(session_id, SessionFailed(0, code, str(exc)),
                                     {"phase": Phase.AWAITING_FEEDBACK.value, "chosen": ""})
 
-    # ---- store helpers ----------------------------------------------------------------------------
-
-    async def _publish(self, session_id: str, event: SessionEvent, fields: dict[str, Any] | None = None) -> None:
-        # State first, so a client reacting to the event finds the session already in its new phase;
-        # then the event; then the record points at it. A snapshot taken in between replays the event
-        # once more (readers tolerate that); no order loses one.
-        if fields:
-            await self.store.update_record(SESSION_KIND, session_id, fields)
-        event_id = await self.store.append_event(session_stream(session_id), self.encode_event(session_id, event))
-        if fields is not None:
-            await self.store.update_record(SESSION_KIND, session_id, {"event_id": event_id})
-
-    async def _end_stream(self, session_id: str) -> None:
-        await self.store.close_stream(session_stream(session_id))
-        await self.store.expire_stream(session_stream(session_id), self.ttl_s)
-
-    async def _record(self, session_id: str) -> dict[str, Any]:
-        if not session_id:
-            raise InvalidArgument("session_id is required", field="session_id")
-        record = await self.store.get_record(SESSION_KIND, session_id)
-        if record is None:
-            raise NotFound(f"no session {session_id!r} (unknown or expired)", field="session_id")
-        return record
-
-    async def _ready(self, session_id: str, action: str) -> dict[str, Any]:
-        record = await self._record(session_id)
-        phase = Phase(record["phase"])
-        if phase is Phase.AWAITING_FEEDBACK:
-            return record
-        if phase in TERMINAL_PHASES:
-            raise FailedPrecondition(f"session {session_id} has ended ({phase.value}); start a new one")
-        what = f"round {record['running_round']}" if phase is Phase.GENERATING else "the upscale"
-        raise FailedPrecondition(f"cannot {action} while {what} is running; wait for it or cancel")
-
-    async def _own_image(self, session_id: str, image_id: str) -> SessionImage:
-        meta = await self.store.get_record(IMAGE_KIND, image_id) if image_id else None
-        if meta is None:
-            raise NotFound(f"no image {image_id!r} (unknown or expired)", field="image_id")
-        if meta["session_id"] != session_id:
-            raise InvalidArgument(f"image {image_id} belongs to another session", field="image_id")
-        return await self._require_image(image_id)
-
-    async def _save_image(self, session_id: str, image: SessionImage) -> None:
-        await self.store.put_blob(image.image_id, image.picture.png, self.ttl_s)
-        await self.store.put_record(IMAGE_KIND, image.image_id, {
-            "session_id": session_id, "round": image.round, "index": image.index, "seed": image.seed,
-            "width": image.picture.width, "height": image.picture.height, "origin": image.origin.to_json(),
-            "steered_from": image.steered_from,
-        }, ttl_s=self.ttl_s)
-
-    async def _load_image(self, image_id: str) -> SessionImage | None:
-        meta = await self.store.get_record(IMAGE_KIND, image_id)
-        png = await self.store.get_blob(image_id) if meta is not None else None
-        if meta is None or png is None:
-            return None
-        return SessionImage(image_id, meta["round"], meta["index"], meta["seed"],
-                            Picture(png, meta["width"], meta["height"]), NoiseTrace.from_json(meta["origin"]),
-                            meta["steered_from"])
-
-    async def _require_image(self, image_id: str) -> SessionImage:
-        image = await self._load_image(image_id)
-        if image is None:
-            raise NotFound(f"image {image_id!r} has expired", field="image_id")
-        return image
-
 
 async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
     """Cancel ``task`` and wait for it to end.
@@ -458,15 +388,5 @@ async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
         task.result()
 
 
-def _params_json(params: GenerationParams) -> dict[str, Any]:
-    data = dataclasses.asdict(params)
-    data["adapter_ids"] = list(params.adapter_ids)
-    return data
-
-
-def _params_from_json(data: dict[str, Any]) -> GenerationParams:
-    return GenerationParams(**{**data, "adapter_ids": tuple(data.get("adapter_ids", ()))})
-
-
 def params_of(view: SessionView) -> GenerationParams:
-    return _params_from_json(view.params)
+    return params_from_json(view.params)

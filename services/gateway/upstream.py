@@ -13,6 +13,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 import structlog
 from grpc import aio
 
+from philip.rpc.auth import tenant_metadata
 from philip.rpc.errors import Cancelled, PhilipError
 from philip.rpc.interceptor import REQUEST_ID_KEY
 from philip.v1 import common_pb2, generator_pb2, generator_pb2_grpc, refiner_pb2, refiner_pb2_grpc
@@ -35,9 +36,9 @@ from services.refiner.weights import weights_to_pb
 
 
 def metadata() -> tuple[tuple[str, str], ...]:
-    """The caller's request id, forwarded so upstream logs line up with ours."""
+    """The caller's request id (so upstream logs line up with ours) and tenant, forwarded upstream."""
     request_id = structlog.contextvars.get_contextvars().get("request_id")
-    return ((REQUEST_ID_KEY, request_id),) if request_id else ()
+    return (((REQUEST_ID_KEY, request_id),) if request_id else ()) + tenant_metadata()
 
 
 class GrpcUpstream:

@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Any
 
 from philip.logs import bind_ids, get_logger
+from philip.rpc.auth import current_tenant, owned_by_caller
 from philip.rpc.errors import NotFound
 from philip.store import Store, StoreError
 from services.generator.batching import GenerationQueue, WorkItem
@@ -134,6 +135,7 @@ class Generator:
         record = {
             "state": JobState.QUEUED.value, "params": dataclasses.asdict(request), "step": 0,
             "total_steps": request.steps, "images": [], "error": "", "created_ms": _now_ms(), "finished_ms": 0,
+            "tenant": current_tenant(),
         }
         try:
             await self.store.put_record(JOB_KIND, job_id, record, ttl_s=self.blob_ttl_s)
@@ -150,7 +152,7 @@ class Generator:
 
     async def get_job(self, job_id: str) -> JobView:
         record = await self.store.get_record(JOB_KIND, job_id)
-        if record is None:
+        if record is None or not owned_by_caller(record):  # another tenant's job reads as unknown
             raise NotFound(f"no job {job_id!r} (unknown or expired)", field="job_id")
         images = []
         for meta in record["images"]:

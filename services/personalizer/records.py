@@ -59,6 +59,7 @@ class TrainingJob:
     attempts: int = 0
     worker: str = ""
     cancel_requested: bool = False
+    tenant: str = ""
 
     @property
     def terminal(self) -> bool:
@@ -84,6 +85,7 @@ class Adapter:
     job_id: str
     steps: int
     created_ms: int = field(default_factory=now_ms)
+    tenant: str = ""
 
     def to_record(self) -> dict[str, Any]:
         return asdict(self)

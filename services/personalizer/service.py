@@ -18,6 +18,7 @@ from PIL import Image
 
 from philip.logs import get_logger
 from philip.models.adapters import adapter_dir, token_in_vocabulary
+from philip.rpc.auth import current_tenant, owned_by_caller
 from philip.rpc.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from philip.store import Store
 from services.personalizer import records
@@ -66,7 +67,8 @@ class Personalizer:
         if token_in_vocabulary(self.tokenizer, valid.token):
             raise AlreadyExists(f"token {valid.token!r} is already a word the model knows; choose a made-up word "
                                 "such as 'sks' or 'zqv'", field="token")
-        job = TrainingJob(records.new_job_id(), valid.token, valid.class_word, valid.method, valid.steps, valid.rank)
+        job = TrainingJob(records.new_job_id(), valid.token, valid.class_word, valid.method, valid.steps, valid.rank,
+                          tenant=current_tenant())
         await self._reserve_token(valid.token, job.job_id)
         try:
             await asyncio.to_thread(_save_references, work_dir(self.adapters_dir, job.job_id), valid.images)
@@ -81,7 +83,7 @@ class Personalizer:
 
     async def get_job(self, job_id: str) -> TrainingJob:
         data = await self.store.get_record(JOB_KIND, _checked(job_id, "tj_", "job_id"))
-        if data is None:
+        if data is None or not owned_by_caller(data):  # another tenant's job reads as unknown
             raise NotFound(f"no training job {job_id}", field="job_id")
         return TrainingJob.from_record(data)
 
@@ -121,13 +123,13 @@ class Personalizer:
         found = []
         for adapter_id in await self.store.list_records(ADAPTER_KIND):
             data = await self.store.get_record(ADAPTER_KIND, adapter_id)
-            if data is not None:
+            if data is not None and owned_by_caller(data):
                 found.append(Adapter.from_record(data))
         return sorted(found, key=lambda a: a.created_ms, reverse=True)
 
     async def get_adapter(self, adapter_id: str) -> Adapter:
         data = await self.store.get_record(ADAPTER_KIND, _checked(adapter_id, "ad_", "adapter_id"))
-        if data is None:
+        if data is None or not owned_by_caller(data):
             raise NotFound(f"no adapter {adapter_id}; ListAdapters shows the ones that exist", field="adapter_id")
         return Adapter.from_record(data)
 

@@ -242,14 +242,14 @@ class AdapterTrainer:
             on_progress(TrainProgress(self.step, cfg.steps, loss, preview))
         return {"final_loss": loss, "train_s": time.monotonic() - started, "resumed_from": resumed}
 
-    def export(self, folder: Path, adapter_id: str) -> AdapterInfo:
+    def export(self, folder: Path, adapter_id: str, tenant: str = "") -> AdapterInfo:
         """Write the adapter files (diffusers formats) into ``folder``."""
         lora = None
         if self.lora_params:
             from diffusers.utils import convert_state_dict_to_diffusers
 
             lora = convert_state_dict_to_diffusers(self._lora_state())
-        info = AdapterInfo(adapter_id, self.config.token, self.config.class_word, self.config.method)
+        info = AdapterInfo(adapter_id, self.config.token, self.config.class_word, self.config.method, tenant)
         save_adapter(folder, info, self.embedding, lora)
         return info
 

@@ -146,7 +146,8 @@ class TrainingWorker:
         try:
             trainer, stats = await asyncio.to_thread(train)
             adapter_id = records.new_adapter_id()
-            await asyncio.to_thread(trainer.export, adapter_dir(self.personalizer.adapters_dir, adapter_id), adapter_id)
+            await asyncio.to_thread(trainer.export, adapter_dir(self.personalizer.adapters_dir, adapter_id), adapter_id,
+                                    job.tenant)
         except TrainingStopped:
             await self._stopped(entry_id, job, reason[0] if reason else "shutdown")
             return
@@ -161,7 +162,7 @@ class TrainingWorker:
             watching.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watching
-        adapter = Adapter(adapter_id, job.token, job.class_word, job.method, job.job_id, job.steps)
+        adapter = Adapter(adapter_id, job.token, job.class_word, job.method, job.job_id, job.steps, tenant=job.tenant)
         await self.personalizer.register_adapter(adapter)
         await self.personalizer.publish(job.job_id, AdapterReady(adapter))
         log.info("training.succeeded", adapter_id=adapter_id, train_s=round(stats["train_s"], 1),

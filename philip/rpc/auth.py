@@ -1,0 +1,203 @@
+"""API keys and tenants.
+
+The gateway authenticates callers by ``authorization: Bearer <key>``; keys are stored hashed
+(SHA-256) in ``PHILIP_API_KEYS_FILE`` (JSON, e.g. a mounted Secret), each belonging to a tenant.
+The tenant of the call lives in one context variable: set from the key by ``AuthInterceptor`` at
+the gateway, and from the ``x-philip-tenant`` metadata the gateway forwards by
+``TenantInterceptor`` at the internal services (reachable only from the gateway). Every session,
+job and adapter record carries its tenant; another tenant's id reads as NOT_FOUND.
+Without a keys file the gateway is open and everything belongs to the tenant "".
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import inspect
+import json
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from philip.rpc.errors import Unauthenticated
+
+TENANT_KEY = "x-philip-tenant"
+KEY_PREFIX = "phk_"
+_tenant: contextvars.ContextVar[str] = contextvars.ContextVar("philip_tenant", default="")
+
+
+def current_tenant() -> str:
+    """The tenant of the call being served ("" when authentication is off)."""
+    return _tenant.get()
+
+
+def owned_by_caller(record: dict[str, Any]) -> bool:
+    """Whether a stored session/job/adapter record is the caller's. Calls without a tenant are the
+    services' own work (round tasks, workers) or an open gateway, where everything is tenant ""."""
+    tenant = current_tenant()
+    return not tenant or record.get("tenant", "") == tenant
+
+
+def tenant_metadata() -> tuple[tuple[str, str], ...]:
+    """Metadata that carries the caller's tenant to an internal service."""
+    tenant = current_tenant()
+    return ((TENANT_KEY, tenant),) if tenant else ()
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class ApiKeys:
+    """Hashed API keys -> tenant, from a JSON file ``{"keys": [{"tenant": ..., "sha256": ...}]}``."""
+
+    def __init__(self, by_hash: dict[str, str]) -> None:
+        self.by_hash = by_hash
+
+    @classmethod
+    def load(cls, path: str | Path) -> ApiKeys:
+        data = json.loads(Path(path).read_text())
+        by_hash = {}
+        for entry in data.get("keys", []):
+            tenant, digest = str(entry["tenant"]), str(entry["sha256"]).lower()
+            if not tenant or len(digest) != 64:
+                raise ValueError(f"{path}: every key needs a tenant and a 64-hex-digit sha256")
+            by_hash[digest] = tenant
+        return cls(by_hash)
+
+    def tenant_for(self, key: str) -> str | None:
+        return self.by_hash.get(hash_key(key)) if key.startswith(KEY_PREFIX) else None
+
+
+def add_key(path: str | Path, tenant: str) -> str:
+    """Create a key for ``tenant``, store its hash in ``path`` (created if absent); returns the key."""
+    file = Path(path)
+    data = json.loads(file.read_text()) if file.exists() else {"keys": []}
+    key = KEY_PREFIX + secrets.token_hex(24)
+    data["keys"].append({"tenant": tenant, "sha256": hash_key(key)})
+    file.write_text(json.dumps(data, indent=2) + "\n")
+    return key
+
+
+def _bearer(details: grpc.HandlerCallDetails) -> str:
+    for name, value in details.invocation_metadata or ():  # type: ignore[attr-defined]
+        if name == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+            return value[len("Bearer "):].strip()
+    return ""
+
+
+def _metadata(details: grpc.HandlerCallDetails, name: str) -> str:
+    for key, value in details.invocation_metadata or ():  # type: ignore[attr-defined]
+        if key == name and isinstance(value, str):
+            return value
+    return ""
+
+
+def _with_tenant(handler: grpc.RpcMethodHandler, tenant: str | None) -> grpc.RpcMethodHandler:
+    """The same handler, run with ``tenant`` as the current tenant (None: refused as unauthenticated)."""
+
+    def unary(behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+        async def wrapper(request: Any, context: aio.ServicerContext) -> Any:
+            if tenant is None:
+                raise Unauthenticated("missing or unknown API key; send `authorization: Bearer <key>`")
+            _tenant.set(tenant)
+            result = behavior(request, context)
+            return await result if inspect.isawaitable(result) else result
+        return wrapper
+
+    def stream(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+        async def wrapper(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+            if tenant is None:
+                raise Unauthenticated("missing or unknown API key; send `authorization: Bearer <key>`")
+            _tenant.set(tenant)
+            async for message in behavior(request, context):
+                yield message
+        return wrapper
+
+    de, ser = handler.request_deserializer, handler.response_serializer
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), de, ser)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), de, ser)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(stream(handler.unary_stream), de, ser)
+    assert handler.stream_stream is not None
+    return grpc.stream_stream_rpc_method_handler(stream(handler.stream_stream), de, ser)
+
+
+class AuthInterceptor(aio.ServerInterceptor):
+    """Gateway: every ``/philip.v1.`` method needs a valid API key (health and reflection do not)."""
+
+    def __init__(self, keys: ApiKeys) -> None:
+        self.keys = keys
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith("/philip.v1."):  # type: ignore[attr-defined]
+            return handler
+        return _with_tenant(handler, self.keys.tenant_for(_bearer(details)))
+
+
+class TenantInterceptor(aio.ServerInterceptor):
+    """Internal services: the tenant the gateway forwarded (they are reachable only from it)."""
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith("/philip.v1."):  # type: ignore[attr-defined]
+            return handler
+        return _with_tenant(handler, _metadata(details, TENANT_KEY))
+
+
+class _ApiKey:
+    """Client side: adds ``authorization: Bearer <key>`` to every call. grpc.aio files an interceptor
+    under its first matching arity only, so there is one class per arity."""
+
+    def __init__(self, key: str) -> None:
+        self.header = ("authorization", f"Bearer {key}")
+
+    def _details(self, details: aio.ClientCallDetails) -> aio.ClientCallDetails:
+        metadata = aio.Metadata(*(tuple(details.metadata) if details.metadata else ()), self.header)
+        return aio.ClientCallDetails(details.method, details.timeout, metadata, details.credentials,
+                                     details.wait_for_ready)
+
+
+class _UnaryUnaryKey(_ApiKey, aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation: Any, details: aio.ClientCallDetails, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+
+class _UnaryStreamKey(_ApiKey, aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(self, continuation: Any, details: aio.ClientCallDetails, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+
+class _StreamUnaryKey(_ApiKey, aio.StreamUnaryClientInterceptor):
+    async def intercept_stream_unary(self, continuation: Any, details: aio.ClientCallDetails,
+                                     request_iterator: Any) -> Any:
+        return await continuation(self._details(details), request_iterator)
+
+
+class _StreamStreamKey(_ApiKey, aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(self, continuation: Any, details: aio.ClientCallDetails,
+                                      request_iterator: Any) -> Any:
+        return await continuation(self._details(details), request_iterator)
+
+
+def client_interceptors(key: str | None = None) -> list[aio.ClientInterceptor]:
+    """Interceptors for a client of the gateway: the API key given, or PHILIP_API_KEY if set."""
+    import os
+
+    key = key or os.environ.get("PHILIP_API_KEY")
+    if not key:
+        return []
+    return [cls(key) for cls in (_UnaryUnaryKey, _UnaryStreamKey, _StreamUnaryKey, _StreamStreamKey)]

@@ -1,0 +1,119 @@
+"""The session manager's view of the store: records, images and the event stream of a session.
+
+Store keys: ``session:{id}`` (the record), ``simage:{image_id}`` + ``blob:{image_id}`` (round
+images), stream ``session:{id}`` (events). See docs/ARCHITECTURE.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+from philip.rpc.auth import owned_by_caller
+from philip.rpc.errors import FailedPrecondition, InvalidArgument, NotFound
+from philip.store import Store
+from services.gateway.session_events import (
+    TERMINAL_PHASES,
+    NoiseTrace,
+    Phase,
+    Picture,
+    SessionEvent,
+    SessionImage,
+)
+from services.generator.requests import GenerationParams
+
+SESSION_KIND = "session"
+IMAGE_KIND = "simage"
+SessionEncoder = Callable[[str, SessionEvent], bytes]
+
+
+def session_stream(session_id: str) -> str:
+    return f"session:{session_id}"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def params_to_json(params: GenerationParams) -> dict[str, Any]:
+    data = dataclasses.asdict(params)
+    data["adapter_ids"] = list(params.adapter_ids)
+    return data
+
+
+def params_from_json(data: dict[str, Any]) -> GenerationParams:
+    return GenerationParams(**{**data, "adapter_ids": tuple(data.get("adapter_ids", ()))})
+
+
+class SessionStore:
+    """Reads and writes one session's state; ``SessionManager`` adds the commands and the work."""
+
+    def __init__(self, store: Store, encode_event: SessionEncoder, ttl_s: int) -> None:
+        self.store = store
+        self.encode_event = encode_event
+        self.ttl_s = ttl_s
+
+    async def _publish(self, session_id: str, event: SessionEvent, fields: dict[str, Any] | None = None) -> None:
+        # State first, so a client reacting to the event finds the session already in its new phase;
+        # then the event; then the record points at it. A snapshot taken in between replays the event
+        # once more (readers tolerate that); no order loses one.
+        if fields:
+            await self.store.update_record(SESSION_KIND, session_id, fields)
+        event_id = await self.store.append_event(session_stream(session_id), self.encode_event(session_id, event))
+        if fields is not None:
+            await self.store.update_record(SESSION_KIND, session_id, {"event_id": event_id})
+
+    async def _end_stream(self, session_id: str) -> None:
+        await self.store.close_stream(session_stream(session_id))
+        await self.store.expire_stream(session_stream(session_id), self.ttl_s)
+
+    async def _record(self, session_id: str) -> dict[str, Any]:
+        if not session_id:
+            raise InvalidArgument("session_id is required", field="session_id")
+        record = await self.store.get_record(SESSION_KIND, session_id)
+        if record is None or not owned_by_caller(record):  # another tenant's session reads as unknown
+            raise NotFound(f"no session {session_id!r} (unknown or expired)", field="session_id")
+        return record
+
+    async def _ready(self, session_id: str, action: str) -> dict[str, Any]:
+        record = await self._record(session_id)
+        phase = Phase(record["phase"])
+        if phase is Phase.AWAITING_FEEDBACK:
+            return record
+        if phase in TERMINAL_PHASES:
+            raise FailedPrecondition(f"session {session_id} has ended ({phase.value}); start a new one")
+        what = f"round {record['running_round']}" if phase is Phase.GENERATING else "the upscale"
+        raise FailedPrecondition(f"cannot {action} while {what} is running; wait for it or cancel")
+
+    async def _own_image(self, session_id: str, image_id: str) -> SessionImage:
+        meta = await self.store.get_record(IMAGE_KIND, image_id) if image_id else None
+        if meta is None:
+            raise NotFound(f"no image {image_id!r} (unknown or expired)", field="image_id")
+        if meta["session_id"] != session_id:
+            raise InvalidArgument(f"image {image_id} belongs to another session", field="image_id")
+        return await self._require_image(image_id)
+
+    async def _save_image(self, session_id: str, image: SessionImage) -> None:
+        await self.store.put_blob(image.image_id, image.picture.png, self.ttl_s)
+        await self.store.put_record(IMAGE_KIND, image.image_id, {
+            "session_id": session_id, "round": image.round, "index": image.index, "seed": image.seed,
+            "width": image.picture.width, "height": image.picture.height, "origin": image.origin.to_json(),
+            "steered_from": image.steered_from,
+        }, ttl_s=self.ttl_s)
+
+    async def _load_image(self, image_id: str) -> SessionImage | None:
+        meta = await self.store.get_record(IMAGE_KIND, image_id)
+        png = await self.store.get_blob(image_id) if meta is not None else None
+        if meta is None or png is None:
+            return None
+        return SessionImage(image_id, meta["round"], meta["index"], meta["seed"],
+                            Picture(png, meta["width"], meta["height"]), NoiseTrace.from_json(meta["origin"]),
+                            meta["steered_from"])
+
+    async def _require_image(self, image_id: str) -> SessionImage:
+        image = await self._load_image(image_id)
+        if image is None:
+            raise NotFound(f"image {image_id!r} has expired", field="image_id")
+        return image
