@@ -129,33 +129,37 @@ def _with_tenant(handler: grpc.RpcMethodHandler, tenant: str | None) -> grpc.Rpc
     return grpc.stream_stream_rpc_method_handler(stream(handler.stream_stream), de, ser)
 
 
-class AuthInterceptor(aio.ServerInterceptor):
+class _TenantInterceptorBase(aio.ServerInterceptor):
+    """Runs every ``/philip.v1.`` method with the tenant ``tenant_of`` finds (health and reflection as they are)."""
+
+    def tenant_of(self, details: grpc.HandlerCallDetails) -> str | None:
+        raise NotImplementedError
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith("/philip.v1."):  # type: ignore[attr-defined]
+            return handler
+        return _with_tenant(handler, self.tenant_of(details))
+
+
+class AuthInterceptor(_TenantInterceptorBase):
     """Gateway: every ``/philip.v1.`` method needs a valid API key (health and reflection do not)."""
 
     def __init__(self, keys: ApiKeys) -> None:
         self.keys = keys
 
-    async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or not details.method.startswith("/philip.v1."):  # type: ignore[attr-defined]
-            return handler
-        return _with_tenant(handler, self.keys.tenant_for(_bearer(details)))
+    def tenant_of(self, details: grpc.HandlerCallDetails) -> str | None:
+        return self.keys.tenant_for(_bearer(details))
 
 
-class TenantInterceptor(aio.ServerInterceptor):
+class TenantInterceptor(_TenantInterceptorBase):
     """Internal services: the tenant the gateway forwarded (they are reachable only from it)."""
 
-    async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or not details.method.startswith("/philip.v1."):  # type: ignore[attr-defined]
-            return handler
-        return _with_tenant(handler, _metadata(details, TENANT_KEY))
+    def tenant_of(self, details: grpc.HandlerCallDetails) -> str | None:
+        return _metadata(details, TENANT_KEY)
 
 
 class _ApiKey:

@@ -45,7 +45,12 @@ async def test_metrics_port_serves_what_the_services_record(tmp_path: Path) -> N
             with pytest.raises(aio.AioRpcError) as caught:
                 await stream_generation(stub, common_pb2.GenerationParams(prompt=""), timeout_s=60)
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        values = await asyncio.to_thread(scrape, addresses["metrics"])
+        invalid = 'philip_rpc_total{code="INVALID_ARGUMENT",method="/philip.v1.Gateway/Generate"}'
+        for _ in range(100):  # counted when the server's handler unwinds, maybe just after the client's status
+            values = await asyncio.to_thread(scrape, addresses["metrics"])
+            if values.get(invalid, 0) >= 1:
+                break
+            await asyncio.sleep(0.02)
     finally:
         stop.set()
         await asyncio.wait_for(server, 60)
