@@ -2,40 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
+from philip.bench.cli import bench_app
 from philip.clients.adapter_cli import adapter_app, keys_app
+from philip.clients.output import console, emit, set_threads
 
 app = typer.Typer(help="PHiLIP: Personalized Human-in-Loop Image Production.", no_args_is_help=True)
 eval_app = typer.Typer(help="Measure model quality (prints one JSON object last).", no_args_is_help=True)
-bench_app = typer.Typer(help="Benchmarks (not tests): timings and ratios measured in one run.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 app.add_typer(bench_app, name="bench")
 app.add_typer(adapter_app, name="adapter")
 app.add_typer(keys_app, name="keys")
-console = Console(stderr=True)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def _emit(result: dict, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            console.print(f"[bold]{key}[/bold]: {value}")
-
-
-def _threads(threads: int | None) -> None:
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
 
 
 @app.command("serve")
@@ -238,7 +221,7 @@ def train_tiny_cmd(
                           threads=threads, lr=lr, init_from=init_from)
     timings = train_tiny(cfg)
     console.print(f"[green]saved[/green] {out_dir} in {timings['total_s'] / 60:.1f} min")
-    _emit(timings, True)
+    emit(timings, True)
 
 
 @app.command("train-upscaler")
@@ -250,10 +233,10 @@ def train_upscaler_cmd(
     """Train the x4 super-resolution network on the shapes and export it to ONNX."""
     from philip.tiny.upscaler_train import train_upscaler
 
-    _threads(threads)
+    set_threads(threads)
     result = train_upscaler(out, steps=steps)
     console.print(f"[green]saved[/green] {out}")
-    _emit(result, True)
+    emit(result, True)
 
 
 @eval_app.command("model")
@@ -269,7 +252,7 @@ def eval_model_cmd(
     """Colour and shape accuracy of generated images, judged by pixel statistics."""
     from philip.tiny.evaluate import evaluate_model
 
-    _emit(evaluate_model(model_dir, n=n, steps=steps, guidance=guidance, scheduler=scheduler, save_dir=save_dir),
+    emit(evaluate_model(model_dir, n=n, steps=steps, guidance=guidance, scheduler=scheduler, save_dir=save_dir),
           as_json)
 
 
@@ -308,7 +291,7 @@ def eval_feedback_cmd(
                             f" / reroll {r.reroll_images_to_match} images")
 
         result = asyncio.run(evaluate_feedback(cfg, gateway, on_trial=on_trial))
-    _emit(result, as_json)
+    emit(result, as_json)
 
 
 @eval_app.command("personalize")
@@ -338,7 +321,7 @@ def eval_personalize_cmd(
             progress.update(task, completed=step, total=total, description=f"training, loss {loss:.4f}")
 
         result = asyncio.run(evaluate_in_process(cfg, model_dir, save_dir, on_progress))
-    _emit(result, as_json)
+    emit(result, as_json)
 
 
 @eval_app.command("upscaler")
@@ -350,82 +333,7 @@ def eval_upscaler_cmd(
     """PSNR of the upscaler vs bicubic on held-out renders downsampled to 64 px."""
     from philip.tiny.evaluate import evaluate_upscaler
 
-    _emit(evaluate_upscaler(path, n=n), as_json)
-
-
-@bench_app.command("model")
-def bench_model_cmd(
-    model_dir: Path = typer.Option(Path("models/philip-tiny"), help="Diffusers model folder."),
-    images: int = typer.Option(8, help="Images per batch."),
-    steps: int = typer.Option(8, help="Denoising steps."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-) -> None:
-    """Images per second of the bare torch pipeline (CFG on) and peak RSS."""
-    from philip.tiny.evaluate import bench_model
-
-    _emit(bench_model(model_dir, images=images, steps=steps), as_json)
-
-
-@bench_app.command("generate")
-def bench_generate_cmd(
-    model_dir: Path = typer.Option(Path("models/philip-tiny"), help="Diffusers model folder (server and direct)."),
-    images: int = typer.Option(8, help="Images per batch (and concurrent single-image clients)."),
-    steps: int = typer.Option(8, help="Denoising steps (>= 2)."),
-    guidance: float = typer.Option(5.0, help="Classifier-free guidance."),
-    size: int = typer.Option(64, help="Width and height in pixels."),
-    repeats: int = typer.Option(3, help="Measurements per kind after one warm-up; medians are reported."),
-    threads: int | None = typer.Option(None, help="Torch threads on both sides (PHILIP_THREADS, default: cores - 1)."),
-    port: int = typer.Option(0, help="Port for the benchmarked server (0 = a free one)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object last."),
-) -> None:
-    """Serving path vs bare pipeline: gRPC overhead, batching, previews and the server's peak RSS."""
-    from philip.bench.generate import GenerateBenchConfig, render_table, resolve_threads, run_generate_bench
-
-    cfg = GenerateBenchConfig(model_dir=model_dir, images=images, steps=steps, guidance=guidance, size=size,
-                              repeats=repeats, threads=resolve_threads(threads), port=port)
-    result = run_generate_bench(cfg, log=lambda msg: console.print(f"[dim]{msg}[/dim]"))
-    render_table(result, console)
-    _emit(result, as_json)
-
-
-@bench_app.command("load")
-def bench_load_cmd(
-    sessions: int = typer.Option(50, help="Concurrent scripted sessions (2 rounds + finalize each)."),
-    steps: int = typer.Option(8, help="Denoising steps per round."),
-    gateway: str | None = typer.Option(None, help="Gateway host:port; absent = in-process services (serve all)."),
-    redis_url: str | None = typer.Option("redis://127.0.0.1:6379/0",
-                                         help="Store of the in-process services (a fresh key prefix)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object last."),
-) -> None:
-    """Many sessions at once: completed, lost, round latency percentiles."""
-    import asyncio
-
-    from philip.bench.load import bench_load
-    from philip.logs import configure_logging
-
-    configure_logging("console", "warning")
-    _emit(asyncio.run(bench_load(sessions, steps, gateway, redis_url)), as_json)
-
-
-@bench_app.command("refine")
-def bench_refine_cmd(
-    model_dir: Path = typer.Option(Path("models/philip-tiny"), help="Diffusers model folder."),
-    upscaler: Path = typer.Option(Path("models/philip-tiny-x4.onnx"), help="ONNX x4 model."),
-    images: int = typer.Option(4, help="Images per round."),
-    steps: int = typer.Option(8, help="Denoising steps."),
-    liked: int = typer.Option(1, help="Liked references of the FABRIC round."),
-    disliked: int = typer.Option(1, help="Disliked references of the FABRIC round."),
-    repeats: int = typer.Option(5, help="Timed runs after a warm-up; medians reported."),
-    threads: int | None = typer.Option(None, help="Torch threads."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object last."),
-) -> None:
-    """A FABRIC round vs a plain round (fabric_ratio, goal <= 2.0) and the x4 upscale time."""
-    from philip.bench.refine import RefineBenchConfig, run_refine_bench
-
-    _threads(threads)
-    cfg = RefineBenchConfig(model_dir=model_dir, upscaler_path=upscaler, images=images, steps=steps, liked=liked,
-                            disliked=disliked, repeats=repeats)
-    _emit(run_refine_bench(cfg), as_json)
+    emit(evaluate_upscaler(path, n=n), as_json)
 
 
 if __name__ == "__main__":

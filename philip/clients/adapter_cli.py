@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
+
+from philip.clients.output import console
 
 adapter_app = typer.Typer(help="Personalization adapters: train from 4-7 photos, list, delete.", no_args_is_help=True)
-console = Console(stderr=True)
 
 
 @adapter_app.command("create")

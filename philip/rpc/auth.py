@@ -15,6 +15,7 @@ import contextvars
 import hashlib
 import inspect
 import json
+import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -199,8 +200,6 @@ class _StreamStreamKey(_ApiKey, aio.StreamStreamClientInterceptor):
 
 def client_interceptors(key: str | None = None) -> list[aio.ClientInterceptor]:
     """Interceptors for a client of the gateway: the API key given, or PHILIP_API_KEY if set."""
-    import os
-
     key = key or os.environ.get("PHILIP_API_KEY")
     if not key:
         return []

@@ -221,11 +221,7 @@ async def test_sigterm_drains_an_in_flight_stream_before_the_gateway_exits(clust
             signalled = time.monotonic()
             await asyncio.sleep(0.5)
             assert await health(gateway.address) != "SERVING", "health flips first, so balancers stop routing"
-            try:
-                outcome = await call
-            except grpc.aio.AioRpcError as exc:
-                pytest.xfail(f"the in-flight stream was cut by SIGTERM instead of drained: {exc.code().name} "
-                             f"{exc.details()}")
+            outcome = await call  # drained: a SIGTERM must not cut the stream
         assert len(outcome.images) == 4, outcome.events
         returncode = await asyncio.to_thread(gateway.proc.wait, 2 * GRACE_S + 15)
         assert returncode == 0, gateway.tail()
@@ -264,12 +260,9 @@ async def test_session_continues_on_the_other_replica_when_one_dies(cluster: Clu
             if mid_round and not failed:
                 assert cluster.gateway.events("session.round_retry"), "round 2 ran again on the survivor"
             survivor_before = len(survivor.events("job.submitted"))
-            try:
-                again = await session.feedback([], [])  # plain round -> the surviving replica
-                third = await session.feedback([first.images[0].image.id], [])  # refiner
-                final = await session.finalize(third.images[0].image.id)  # refiner's upscale
-            except SessionError as exc:
-                pytest.xfail(f"the gateway did not fail over to the surviving generator: {exc}")
+            again = await session.feedback([], [])  # plain round -> the surviving replica
+            third = await session.feedback([first.images[0].image.id], [])  # refiner
+            final = await session.finalize(third.images[0].image.id)  # refiner's upscale
             assert again.images and final.image.png
             assert len(survivor.events("job.submitted")) > survivor_before
 

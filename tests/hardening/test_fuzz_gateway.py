@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import math
 import os
 import threading
 from collections.abc import Iterator
@@ -245,4 +244,3 @@ def test_random_and_mutated_requests_never_get_internal(served: Served) -> None:
     # The fuzz reached past validation too: some calls succeeded, and most failed precisely.
     assert sum(n for k, n in served.codes.items() if k.endswith(":OK")) > 0, served.codes
     assert sum(n for k, n in served.codes.items() if "INVALID_ARGUMENT" in k) > EXAMPLES // 10, served.codes
-    assert not math.isnan(sum(served.codes.values()))

@@ -99,6 +99,19 @@ async def get_session(stub: gateway_pb2_grpc.GatewayStub, session_id: str) -> ga
     return await stub.GetSession(gateway_pb2.GetSessionRequest(session_id=session_id), timeout=10)
 
 
+async def once_redis_is_back(stub: gateway_pb2_grpc.GatewayStub, session_id: str) -> gateway_pb2.SessionSnapshot:
+    """GetSession as a client would: UNAVAILABLE is retryable, so retry it for a while (pooled
+    connections to the old Redis fail once before they reconnect)."""
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            return await get_session(stub, session_id)
+        except aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
 async def test_a_session_across_a_redis_restart(redis: Redis, stub: gateway_pb2_grpc.GatewayStub) -> None:
     session = await SessionClient.start(stub, PARAMS, timeout_s=120)
     async with session:
@@ -112,7 +125,7 @@ async def test_a_session_across_a_redis_restart(redis: Redis, stub: gateway_pb2_
     await asyncio.to_thread(redis.start)
 
     if redis.aof:  # everything was persisted: reattach and finish the session
-        snapshot = await get_session(stub, session_id)
+        snapshot = await once_redis_is_back(stub, session_id)
         assert [i.image.id for i in snapshot.rounds[0].images] == [i.image.id for i in first.images]
         resumed = await SessionClient.resume(stub, session_id, timeout_s=120)
         async with resumed:
@@ -121,7 +134,7 @@ async def test_a_session_across_a_redis_restart(redis: Redis, stub: gateway_pb2_
         assert final.image.width == 4 * 64
     else:  # nothing survived: the session is gone, and the service works again
         with pytest.raises(aio.AioRpcError) as gone:
-            await get_session(stub, session_id)
+            await once_redis_is_back(stub, session_id)
         assert gone.value.code() == grpc.StatusCode.NOT_FOUND
         fresh = await SessionClient.start(stub, PARAMS, timeout_s=120)
         async with fresh:

@@ -1,0 +1,86 @@
+"""`philip bench ...`: benchmarks (not tests), timings and ratios measured in one run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from philip.clients.output import console, emit, set_threads
+
+bench_app = typer.Typer(help="Benchmarks (not tests): timings and ratios measured in one run.", no_args_is_help=True)
+
+
+@bench_app.command("model")
+def bench_model_cmd(
+    model_dir: Path = typer.Option(Path("models/philip-tiny"), help="Diffusers model folder."),
+    images: int = typer.Option(8, help="Images per batch."),
+    steps: int = typer.Option(8, help="Denoising steps."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Images per second of the bare torch pipeline (CFG on) and peak RSS."""
+    from philip.tiny.evaluate import bench_model
+
+    emit(bench_model(model_dir, images=images, steps=steps), as_json)
+
+
+@bench_app.command("generate")
+def bench_generate_cmd(
+    model_dir: Path = typer.Option(Path("models/philip-tiny"), help="Diffusers model folder (server and direct)."),
+    images: int = typer.Option(8, help="Images per batch (and concurrent single-image clients)."),
+    steps: int = typer.Option(8, help="Denoising steps (>= 2)."),
+    guidance: float = typer.Option(5.0, help="Classifier-free guidance."),
+    size: int = typer.Option(64, help="Width and height in pixels."),
+    repeats: int = typer.Option(3, help="Measurements per kind after one warm-up; medians are reported."),
+    threads: int | None = typer.Option(None, help="Torch threads on both sides (PHILIP_THREADS, default: cores - 1)."),
+    port: int = typer.Option(0, help="Port for the benchmarked server (0 = a free one)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object last."),
+) -> None:
+    """Serving path vs bare pipeline: gRPC overhead, batching, previews and the server's peak RSS."""
+    from philip.bench.generate import GenerateBenchConfig, render_table, resolve_threads, run_generate_bench
+
+    cfg = GenerateBenchConfig(model_dir=model_dir, images=images, steps=steps, guidance=guidance, size=size,
+                              repeats=repeats, threads=resolve_threads(threads), port=port)
+    result = run_generate_bench(cfg, log=lambda msg: console.print(f"[dim]{msg}[/dim]"))
+    render_table(result, console)
+    emit(result, as_json)
+
+
+@bench_app.command("load")
+def bench_load_cmd(
+    sessions: int = typer.Option(50, help="Concurrent scripted sessions (2 rounds + finalize each)."),
+    steps: int = typer.Option(8, help="Denoising steps per round."),
+    gateway: str | None = typer.Option(None, help="Gateway host:port; absent = in-process services (serve all)."),
+    redis_url: str | None = typer.Option("redis://127.0.0.1:6379/0",
+                                         help="Store of the in-process services (a fresh key prefix)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object last."),
+) -> None:
+    """Many sessions at once: completed, lost, round latency percentiles."""
+    import asyncio
+
+    from philip.bench.load import bench_load
+    from philip.logs import configure_logging
+
+    configure_logging("console", "warning")
+    emit(asyncio.run(bench_load(sessions, steps, gateway, redis_url)), as_json)
+
+
+@bench_app.command("refine")
+def bench_refine_cmd(
+    model_dir: Path = typer.Option(Path("models/philip-tiny"), help="Diffusers model folder."),
+    upscaler: Path = typer.Option(Path("models/philip-tiny-x4.onnx"), help="ONNX x4 model."),
+    images: int = typer.Option(4, help="Images per round."),
+    steps: int = typer.Option(8, help="Denoising steps."),
+    liked: int = typer.Option(1, help="Liked references of the FABRIC round."),
+    disliked: int = typer.Option(1, help="Disliked references of the FABRIC round."),
+    repeats: int = typer.Option(5, help="Timed runs after a warm-up; medians reported."),
+    threads: int | None = typer.Option(None, help="Torch threads."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object last."),
+) -> None:
+    """A FABRIC round vs a plain round (fabric_ratio, goal <= 2.0) and the x4 upscale time."""
+    from philip.bench.refine import RefineBenchConfig, run_refine_bench
+
+    set_threads(threads)
+    cfg = RefineBenchConfig(model_dir=model_dir, upscaler_path=upscaler, images=images, steps=steps, liked=liked,
+                            disliked=disliked, repeats=repeats)
+    emit(run_refine_bench(cfg), as_json)
