@@ -26,6 +26,9 @@ TRAINING_JOBS = Counter("philip_training_jobs_total", "Training jobs ended, by f
 TRAINING_RUNNING = Gauge("philip_training_running", "Training jobs this worker is running (0 or 1).")
 TRAINING_STEP_SECONDS = Histogram("philip_training_step_seconds", "Wall time of one training step.",
                                   buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5))
+TRAINING_YIELDED_SECONDS = Counter("philip_training_yielded_seconds_total",
+                                   "Time training waited for interactive work on the same device.")
+QUOTA_REJECTED = Counter("philip_quota_rejected_total", "Requests refused by a tenant quota, by quota.", ["quota"])
 
 
 def serve_metrics(port: int, host: str) -> tuple[int, Callable[[], None]]:

@@ -65,12 +65,32 @@ class Settings:
     adapter_cache: int = 8
     # JSON file of hashed API keys -> tenants (`philip keys add`); None: the gateway is open.
     api_keys_file: str | None = None
+    # Per-tenant quotas (0: none; an open gateway's calls have no tenant and no quota).
+    quota_sessions: int = 8  # open sessions (not finalized or cancelled, active within session_idle_s)
+    quota_generations: int = 16  # Generate jobs and session rounds queued or running
+    quota_training_jobs: int = 2  # training jobs queued or running
+    session_idle_s: float = 900.0  # an open session untouched this long stops counting against the quota
+    # Per-tenant activity log: kept this long, and at most this many entries.
+    activity_retention_days: float = 30.0
+    activity_max_entries: int = 10_000
+    # PEM files for mTLS between services: internal servers require a client certificate signed by
+    # tls_ca, and the gateway presents tls_cert to them. All three or none.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    # A plaintext port that answers grpc.health.v1 only (for kubelet probes when the port needs mTLS).
+    health_port: int | None = None
 
     def __post_init__(self) -> None:
         # from_env parses strings first; checking here too means Settings(port="x") or
         # with_(port=-1) built by hand fail just as loudly.
         for f in dataclasses.fields(self):
             _validate(f.name, getattr(self, f.name))
+        tls = {env_name(n): getattr(self, n) for n in ("tls_cert", "tls_key", "tls_ca")}
+        if any(tls.values()) and not all(tls.values()):
+            missing = ", ".join(name for name, value in tls.items() if not value)
+            raise ValueError(f"mTLS needs PHILIP_TLS_CERT, PHILIP_TLS_KEY and PHILIP_TLS_CA together; "
+                             f"missing {missing}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> Settings:
@@ -134,6 +154,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "host": (lambda v: bool(v.strip()), "must not be empty"),
     "port": (_in_port_range, "must be in 0..65535"),
     "metrics_port": (_in_port_range, "must be in 0..65535"),
+    "health_port": (_in_port_range, "must be in 0..65535"),
     "log_format": (lambda v: v in _LOG_FORMATS, f"must be one of {', '.join(_LOG_FORMATS)}"),
     "log_level": (lambda v: v.lower() in _LOG_LEVELS, f"must be one of {', '.join(_LOG_LEVELS)}"),
     "max_message_mb": (lambda v: 1 <= v <= 2047, "must be in 1..2047"),
@@ -149,6 +170,12 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train_reclaim_idle_s": (lambda v: 1.0 <= v <= 3600.0, "must be in 1..3600 seconds"),
     "train_checkpoint_every": (lambda v: 1 <= v <= 10_000, "must be in 1..10000 steps"),
     "adapter_cache": (lambda v: 4 <= v <= 64, "must be in 4..64 (a batch may use 4 adapters)"),
+    "quota_sessions": (lambda v: v >= 0, "must be >= 0 (0: no limit)"),
+    "quota_generations": (lambda v: v >= 0, "must be >= 0 (0: no limit)"),
+    "quota_training_jobs": (lambda v: v >= 0, "must be >= 0 (0: no limit)"),
+    "session_idle_s": (lambda v: 10.0 <= v <= 86_400.0, "must be in 10..86400 seconds"),
+    "activity_retention_days": (lambda v: 0 < v <= 3650, "must be in (0, 3650] days"),
+    "activity_max_entries": (lambda v: 100 <= v <= 10_000_000, "must be in 100..10000000"),
 }
 
 

@@ -22,6 +22,7 @@ from philip.metrics import serve_metrics
 from philip.rpc.auth import ApiKeys, AuthInterceptor, TenantInterceptor
 from philip.rpc.client import make_channel
 from philip.rpc.server import GrpcServer
+from philip.rpc.tls import channel_credentials, server_credentials
 from philip.settings import Settings
 from philip.store import Store, open_store
 from services.gateway import server as gateway_server
@@ -58,13 +59,16 @@ async def serve(
         if store is None:
             store = open_store(settings.redis_url)
             stack.push_async_callback(store.close)
+        # mTLS between separate processes; `all` keeps its in-process services on plaintext loopback.
+        tls_in = server_credentials(settings) if role != "all" else None
+        tls_out = channel_credentials(settings) if role != "all" else None
         generator_addr = settings.generator_addr
         if role in ("generator", "all"):
             generator = await asyncio.to_thread(generator_server.open_generator, settings, store)
             stack.push_async_callback(generator.close)
-            own = settings if role == "generator" else settings.with_(host="127.0.0.1", port=0)
+            own = settings if role == "generator" else _in_process(settings)
             server = GrpcServer(own, generator_server.build(settings, store, generator=generator),
-                                interceptors=[TenantInterceptor()])
+                                interceptors=[TenantInterceptor()], credentials=tls_in)
             await server.start()
             stack.push_async_callback(server.stop)
             addresses["generator"] = generator_addr = server.address
@@ -72,9 +76,9 @@ async def serve(
         if role in ("refiner", "all"):
             refiner = await asyncio.to_thread(refiner_server.open_refiner, settings)
             stack.callback(refiner.close)
-            own = settings if role == "refiner" else settings.with_(host="127.0.0.1", port=0)
+            own = settings if role == "refiner" else _in_process(settings)
             server = GrpcServer(own, refiner_server.build(settings, refiner=refiner),
-                                interceptors=[TenantInterceptor()])
+                                interceptors=[TenantInterceptor()], credentials=tls_in)
             await server.start()
             stack.push_async_callback(server.stop)
             addresses["refiner"] = refiner_addr = server.address
@@ -83,23 +87,24 @@ async def serve(
             personalizer = await asyncio.to_thread(personalizer_server.open_personalizer, settings, store)
             worker = personalizer_server.WorkerTask(personalizer, settings)
             stack.push_async_callback(worker.close)  # after the server: a running job goes back to the queue
-            own = settings if role == "personalizer" else settings.with_(host="127.0.0.1", port=0)
-            server = GrpcServer(own, personalizer_server.build(personalizer), interceptors=[TenantInterceptor()])
+            own = settings if role == "personalizer" else _in_process(settings)
+            server = GrpcServer(own, personalizer_server.build(personalizer), interceptors=[TenantInterceptor()],
+                                credentials=tls_in)
             await server.start()
             stack.push_async_callback(server.stop)
             addresses["personalizer"] = personalizer_addr = server.address
         if role in ("gateway", "all"):
             assert generator_addr is not None and refiner_addr is not None
             generator_channel = make_channel(generator_addr, [gateway_server.GENERATOR_SERVICE],
-                                             max_message_mb=settings.max_message_mb)
+                                             max_message_mb=settings.max_message_mb, credentials=tls_out)
             stack.push_async_callback(generator_channel.close)
             refiner_channel = make_channel(refiner_addr, [gateway_server.REFINER_SERVICE],
-                                           max_message_mb=settings.max_message_mb)
+                                           max_message_mb=settings.max_message_mb, credentials=tls_out)
             stack.push_async_callback(refiner_channel.close)
             personalizer_channel = None
             if personalizer_addr is not None:
                 personalizer_channel = make_channel(personalizer_addr, [gateway_server.PERSONALIZER_SERVICE],
-                                                    max_message_mb=settings.max_message_mb)
+                                                    max_message_mb=settings.max_message_mb, credentials=tls_out)
                 stack.push_async_callback(personalizer_channel.close)
             sessions = gateway_server.open_sessions(settings, store, generator_channel, refiner_channel)
             # Runs after the gateway has stopped taking calls: running steps get the grace, then fail.
@@ -159,3 +164,8 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _in_process(settings: Settings) -> Settings:
+    """Settings of a service that `all` runs beside the gateway: any free loopback port, no own health port."""
+    return settings.with_(host="127.0.0.1", port=0, health_port=None)

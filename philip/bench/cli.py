@@ -46,6 +46,22 @@ def bench_generate_cmd(
     emit(result, as_json)
 
 
+@bench_app.command("priority")
+def bench_priority_cmd(
+    model_dir: Path = typer.Option(Path("models/philip-tiny"), help="Diffusers model folder."),
+    rounds: int = typer.Option(3, help="Rounds per measurement (medians are reported)."),
+    steps: int = typer.Option(8, help="Denoising steps per round."),
+    threads: int | None = typer.Option(None, help="Torch threads (PHILIP_THREADS, default: cores - 1)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object last."),
+) -> None:
+    """A round's time idle vs beside a training job, with and without interactive-first scheduling."""
+    import asyncio
+
+    from philip.bench.priority import run_priority_bench
+
+    emit(asyncio.run(run_priority_bench(model_dir, rounds=rounds, steps=steps, threads=threads)), as_json)
+
+
 @bench_app.command("load")
 def bench_load_cmd(
     sessions: int = typer.Option(50, help="Concurrent scripted sessions (2 rounds + finalize each)."),

@@ -126,10 +126,11 @@ def keys_add_cmd(
     """Create an API key for a tenant; only its SHA-256 is stored. Prints the key once."""
     from philip.rpc.auth import add_key
 
-    if not tenant.strip():
-        console.print("[red]--tenant must not be empty[/red]")
-        raise typer.Exit(2)
-    key = add_key(file, tenant.strip())
+    try:
+        key = add_key(file, tenant.strip())
+    except ValueError as exc:
+        console.print(f"[red]--tenant: {exc}[/red]")
+        raise typer.Exit(2) from None
     console.print(f"key for tenant {tenant!r} added to {file} (only its hash is stored); clients send it as "
                   "`authorization: Bearer <key>` (the philip CLI reads PHILIP_API_KEY):")
     print(key)

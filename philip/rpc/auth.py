@@ -11,13 +11,15 @@ Without a keys file the gateway is open and everything belongs to the tenant "".
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import hashlib
 import inspect
 import json
 import os
+import re
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +30,24 @@ from philip.rpc.errors import Unauthenticated
 
 TENANT_KEY = "x-philip-tenant"
 KEY_PREFIX = "phk_"
+# Tenant names end up in store keys and metric labels: short, plain, starting with a letter or digit.
+TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _tenant: contextvars.ContextVar[str] = contextvars.ContextVar("philip_tenant", default="")
 
 
 def current_tenant() -> str:
     """The tenant of the call being served ("" when authentication is off)."""
     return _tenant.get()
+
+
+@contextlib.contextmanager
+def acting_as(tenant: str) -> Iterator[None]:
+    """Run the block as ``tenant`` (work done on a tenant's behalf outside its call, and tests)."""
+    token = _tenant.set(tenant)
+    try:
+        yield
+    finally:
+        _tenant.reset(token)
 
 
 def owned_by_caller(record: dict[str, Any]) -> bool:
@@ -65,8 +79,9 @@ class ApiKeys:
         by_hash = {}
         for entry in data.get("keys", []):
             tenant, digest = str(entry["tenant"]), str(entry["sha256"]).lower()
-            if not tenant or len(digest) != 64:
-                raise ValueError(f"{path}: every key needs a tenant and a 64-hex-digit sha256")
+            if not TENANT_RE.match(tenant) or len(digest) != 64:
+                raise ValueError(f"{path}: every key needs a tenant (letters, digits, '_', '.', '-'; 1-64, "
+                                 f"first a letter or digit) and a 64-hex-digit sha256; got tenant {tenant!r}")
             by_hash[digest] = tenant
         return cls(by_hash)
 
@@ -76,6 +91,8 @@ class ApiKeys:
 
 def add_key(path: str | Path, tenant: str) -> str:
     """Create a key for ``tenant``, store its hash in ``path`` (created if absent); returns the key."""
+    if not TENANT_RE.match(tenant):
+        raise ValueError(f"tenant {tenant!r}: use 1-64 letters, digits, '_', '.' or '-', first a letter or digit")
     file = Path(path)
     data = json.loads(file.read_text()) if file.exists() else {"keys": []}
     key = KEY_PREFIX + secrets.token_hex(24)

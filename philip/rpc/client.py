@@ -24,6 +24,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import grpc
 from grpc import aio
 
 MIB = 1024 * 1024
@@ -79,17 +80,18 @@ def make_channel(
     max_message_mb: int = 32,
     retries: int = 5,
     interceptors: Sequence[aio.ClientInterceptor] | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> aio.Channel:
-    """Open an insecure asyncio channel to ``target`` (see module docs for target forms).
+    """Open an asyncio channel to ``target`` (see module docs for target forms), over TLS with
+    ``credentials`` (:func:`philip.rpc.tls.channel_credentials`), else in plaintext.
 
     ``service_names`` are the full names (``"philip.v1.Generator"``) whose methods
     get the retry policy.
     """
-    return aio.insecure_channel(
-        target,
-        options=channel_options(service_names, max_message_mb=max_message_mb, retries=retries),
-        interceptors=interceptors,
-    )
+    options = channel_options(service_names, max_message_mb=max_message_mb, retries=retries)
+    if credentials is not None:
+        return aio.secure_channel(target, credentials, options=options, interceptors=interceptors)
+    return aio.insecure_channel(target, options=options, interceptors=interceptors)
 
 
 async def wait_ready(channel: aio.Channel, timeout_s: float) -> None:

@@ -11,6 +11,7 @@ import signal
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -48,6 +49,17 @@ def server_options(max_message_mb: int, *, max_connection_age_ms: int | None = N
     return options
 
 
+def _bind(server: aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
+    try:
+        port = (server.add_secure_port(address, credentials) if credentials is not None
+                else server.add_insecure_port(address))
+    except RuntimeError as exc:  # grpc raises when the address cannot be bound
+        raise OSError(f"cannot bind gRPC server to {address}: {exc}") from exc
+    if port == 0:  # older grpc reports a failed bind as port 0
+        raise OSError(f"cannot bind gRPC server to {address}")
+    return port
+
+
 class GrpcServer:
     """An asyncio gRPC server with health, reflection and the error interceptor.
 
@@ -63,15 +75,19 @@ class GrpcServer:
         maximum_concurrent_rpcs: int | None = None,
         max_connection_age_ms: int | None = None,
         interceptors: Sequence[aio.ServerInterceptor] = (),
+        credentials: grpc.ServerCredentials | None = None,
     ) -> None:
         self.settings = settings
+        self.credentials = credentials  # TLS on the port (philip.rpc.tls); None: plaintext
         self.services = list(services)
         self.maximum_concurrent_rpcs = maximum_concurrent_rpcs
         self.max_connection_age_ms = max_connection_age_ms
         self.extra_interceptors = list(interceptors)
         self.health = health.aio.HealthServicer()
         self.port: int = settings.port  # the bound port once started (useful with port 0)
+        self.health_port: int | None = settings.health_port
         self._server: aio.Server | None = None
+        self._health_server: aio.Server | None = None
         self._stop_task: asyncio.Task[None] | None = None
 
     @property
@@ -97,19 +113,19 @@ class GrpcServer:
             register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection([*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-        address = f"{self.settings.host}:{self.settings.port}"
-        try:
-            port = server.add_insecure_port(address)
-        except RuntimeError as exc:  # grpc raises when the address cannot be bound
-            raise OSError(f"cannot bind gRPC server to {address}: {exc}") from exc
-        if port == 0:  # older grpc reports a failed bind as port 0
-            raise OSError(f"cannot bind gRPC server to {address}")
-        self.port = port
+        self.port = _bind(server, f"{self.settings.host}:{self.settings.port}", self.credentials)
+        if self.settings.health_port is not None:
+            # Its own server, so that this plaintext port answers health checks and nothing else.
+            self._health_server = aio.server(options=server_options(1))
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
+            self.health_port = _bind(self._health_server, f"{self.settings.host}:{self.settings.health_port}", None)
+            await self._health_server.start()
         await server.start()
         self._server = server
         for name in ["", *self.service_names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("server.started", address=self.address, services=self.service_names)
+        log.info("server.started", address=self.address, services=self.service_names, tls=self.credentials is not None,
+                 health_port=self.health_port)
 
     async def set_serving(self, service: str, serving: bool) -> None:
         """Readiness toggle for one service ("" = the whole server); ignored once stopping."""
@@ -135,6 +151,8 @@ class GrpcServer:
             return
         log.info("server.stopping", address=self.address, grace_s=grace)
         await self._server.stop(grace)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         log.info("server.stopped", address=self.address)
 
     async def wait(self) -> None:

@@ -8,15 +8,17 @@ the memory store behaves the same against Redis.
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
 DEFAULT_PREFIX = "philip:"
+_STREAM_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?", re.ASCII)
 
 # Record kinds that would collide with the other key families ({prefix}blob:..., {prefix}stream:... etc.).
-RESERVED_KINDS = frozenset({"blob", "stream", "queue", "idx", "counter"})
+RESERVED_KINDS = frozenset({"blob", "stream", "queue", "idx", "counter", "lease"})
 
 # How long one blocking read waits inside ``subscribe`` before looping; bounded so a subscriber
 # never holds a connection past the socket timeout.
@@ -59,12 +61,9 @@ class StreamEntry:
 
 def parse_stream_id(entry_id: str) -> tuple[int, int]:
     """Parse "<ms>-<seq>" (or a bare "<ms>", meaning seq 0) into a comparable tuple."""
-    ms, sep, seq = entry_id.partition("-")
-    try:
-        parsed = (int(ms), int(seq) if sep else 0)
-    except ValueError:
-        raise ValueError(f"invalid stream id {entry_id!r}") from None
-    if parsed[0] < 0 or parsed[1] < 0:
+    match = _STREAM_ID.fullmatch(entry_id)
+    parsed = (int(match[1]), int(match[2] or 0)) if match else (-1, -1)
+    if not (0 <= parsed[0] < 2**64 and 0 <= parsed[1] < 2**64):  # Redis ids are two unsigned 64-bit parts
         raise ValueError(f"invalid stream id {entry_id!r}")
     return parsed
 
@@ -149,6 +148,16 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def read_events_before(self, stream: str, before: str | None = None, count: int = 100) -> list[StreamEntry]:
+        """Return up to ``count`` entries with ids strictly smaller than ``before`` (None: the newest),
+        newest first; the terminal marker is left out. For paging back through a log."""
+
+    @abc.abstractmethod
+    async def trim_events_before(self, stream: str, before_ms: int) -> int:
+        """Drop the entries older than ``before_ms`` (epoch milliseconds, the first part of an id);
+        returns how many went. Retention by age, where ``maxlen`` is retention by count."""
+
+    @abc.abstractmethod
     async def close_stream(self, stream: str) -> str:
         """Append the terminal marker so that subscribers finish; returns the marker's id."""
 
@@ -211,6 +220,24 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def pending_count(self, queue: str, group: str) -> int:
         """Number of items delivered to ``group`` but not yet acknowledged (0 for an unknown group)."""
+
+    # ---- leases (quotas) -----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def acquire_lease(self, key: str, holder: str, limit: int, ttl_s: float) -> bool:
+        """Take one of ``limit`` slots of ``key`` for ``holder`` for ``ttl_s`` seconds, atomically.
+
+        Expired leases are dropped first. A holder that has a slot already renews it (True even at
+        the limit). False when ``limit`` other holders hold one: nothing changes then.
+        """
+
+    @abc.abstractmethod
+    async def release_lease(self, key: str, holder: str) -> bool:
+        """Give ``holder``'s slot back; True if it held one."""
+
+    @abc.abstractmethod
+    async def count_leases(self, key: str) -> int:
+        """Slots of ``key`` held now (expired ones not counted)."""
 
     # ---- helpers -------------------------------------------------------------------------------
 

@@ -106,6 +106,7 @@ class MemoryStore(Store):
         self._streams: dict[str, _Stream] = {}
         self._queues: dict[str, _Queue] = {}
         self._counters: dict[str, _Item[int]] = {}
+        self._leases: dict[str, dict[str, float]] = {}  # key -> holder -> time.monotonic() deadline
         # One condition for every stream and queue: appends are rare enough that waking all
         # blocked readers, who re-check their own stream, costs nothing.
         self._changed = asyncio.Condition()
@@ -207,6 +208,23 @@ class MemoryStore(Store):
         except TimeoutError:
             return []
 
+    async def read_events_before(self, stream: str, before: str | None = None, count: int = 100) -> list[StreamEntry]:
+        end = parse_stream_id(before) if before is not None else None
+        s = self._live_stream(stream)
+        if s is None or count < 1:
+            return []
+        stop = len(s.entries) if end is None else bisect.bisect_left(s.entries, end, key=lambda e: e.key)
+        found = [e.public() for e in reversed(s.entries[:stop]) if not e.terminal]
+        return found[:count]
+
+    async def trim_events_before(self, stream: str, before_ms: int) -> int:
+        s = self._live_stream(stream)
+        if s is None:
+            return 0
+        stop = bisect.bisect_left(s.entries, (before_ms, 0), key=lambda e: e.key)
+        del s.entries[:stop]
+        return stop
+
     async def close_stream(self, stream: str) -> str:
         s = self._live_stream(stream) or self._streams.setdefault(stream, _Stream())
         entry = s.append(b"", terminal=True)
@@ -297,6 +315,29 @@ class MemoryStore(Store):
         q = self._queues.get(queue)
         g = q.groups.get(group) if q else None
         return 0 if g is None else len(g.pel)
+
+    # ---- leases (quotas) -----------------------------------------------------------------------
+
+    def _live_leases(self, key: str) -> dict[str, float]:
+        now = time.monotonic()
+        leases = self._leases.setdefault(key, {})
+        for holder in [h for h, until in leases.items() if until <= now]:
+            del leases[holder]
+        return leases
+
+    async def acquire_lease(self, key: str, holder: str, limit: int, ttl_s: float) -> bool:
+        check_ttl(ttl_s)
+        leases = self._live_leases(key)
+        if holder not in leases and len(leases) >= limit:
+            return False
+        leases[holder] = time.monotonic() + ttl_s
+        return True
+
+    async def release_lease(self, key: str, holder: str) -> bool:
+        return self._live_leases(key).pop(holder, None) is not None
+
+    async def count_leases(self, key: str) -> int:
+        return len(self._live_leases(key))
 
     # ---- helpers -------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from philip.store import redis_scripts
 from philip.store.base import (
     DEFAULT_PREFIX,
     RecordNotFound,
@@ -33,15 +34,6 @@ T = TypeVar("T")
 # marker carries only "end", so it can never be confused with a payload.
 _PAYLOAD = b"p"
 _END = b"end"
-
-# INCRBY and set the TTL only if the counter has none yet, atomically (EXPIRE NX needs Redis 7).
-_INCR_LUA = """
-local v = redis.call('INCRBY', KEYS[1], ARGV[1])
-if ARGV[2] ~= '' and redis.call('PTTL', KEYS[1]) == -1 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return v
-"""
 
 _MAX_UPDATE_ATTEMPTS = 100
 
@@ -123,7 +115,9 @@ class RedisStore(Store):
         except ValueError as exc:
             raise StoreError(f"invalid redis url {self.url}: {exc}") from exc
         self._groups: set[tuple[str, str]] = set()  # (queue key, group) known to exist
-        self._incr_script = self._r.register_script(_INCR_LUA)
+        self._incr_script = self._r.register_script(redis_scripts.INCR)
+        self._acquire_lease_script = self._r.register_script(redis_scripts.ACQUIRE_LEASE)
+        self._count_leases_script = self._r.register_script(redis_scripts.COUNT_LEASES)
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -154,6 +148,9 @@ class RedisStore(Store):
 
     def _counter_key(self, key: str) -> str:
         return f"{self.prefix}counter:{key}"
+
+    def _lease_key(self, key: str) -> str:
+        return f"{self.prefix}lease:{key}"
 
     # ---- records -------------------------------------------------------------------------------
 
@@ -268,6 +265,21 @@ class RedisStore(Store):
         with self._errors():
             return _read_reply(await self._blocking(block_ms, call))
 
+    async def read_events_before(self, stream: str, before: str | None = None, count: int = 100) -> list[StreamEntry]:
+        if before is not None:
+            parse_stream_id(before)
+        if count < 1:
+            return []
+        with self._errors():
+            raw = await self._r.xrevrange(self._stream_key(stream), max="+" if before is None else f"({before}",
+                                          min="-", count=count + 1)  # + 1: the terminal marker may be among them
+        return [entry for entry in _entries(raw) if not entry.terminal][:count]
+
+    async def trim_events_before(self, stream: str, before_ms: int) -> int:
+        with self._errors():
+            return int(await self._r.xtrim(self._stream_key(stream), minid=f"{max(0, before_ms)}-0",
+                                         approximate=False))
+
     async def close_stream(self, stream: str) -> str:
         with self._errors():
             entry_id = await self._r.xadd(self._stream_key(stream), {_END: b"1"})
@@ -378,6 +390,22 @@ class RedisStore(Store):
                     return 0
                 raise
         return int(summary["pending"])
+
+    # ---- leases (quotas) -----------------------------------------------------------------------
+
+    async def acquire_lease(self, key: str, holder: str, limit: int, ttl_s: float) -> bool:
+        check_ttl(ttl_s)
+        with self._errors():
+            granted = await self._acquire_lease_script(keys=[self._lease_key(key)], args=[holder, limit, _ms(ttl_s)])
+        return bool(granted)
+
+    async def release_lease(self, key: str, holder: str) -> bool:
+        with self._errors():
+            return bool(await self._r.zrem(self._lease_key(key), holder))
+
+    async def count_leases(self, key: str) -> int:
+        with self._errors():
+            return int(await self._count_leases_script(keys=[self._lease_key(key)]))
 
     # ---- helpers -------------------------------------------------------------------------------
 

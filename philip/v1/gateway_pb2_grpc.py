@@ -97,6 +97,11 @@ class GatewayStub:
                 request_serializer=philip_dot_v1_dot_personalizer__pb2.DeleteAdapterRequest.SerializeToString,
                 response_deserializer=philip_dot_v1_dot_personalizer__pb2.DeleteAdapterResponse.FromString,
                 _registered_method=True)
+        self.ListActivity = channel.unary_unary(
+                '/philip.v1.Gateway/ListActivity',
+                request_serializer=philip_dot_v1_dot_gateway__pb2.ListActivityRequest.SerializeToString,
+                response_deserializer=philip_dot_v1_dot_gateway__pb2.ListActivityResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -185,6 +190,14 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListActivity(self, request, context):
+        """The caller's tenant's activity log (sessions, feedback, finals, training jobs), newest first,
+        one page at a time. INVALID_ARGUMENT for a page_size over 100 or a page_token not from here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -247,6 +260,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.DeleteAdapter,
                     request_deserializer=philip_dot_v1_dot_personalizer__pb2.DeleteAdapterRequest.FromString,
                     response_serializer=philip_dot_v1_dot_personalizer__pb2.DeleteAdapterResponse.SerializeToString,
+            ),
+            'ListActivity': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListActivity,
+                    request_deserializer=philip_dot_v1_dot_gateway__pb2.ListActivityRequest.FromString,
+                    response_serializer=philip_dot_v1_dot_gateway__pb2.ListActivityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -574,6 +592,33 @@ class Gateway:
             '/philip.v1.Gateway/DeleteAdapter',
             philip_dot_v1_dot_personalizer__pb2.DeleteAdapterRequest.SerializeToString,
             philip_dot_v1_dot_personalizer__pb2.DeleteAdapterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListActivity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/philip.v1.Gateway/ListActivity',
+            philip_dot_v1_dot_gateway__pb2.ListActivityRequest.SerializeToString,
+            philip_dot_v1_dot_gateway__pb2.ListActivityResponse.FromString,
             options,
             channel_credentials,
             insecure,

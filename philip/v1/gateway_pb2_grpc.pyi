@@ -59,6 +59,10 @@ class GatewayStub:
     ListAdapters: _grpc.UnaryUnaryMultiCallable[_personalizer_pb2.ListAdaptersRequest, _personalizer_pb2.ListAdaptersResponse]
     GetAdapter: _grpc.UnaryUnaryMultiCallable[_personalizer_pb2.GetAdapterRequest, _personalizer_pb2.Adapter]
     DeleteAdapter: _grpc.UnaryUnaryMultiCallable[_personalizer_pb2.DeleteAdapterRequest, _personalizer_pb2.DeleteAdapterResponse]
+    ListActivity: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListActivityRequest, _gateway_pb2.ListActivityResponse]
+    """The caller's tenant's activity log (sessions, feedback, finals, training jobs), newest first,
+    one page at a time. INVALID_ARGUMENT for a page_size over 100 or a page_token not from here.
+    """
 
 @_typing.type_check_only
 class GatewayAsyncStub(GatewayStub):
@@ -89,6 +93,10 @@ class GatewayAsyncStub(GatewayStub):
     ListAdapters: _aio.UnaryUnaryMultiCallable[_personalizer_pb2.ListAdaptersRequest, _personalizer_pb2.ListAdaptersResponse]  # type: ignore[assignment]
     GetAdapter: _aio.UnaryUnaryMultiCallable[_personalizer_pb2.GetAdapterRequest, _personalizer_pb2.Adapter]  # type: ignore[assignment]
     DeleteAdapter: _aio.UnaryUnaryMultiCallable[_personalizer_pb2.DeleteAdapterRequest, _personalizer_pb2.DeleteAdapterResponse]  # type: ignore[assignment]
+    ListActivity: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListActivityRequest, _gateway_pb2.ListActivityResponse]  # type: ignore[assignment]
+    """The caller's tenant's activity log (sessions, feedback, finals, training jobs), newest first,
+    one page at a time. INVALID_ARGUMENT for a page_size over 100 or a page_token not from here.
+    """
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
     """Public entry point: authentication, sessions, routing, fan-out."""
@@ -188,5 +196,15 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         request: _personalizer_pb2.DeleteAdapterRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_personalizer_pb2.DeleteAdapterResponse, _abc.Awaitable[_personalizer_pb2.DeleteAdapterResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListActivity(
+        self,
+        request: _gateway_pb2.ListActivityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ListActivityResponse, _abc.Awaitable[_gateway_pb2.ListActivityResponse]]:
+        """The caller's tenant's activity log (sessions, feedback, finals, training jobs), newest first,
+        one page at a time. INVALID_ARGUMENT for a page_size over 100 or a page_token not from here.
+        """
 
 def add_GatewayServicer_to_server(servicer: GatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from philip.activity import Activity
 from philip.v1 import common_pb2, gateway_pb2, generator_pb2, refiner_pb2
 from services.gateway.session_events import (
     Compute,
@@ -130,3 +131,8 @@ def session_droppable(payload: bytes) -> bool:
 
 def job_droppable(payload: bytes) -> bool:
     return generator_pb2.GenerateEvent.FromString(payload).WhichOneof("event") in _DROPPABLE
+
+
+def activity_to_pb(entry: Activity) -> gateway_pb2.ActivityEntry:
+    return gateway_pb2.ActivityEntry(id=entry.id, at_ms=entry.at_ms, kind=entry.kind, subject_id=entry.subject_id,
+                                     details=entry.details)

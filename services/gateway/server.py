@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
 
 import grpc
 from grpc import aio
 
+from philip.activity import ActivityLog
 from philip.logs import bind_ids
+from philip.quotas import GENERATIONS, Quotas
 from philip.rpc.errors import InvalidArgument
 from philip.rpc.server import RegisterFn
 from philip.settings import Settings
@@ -58,26 +61,29 @@ class GatewayServicer(PersonalizationProxy, gateway_pb2_grpc.GatewayServicer):
         self.generator = generator
         self.personalizer = personalizer
         self.sessions = sessions
+        self.quotas: Quotas = sessions.quotas
+        self.activity: ActivityLog = sessions.activity
         self.subscriber_buffer = subscriber_buffer
 
     async def Generate(
         self, request_iterator: AsyncIterator[generator_pb2.GenerateClientMessage], context: aio.ServicerContext
     ) -> AsyncIterator[generator_pb2.GenerateEvent]:
-        call = self.generator.Generate(timeout=_timeout(context), metadata=metadata())
-        accepted = asyncio.Event()  # the generator answered: later client messages may follow
-        pump = asyncio.create_task(_pump(request_iterator, call, accepted))
-        ended = False  # saw the job's last event (result or cancelled)
-        try:
-            async for event in call:
-                accepted.set()
-                ended = event.WhichOneof("event") in ("result", "cancelled")
-                yield event
-        except aio.AioRpcError as exc:
-            if not (ended and _overwritten(exc)):
-                await abort_like(context, exc)
-        finally:
-            pump.cancel()
-            call.cancel()  # no-op when finished; otherwise our client left: tell the generator
+        async with self.quotas.hold(GENERATIONS, f"gen_{uuid.uuid4().hex}"):  # the job's whole life
+            call = self.generator.Generate(timeout=_timeout(context), metadata=metadata())
+            accepted = asyncio.Event()  # the generator answered: later client messages may follow
+            pump = asyncio.create_task(_pump(request_iterator, call, accepted))
+            ended = False  # saw the job's last event (result or cancelled)
+            try:
+                async for event in call:
+                    accepted.set()
+                    ended = event.WhichOneof("event") in ("result", "cancelled")
+                    yield event
+            except aio.AioRpcError as exc:
+                if not (ended and _overwritten(exc)):
+                    await abort_like(context, exc)
+            finally:
+                pump.cancel()
+                call.cancel()  # no-op when finished; otherwise our client left: tell the generator
 
     async def GetJob(self, request: generator_pb2.GetJobRequest, context: aio.ServicerContext) -> generator_pb2.Job:
         try:
@@ -166,6 +172,12 @@ class GatewayServicer(PersonalizationProxy, gateway_pb2_grpc.GatewayServicer):
                          context: aio.ServicerContext) -> gateway_pb2.SessionSnapshot:
         return codec.snapshot_to_pb(await self.sessions.snapshot(request.session_id))
 
+    async def ListActivity(self, request: gateway_pb2.ListActivityRequest,
+                           context: aio.ServicerContext) -> gateway_pb2.ListActivityResponse:
+        entries, token = await self.activity.page(request.page_size, request.page_token)
+        return gateway_pb2.ListActivityResponse(entries=[codec.activity_to_pb(e) for e in entries],
+                                                next_page_token=token)
+
 
 async def _forward(source: AsyncIterator[bytes], out: asyncio.Queue[object]) -> None:
     try:
@@ -213,7 +225,8 @@ def open_sessions(settings: Settings, store: Store, generator_channel: aio.Chann
     upstream = GrpcUpstream(generator_pb2_grpc.GeneratorServiceStub(generator_channel),
                             refiner_pb2_grpc.RefinerServiceStub(refiner_channel))
     return SessionManager(store, upstream, encode_event=codec.encode_event, ttl_s=settings.blob_ttl_s,
-                          max_references=settings.max_references)
+                          max_references=settings.max_references, quotas=Quotas.from_settings(store, settings),
+                          activity=ActivityLog.from_settings(store, settings), idle_s=settings.session_idle_s)
 
 
 def build(settings: Settings, generator_channel: aio.Channel, sessions: SessionManager,

@@ -3,8 +3,12 @@ the upstream clients and the wire codec (no protobuf, no torch)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
+
+from services.generator.requests import GenerationParams
 
 
 class Phase(StrEnum):
@@ -180,3 +184,15 @@ class SessionView:
     running_round: int = 0
     event_id: str = "0-0"
     weights: dict[str, float] = field(default_factory=dict)
+
+
+class Upstream(Protocol):
+    """Where rounds and upscales run (the generator and refiner services)."""
+
+    def plain_round(self, params: GenerationParams, round_id: str) -> AsyncGenerator[RoundEvent, None]: ...
+
+    def feedback_round(self, params: GenerationParams, round_id: str, liked: Sequence[SessionImage],
+                       disliked: Sequence[SessionImage],
+                       weights: dict[str, float]) -> AsyncGenerator[RoundEvent, None]: ...
+
+    def upscale(self, picture: Picture, scale: int) -> AsyncIterator[UpscaleEvent]: ...

@@ -25,11 +25,13 @@ import dataclasses
 import random
 import secrets
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from philip import metrics
+from philip.activity import ActivityLog
 from philip.logs import bind_ids, get_logger
+from philip.quotas import GENERATIONS, SESSIONS, Quotas
 from philip.rpc.auth import current_tenant, owned_by_caller
 from philip.rpc.errors import (
     FailedPrecondition,
@@ -47,7 +49,6 @@ from services.gateway.session_events import (
     Phase,
     Picture,
     PreviewPictures,
-    RoundEvent,
     RoundImages,
     RoundOutput,
     RoundPreview,
@@ -59,8 +60,8 @@ from services.gateway.session_events import (
     SessionView,
     StepProgress,
     TileProgress,
-    UpscaleEvent,
     UpscaleProgress,
+    Upstream,
 )
 from services.gateway.session_store import (
     SESSION_KIND,
@@ -82,18 +83,6 @@ ROUND_SEED_STRIDE = 1000  # round r draws from base_seed + (r - 1) * stride (+ i
 BUSY_WAIT_S = 300.0  # how long a round waits out full generator/refiner queues before it fails
 
 
-class Upstream(Protocol):
-    """Where rounds and upscales run (the generator and refiner services)."""
-
-    def plain_round(self, params: GenerationParams, round_id: str) -> AsyncGenerator[RoundEvent, None]: ...
-
-    def feedback_round(self, params: GenerationParams, round_id: str, liked: Sequence[SessionImage],
-                       disliked: Sequence[SessionImage],
-                       weights: dict[str, float]) -> AsyncGenerator[RoundEvent, None]: ...
-
-    def upscale(self, picture: Picture, scale: int) -> AsyncIterator[UpscaleEvent]: ...
-
-
 def check_weights(weights: dict[str, float]) -> dict[str, float]:
     """The weights a client set, checked now so a bad one fails the start, not round 2."""
     parse_weights(weights)
@@ -104,9 +93,14 @@ class SessionManager(SessionStore):
     """Runs sessions against an :class:`Upstream`, keeping everything in the store."""
 
     def __init__(self, store: Store, upstream: Upstream, *, encode_event: SessionEncoder, ttl_s: int,
-                 max_rounds: int = 100, stale_after_s: float = 60.0, max_references: int = 4) -> None:
+                 max_rounds: int = 100, stale_after_s: float = 60.0, max_references: int = 4,
+                 quotas: Quotas | None = None, activity: ActivityLog | None = None,
+                 idle_s: float = 900.0) -> None:
         super().__init__(store, encode_event, ttl_s)
         self.upstream = upstream
+        self.quotas = quotas or Quotas(store, {})
+        self.activity = activity or ActivityLog(store)
+        self.idle_s = idle_s  # an open session holds its quota slot this long after its last command
         self.max_rounds = max_rounds
         self.stale_after_s = stale_after_s
         self.max_references = max_references  # likes (and dislikes) a round conditions on: the most recent
@@ -128,6 +122,7 @@ class SessionManager(SessionStore):
                                   f"(later rounds draw from seed + (round - 1) * {ROUND_SEED_STRIDE})",
                                   field="params.seed")
         session_id = f"ses_{uuid.uuid4().hex}"
+        await self.quotas.acquire(SESSIONS, session_id, self.idle_s)
         record = {
             "phase": Phase.GENERATING.value, "params": params_to_json(dataclasses.replace(params, seed=None)),
             "base_seed": base, "weights": weights, "rounds": [], "liked": [], "disliked": [], "chosen": "",
@@ -136,6 +131,7 @@ class SessionManager(SessionStore):
         }
         await self.store.put_record(SESSION_KIND, session_id, record, ttl_s=self.ttl_s)
         log.info("session.started", session_id=session_id, prompt_chars=len(params.prompt))
+        await self.activity.record("session.started", session_id, prompt=params.prompt)
         self._spawn(session_id, self._round(session_id, 1))
         return session_id
 
@@ -160,21 +156,25 @@ class SessionManager(SessionStore):
         new_disliked = ([i for i in record["disliked"] if i not in liked]
                         + [i for i in disliked if i not in record["disliked"]])
         number = rounds + 1
+        await self.quotas.acquire(SESSIONS, session_id, self.idle_s, tenant=record.get("tenant", ""))
         fields: dict[str, Any] = {"liked": new_liked, "disliked": new_disliked, "phase": Phase.GENERATING.value,
                                   "running_round": number, "heartbeat_ms": now_ms()}
         if prompt is not None:
             fields["params"] = {**record["params"], "prompt": prompt}
         await self.store.update_record(SESSION_KIND, session_id, fields)
         self._spawn(session_id, self._round(session_id, number))
+        await self.activity.record("session.feedback", session_id, round=number, liked=liked, disliked=disliked,
+                                   **({"prompt": prompt} if prompt is not None else {}))
         return number
 
     async def finalize(self, session_id: str, image_id: str, scale: int) -> None:
         """Choose an image and upscale it; the session ends when the final image is stored."""
-        await self._ready(session_id, "finalize")
+        record = await self._ready(session_id, "finalize")
         image = await self._own_image(session_id, image_id)
         if scale < 0 or scale > 16:
             raise InvalidArgument(f"scale must be 0 (the upscaler's own) or the upscaler's factor, got {scale}",
                                   field="scale")
+        await self.quotas.acquire(SESSIONS, session_id, self.idle_s, tenant=record.get("tenant", ""))
         await self.store.update_record(SESSION_KIND, session_id, {"phase": Phase.FINALIZING.value,
                                                                   "chosen": image_id, "heartbeat_ms": now_ms()})
         self._spawn(session_id, self._finalize(session_id, image, scale))
@@ -187,6 +187,9 @@ class SessionManager(SessionStore):
             await _cancel_and_wait(task)
         if Phase(record["phase"]) in TERMINAL_PHASES:
             return
+        # The slot is free before anyone can see the session end.
+        await self.quotas.release(SESSIONS, session_id, tenant=record.get("tenant", ""))
+        await self.activity.record("session.cancelled", session_id, tenant=record.get("tenant", ""), reason=reason)
         await self._publish(session_id, SessionCancelled(reason),
                             {"phase": Phase.CANCELLED.value, "running_round": 0})
         await self._end_stream(session_id)
@@ -327,7 +330,8 @@ class SessionManager(SessionStore):
             events = self.upstream.plain_round(params, round_id)
         # aclosing: a cancel that lands between events (e.g. in a store write) still closes the
         # upstream call at once, so the worker stops within one step.
-        async with contextlib.aclosing(events):
+        output = None
+        async with self.quotas.hold(GENERATIONS, round_id), contextlib.aclosing(events):
             async for event in events:
                 if isinstance(event, StepProgress):
                     await self._publish(session_id, RoundProgress(number, event.step, event.total_steps),
@@ -335,18 +339,19 @@ class SessionManager(SessionStore):
                 elif isinstance(event, PreviewPictures):
                     await self._publish(session_id, RoundPreview(number, event.step, event.pictures))
                 elif isinstance(event, RoundOutput):
-                    images = tuple(dataclasses.replace(img, round=number) for img in event.images)
-                    for image in images:
-                        await self._save_image(session_id, image)
-                    entry = {"round": number, "image_ids": [i.image_id for i in images],
-                             "compute": dataclasses.asdict(event.compute)}
-                    rounds = (await self._record(session_id))["rounds"]
-                    await self._publish(session_id, RoundImages(number, images, event.compute),
-                                        {"rounds": [*rounds, entry], "phase": Phase.AWAITING_FEEDBACK.value,
-                                         "running_round": 0})
-                    log.info("session.round_done", round=number, images=len(images), unet_evals=event.compute.total)
-                    return
-        raise PhilipError(f"round {number} ended without images")
+                    output = event
+                    break
+        if output is None:  # the generation slot is free before anyone sees the images
+            raise PhilipError(f"round {number} ended without images")
+        images = tuple(dataclasses.replace(img, round=number) for img in output.images)
+        for image in images:
+            await self._save_image(session_id, image)
+        entry = {"round": number, "image_ids": [i.image_id for i in images],
+                 "compute": dataclasses.asdict(output.compute)}
+        rounds = (await self._record(session_id))["rounds"]
+        await self._publish(session_id, RoundImages(number, images, output.compute),
+                            {"rounds": [*rounds, entry], "phase": Phase.AWAITING_FEEDBACK.value, "running_round": 0})
+        log.info("session.round_done", round=number, images=len(images), unet_evals=output.compute.total)
 
     async def _finalize(self, session_id: str, image: SessionImage, scale: int) -> None:
         with bind_ids(session_id=session_id):
@@ -360,6 +365,9 @@ class SessionManager(SessionStore):
                     await self.store.put_blob(final.image_id, event.png, self.ttl_s)
                     meta = {"image_id": final.image_id, "width": event.width, "height": event.height,
                             "source_image_id": image.image_id}
+                    await self.quotas.release(SESSIONS, session_id)
+                    await self.activity.record("session.finalized", session_id, image_id=image.image_id,
+                                               final_image_id=final.image_id, size=f"{event.width}x{event.height}")
                     await self._publish(session_id, final, {"phase": Phase.DONE.value, "final": meta})
                     await self._end_stream(session_id)
                     log.info("session.finalized", image_id=image.image_id, size=f"{event.width}x{event.height}")

@@ -26,6 +26,7 @@ from philip.logs import bind_ids, get_logger
 from philip.models.adapters import AdapterSwitch, activate_adapters
 from philip.models.pipelines import SCHEDULERS, load_pipeline, make_scheduler, native_size
 from philip.previews import PreviewEncoder, UNetCapture, decode_latents, x0_estimate
+from philip.priority import DEVICE
 from services.generator.batching import WorkItem
 from services.generator.events import Cancelled, GeneratedImage, JobEvent, Preview, Progress, Result
 
@@ -79,6 +80,10 @@ class DiffusionEngine:
     # ---- worker thread ---------------------------------------------------------------------------
 
     def _run_batch(self, batch: list[WorkItem], loop: asyncio.AbstractEventLoop) -> None:
+        with DEVICE.interactive():  # training in this process waits
+            self._run_batch_now(batch, loop)
+
+    def _run_batch_now(self, batch: list[WorkItem], loop: asyncio.AbstractEventLoop) -> None:
         key = batch[0].key
         activate_adapters(self.adapters, key.adapter_ids)  # a batch holds one adapter set (batching.py)
         run = _BatchRun(self, batch, loop)

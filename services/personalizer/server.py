@@ -11,7 +11,9 @@ from collections.abc import AsyncIterator
 
 from grpc import aio
 
+from philip.activity import ActivityLog
 from philip.logs import bind_ids
+from philip.quotas import Quotas
 from philip.rpc.server import RegisterFn
 from philip.settings import Settings
 from philip.store import Store
@@ -127,7 +129,9 @@ def open_personalizer(settings: Settings, store: Store) -> Personalizer:
     """The domain for ``settings`` (reads the model's tokenizer to vet new tokens). Blocking."""
     from philip.models.adapters import load_tokenizer
 
-    return Personalizer(store, settings.adapters_dir, load_tokenizer(settings.model_dir))
+    return Personalizer(store, settings.adapters_dir, load_tokenizer(settings.model_dir),
+                        quotas=Quotas.from_settings(store, settings),
+                        activity=ActivityLog.from_settings(store, settings))
 
 
 class WorkerTask:

@@ -16,8 +16,10 @@ from typing import Any
 
 from PIL import Image
 
+from philip.activity import ActivityLog
 from philip.logs import get_logger
 from philip.models.adapters import adapter_dir, token_in_vocabulary
+from philip.quotas import TRAINING_JOBS, Quotas
 from philip.rpc.auth import current_tenant, owned_by_caller
 from philip.rpc.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from philip.store import Store
@@ -41,6 +43,9 @@ from services.personalizer.requests import AdapterRequest, validate
 log = get_logger("services.personalizer")
 
 EVENTS_TTL_S = 7 * 24 * 3600  # a finished job's events stay readable for a week
+# A job holds its tenant's quota slot from creation to its end (released by ``finish``); the lease
+# only bounds how long a slot can outlive a job whose bookkeeping was lost.
+QUOTA_LEASE_S = 24 * 3600.0
 
 
 def work_dir(adapters_dir: str | Path, job_id: str) -> Path:
@@ -54,10 +59,13 @@ def reference_paths(folder: Path) -> list[Path]:
 class Personalizer:
     """Training jobs and adapters, backed by the store and the adapters folder."""
 
-    def __init__(self, store: Store, adapters_dir: str | Path, tokenizer: Any) -> None:
+    def __init__(self, store: Store, adapters_dir: str | Path, tokenizer: Any, *, quotas: Quotas | None = None,
+                 activity: ActivityLog | None = None) -> None:
         self.store = store
         self.adapters_dir = Path(adapters_dir)
         self.tokenizer = tokenizer
+        self.quotas = quotas or Quotas(store, {})
+        self.activity = activity or ActivityLog(store)
 
     # ---- jobs ----------------------------------------------------------------------------------
 
@@ -69,7 +77,12 @@ class Personalizer:
                                 "such as 'sks' or 'zqv'", field="token")
         job = TrainingJob(records.new_job_id(), valid.token, valid.class_word, valid.method, valid.steps, valid.rank,
                           tenant=current_tenant())
-        await self._reserve_token(valid.token, job.job_id)
+        await self.quotas.acquire(TRAINING_JOBS, job.job_id, QUOTA_LEASE_S)
+        try:
+            await self._reserve_token(valid.token, job.job_id)
+        except BaseException:
+            await self.quotas.release(TRAINING_JOBS, job.job_id)
+            raise
         try:
             await asyncio.to_thread(_save_references, work_dir(self.adapters_dir, job.job_id), valid.images)
             await self.store.put_record(JOB_KIND, job.job_id, job.to_record())
@@ -77,8 +90,11 @@ class Personalizer:
             await self.store.enqueue(QUEUE, job.job_id.encode())
         except BaseException:
             await self.store.delete_record(TOKEN_KIND, valid.token)
+            await self.quotas.release(TRAINING_JOBS, job.job_id)
             raise
         log.info("training.queued", job_id=job.job_id, token=job.token, method=job.method, steps=job.steps)
+        await self.activity.record("training.created", job.job_id, token=job.token, method=job.method,
+                                   steps=job.steps)
         return job
 
     async def get_job(self, job_id: str) -> TrainingJob:
@@ -116,6 +132,10 @@ class Personalizer:
         if job.state != records.SUCCEEDED:
             await self._release_token(job.token, job.job_id)
         await asyncio.to_thread(shutil.rmtree, work_dir(self.adapters_dir, job.job_id), True)
+        await self.quotas.release(TRAINING_JOBS, job.job_id, tenant=job.tenant)
+        details = {"adapter_id": job.adapter_id} if job.adapter_id else {"error": job.error}
+        await self.activity.record(f"training.{job.state}", job.job_id, tenant=job.tenant, token=job.token,
+                                   **details)
 
     # ---- adapters ------------------------------------------------------------------------------
 
@@ -139,6 +159,7 @@ class Personalizer:
         await self._release_token(adapter.token, adapter_id)
         await asyncio.to_thread(shutil.rmtree, adapter_dir(self.adapters_dir, adapter_id), True)
         log.info("adapter.deleted", adapter_id=adapter_id, token=adapter.token)
+        await self.activity.record("adapter.deleted", adapter_id, token=adapter.token)
 
     async def register_adapter(self, adapter: Adapter) -> None:
         await self.store.put_record(ADAPTER_KIND, adapter.adapter_id, adapter.to_record())

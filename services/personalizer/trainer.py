@@ -26,6 +26,7 @@ from PIL import Image
 from philip import metrics
 from philip.models.adapters import AdapterInfo, save_adapter, token_in_vocabulary
 from philip.models.pipelines import load_pipeline, native_size
+from philip.priority import DEVICE
 
 # Attention projections (what DreamBooth-LoRA adapts) plus the transformer blocks' in/out and
 # feed-forward projections and the ResNet convolutions: philip-tiny never drew a star, and on
@@ -229,6 +230,7 @@ class AdapterTrainer:
             on_progress(TrainProgress(self.step, cfg.steps, float("nan"), resumed_from=resumed))
         loss = float("nan")
         while self.step < cfg.steps:
+            DEVICE.wait_for_turn(should_stop)  # a person's round goes first
             if should_stop():
                 raise TrainingStopped(f"stopped at step {self.step}")
             step_started = time.monotonic()

@@ -40,6 +40,7 @@ from PIL import Image
 from philip.models.adapters import AdapterSwitch, activate_adapters
 from philip.models.pipelines import SCHEDULERS, make_scheduler
 from philip.previews import PreviewEncoder, UNetCapture, decode_latents, x0_estimate
+from philip.priority import DEVICE
 from philip.rpc.errors import Cancelled, InvalidArgument
 from services.refiner.fabric import FabricConditioner, FeedbackWeights, encode_images
 from services.refiner.seeds import steer_noise
@@ -207,8 +208,8 @@ class RoundRunner:
                     loop.call_soon_threadsafe(on_preview, step, images)
 
         future = loop.run_in_executor(
-            self._executor, functools.partial(self.run, params, feedback, cancel=cancel, on_step=report,
-                                              preview_every=preview_every, on_preview=preview)
+            self._executor, functools.partial(DEVICE.run_interactive, self.run, params, feedback, cancel=cancel,
+                                              on_step=report, preview_every=preview_every, on_preview=preview)
         )
         try:
             return await asyncio.shield(future)

@@ -17,6 +17,7 @@ from PIL import Image
 
 from philip.images import InvalidImage, decode_upload, png_bytes
 from philip.models.upscaler import OnnxUpscaler
+from philip.priority import DEVICE
 from philip.rpc.errors import InvalidArgument
 
 MAX_INPUT_PIXELS = 4_000_000  # 4 megapixels, as the API promises
@@ -83,7 +84,7 @@ class Upscaler:
         def work() -> bytes:
             return png_bytes(self.model.upscale(image, progress=progress))
 
-        task = asyncio.ensure_future(asyncio.to_thread(work))
+        task = asyncio.ensure_future(asyncio.to_thread(DEVICE.run_interactive, work))
         getter: asyncio.Future[UpscaleProgress] | None = None
         try:
             while True:

@@ -10,6 +10,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 import pytest
 from PIL import Image
 
+from philip.quotas import GENERATIONS, SESSIONS, Quotas
+from philip.rpc.auth import acting_as
 from philip.rpc.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from philip.store import MemoryStore, RedisStore, Store
 from philip.v1 import gateway_pb2
@@ -319,3 +321,31 @@ async def test_an_orphaned_round_is_failed_on_resume(store: Store, upstream: Scr
     assert view.phase is Phase.AWAITING_FEEDBACK
     events = await _events_until(alive, sid, "error")
     assert events[-1].error.code == "UNAVAILABLE"
+
+
+async def test_a_round_over_the_generations_quota_waits_for_the_tenants_other_round(
+        store: Store, upstream: ScriptedUpstream) -> None:
+    """Two sessions of one tenant, one generation slot: the second round starts when the first ends."""
+    quotas = Quotas(store, {GENERATIONS.name: 1, SESSIONS.name: 2})
+    manager = SessionManager(store, upstream, encode_event=codec.encode_event, ttl_s=600, quotas=quotas)
+    upstream.gate = asyncio.Event()
+    try:
+        with acting_as("acme"):
+            first = await manager.start(GenerationParams(prompt="a shape", num_images=1, seed=5), {})
+            await _events_until(manager, first, "progress")
+            second = await manager.start(GenerationParams(prompt="a shape", num_images=1, seed=6), {})
+            with pytest.raises(ResourceExhausted, match="open sessions"):
+                await manager.start(GenerationParams(prompt="a shape", num_images=1, seed=7), {})
+        await asyncio.sleep(0.3)
+        assert len(upstream.calls) == 1  # the second round waits for the slot, it does not fail
+        upstream.gate.set()
+        await _round_done(manager, first, 1)
+        await _round_done(manager, second, 1)
+        assert len(upstream.calls) == 2 and await quotas.in_use(GENERATIONS, "acme") == 0
+        with acting_as("acme"):
+            await manager.cancel(first)
+            assert await quotas.in_use(SESSIONS, "acme") == 1
+            kinds = [e.kind for e in (await manager.activity.page())[0]]
+        assert kinds == ["session.cancelled", "session.started", "session.started"]
+    finally:
+        await manager.close()

@@ -163,7 +163,7 @@ first_messages = st.one_of(
 
 @st.composite
 def requests(draw: st.DrawFn) -> tuple[str, Any]:
-    kind = draw(st.sampled_from(["generate", "session", "subscribe", "get", "create", "adapter", "job"]))
+    kind = draw(st.sampled_from(["generate", "session", "subscribe", "get", "create", "adapter", "job", "activity"]))
     if kind == "generate":
         return kind, (draw(params()), draw(st.booleans()))
     if kind == "session":
@@ -183,6 +183,9 @@ def requests(draw: st.DrawFn) -> tuple[str, Any]:
             rank=draw(st.sampled_from([0, 1, 65, 2**32 - 1])))
     if kind == "adapter":
         return kind, (draw(st.sampled_from(["get", "delete", "list"])), draw(ids))
+    if kind == "activity":
+        return kind, gateway_pb2.ListActivityRequest(page_size=draw(st.integers(-(2**31), 2**31 - 1)),
+                                                     page_token=draw(st.one_of(ids, st.just("0-1"))))
     return kind, (draw(st.sampled_from(["get", "cancel", "watch"])), draw(ids))
 
 
@@ -203,6 +206,8 @@ def call(stub: gateway_pb2_grpc.GatewayStub, kind: str, payload: Any) -> None:
     elif kind == "create":
         job = stub.CreateAdapter(payload, timeout=CALL_TIMEOUT_S)
         stub.CancelJob(personalizer_pb2.CancelJobRequest(job_id=job.job_id), timeout=CALL_TIMEOUT_S)  # keep CPU free
+    elif kind == "activity":
+        stub.ListActivity(payload, timeout=CALL_TIMEOUT_S)
     elif kind == "adapter":
         op, target = payload
         if op == "get":
