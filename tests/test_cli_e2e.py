@@ -3,7 +3,6 @@
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,21 +11,17 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from philip.bench.server_process import free_port
 from philip.evals.personalize import reference_images
 
 ROOT = Path(__file__).resolve().parents[1]
 PHILIP = [sys.executable, "-m", "philip.cli"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @pytest.mark.slow
 def test_serve_generate_and_graceful_stop(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PHILIP_LOG_FORMAT": "json", "PHILIP_THREADS": "2",
            "PHILIP_ADAPTERS_DIR": str(tmp_path / "adapters")}
     env.pop("PHILIP_REDIS_URL", None)  # the embedded default: in-process store

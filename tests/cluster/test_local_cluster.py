@@ -29,6 +29,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from philip.bench.server_process import free_port
 from philip.clients.generate import gateway_channel, stream_generation
 from philip.clients.session import SessionClient, SessionError
 from philip.v1 import common_pb2, gateway_pb2_grpc, generator_pb2
@@ -43,11 +44,6 @@ REDIS_URL = "redis://127.0.0.1:6379/14"
 GRACE_S = 30.0
 START_TIMEOUT_S = 240.0  # four processes importing torch on a busy 2-core machine
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def redis_up() -> bool:

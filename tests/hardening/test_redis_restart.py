@@ -22,6 +22,7 @@ import pytest
 import pytest_asyncio
 from grpc import aio
 
+from philip.bench.server_process import free_port
 from philip.clients.embedded import gateway_stub
 from philip.clients.session import SessionClient
 from philip.settings import Settings
@@ -32,11 +33,6 @@ from tests.personalizer.conftest import MODEL, UPSCALER
 pytestmark = pytest.mark.slow
 REDIS = shutil.which("redis-server")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
