@@ -55,11 +55,11 @@ async def test_no_tenant_or_a_zero_limit_means_no_quota(store: Store) -> None:
 async def test_hold_renews_while_held_and_releases_after(store: Store) -> None:
     quotas = Quotas(store, {GENERATIONS.name: 1})
     with acting_as("acme"):
-        async with quotas.hold(GENERATIONS, "job1", ttl_s=0.3):
-            await asyncio.sleep(0.8)  # well past the lease: renewals keep it
+        async with quotas.hold(GENERATIONS, "job1", ttl_s=0.9):
+            await asyncio.sleep(2.0)  # well past the lease: renewals (every 0.3 s) keep it
             with pytest.raises(ResourceExhausted):
-                await quotas.acquire(GENERATIONS, "job2", 0.3)
-        await quotas.acquire(GENERATIONS, "job2", 0.3)  # released at the end of the block
+                await quotas.acquire(GENERATIONS, "job2", 0.9)
+        await quotas.acquire(GENERATIONS, "job2", 0.9)  # released at the end of the block
 
 
 async def test_a_crashed_holders_slot_comes_back_when_its_lease_expires(store: Store) -> None:
