@@ -6,7 +6,6 @@ generation jobs, training jobs and adapters; another tenant's id answers NOT_FOU
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -17,40 +16,18 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from philip.clients.generate import gateway_channel, stream_generation
 from philip.clients.session import SessionClient
-from philip.rpc.auth import add_key
-from philip.settings import Settings
 from philip.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, generator_pb2, personalizer_pb2
-from services.app import serve
-from tests.personalizer.conftest import MODEL, UPSCALER, reference_pngs
+from tests.gateway.deployment import Deployment, deployed
+from tests.personalizer.conftest import reference_pngs
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 PARAMS = common_pb2.GenerationParams(prompt="a red circle", num_images=2, steps=2, seed=3)
 
 
-class Deployment:
-    def __init__(self, address: str, keys: dict[str, str]) -> None:
-        self.address = address
-        self.keys = keys
-
-    def channel(self, tenant: str | None) -> aio.Channel:
-        return gateway_channel(self.address, self.keys[tenant] if tenant else None)
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def deployment(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Deployment]:
-    folder = tmp_path_factory.mktemp("auth")
-    keys = {tenant: add_key(folder / "keys.json", tenant) for tenant in ("acme", "globex")}
-    settings = Settings(model_dir=str(MODEL), upscaler_path=str(UPSCALER), port=0, threads=1, grace_s=0.5,
-                        adapters_dir=str(folder / "adapters"), api_keys_file=str(folder / "keys.json"))
-    stop = asyncio.Event()
-    ready: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(serve("all", settings, stop=stop, on_ready=ready.set_result))
-    addresses = await asyncio.wait_for(asyncio.shield(ready), 120)
-    try:
-        yield Deployment(addresses["gateway"], keys)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 60)
+    async with deployed(tmp_path_factory.mktemp("auth"), ("acme", "globex")) as running:
+        yield running
 
 
 async def test_calls_need_a_valid_key_but_health_does_not(deployment: Deployment) -> None:

@@ -8,7 +8,6 @@ first, in pages.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -17,16 +16,14 @@ import pytest
 import pytest_asyncio
 from grpc import aio
 
-from philip.clients.generate import gateway_channel, stream_generation
+from philip.clients.generate import stream_generation
 from philip.clients.session import SessionClient
 from philip.quotas import GENERATIONS, SESSIONS, TRAINING_JOBS
-from philip.rpc.auth import add_key
 from philip.rpc.status import error_details
-from philip.settings import Settings
 from philip.store import RedisStore
-from philip.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, generator_pb2, personalizer_pb2
-from services.app import serve
-from tests.personalizer.conftest import MODEL, REDIS_URL, UPSCALER, reference_pngs
+from philip.v1 import common_pb2, gateway_pb2, generator_pb2, personalizer_pb2
+from tests.gateway.deployment import Deployment, deployed
+from tests.personalizer.conftest import REDIS_URL, reference_pngs
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 PARAMS = common_pb2.GenerationParams(prompt="a red circle", num_images=2, steps=2, seed=3)
@@ -34,35 +31,16 @@ RUN = uuid.uuid4().hex[:8]  # tenants of this run only: leases of an earlier run
 ACME, GLOBEX = f"acme-{RUN}", f"globex-{RUN}"
 
 
-class Deployment:
-    def __init__(self, address: str, keys: dict[str, str]) -> None:
-        self.address = address
-        self.keys = keys
-
-    def stub(self, tenant: str) -> tuple[aio.Channel, gateway_pb2_grpc.GatewayStub]:
-        channel = gateway_channel(self.address, self.keys[tenant])
-        return channel, gateway_pb2_grpc.GatewayStub(channel)
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def deployment(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Deployment]:
-    folder = tmp_path_factory.mktemp("quotas")
-    keys = {tenant: add_key(folder / "keys.json", tenant) for tenant in (ACME, GLOBEX)}
-    settings = Settings(model_dir=str(MODEL), upscaler_path=str(UPSCALER), port=0, threads=1, grace_s=0.5,
-                        adapters_dir=str(folder / "adapters"), api_keys_file=str(folder / "keys.json"),
-                        quota_sessions=1, quota_generations=1, quota_training_jobs=1)
     store = RedisStore(REDIS_URL, prefix=f"philip-test:{RUN}:")
     if not await store.ping():
         pytest.skip(f"Redis not reachable at {REDIS_URL}")
-    stop = asyncio.Event()
-    ready: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(serve("all", settings, store=store, stop=stop, on_ready=ready.set_result))
-    addresses = await asyncio.wait_for(asyncio.shield(ready), 120)
     try:
-        yield Deployment(addresses["gateway"], keys)
+        async with deployed(tmp_path_factory.mktemp("quotas"), (ACME, GLOBEX), store=store, quota_sessions=1,
+                            quota_generations=1, quota_training_jobs=1) as running:
+            yield running
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 60)
         await store.close()
 
 

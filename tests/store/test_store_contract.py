@@ -5,11 +5,8 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-from redis.asyncio import Redis
 
 from philip.store import (
     MemoryStore,
@@ -21,68 +18,7 @@ from philip.store import (
     open_store,
 )
 from philip.store.base import parse_stream_id
-
-REDIS_URL = "redis://127.0.0.1:6379/15"
-CLOSED_PORT_URL = "redis://127.0.0.1:1/0"
-
-Reopen = Callable[[], Awaitable[Store]]
-
-
-async def _redis_reachable() -> bool:
-    probe = RedisStore(REDIS_URL, socket_timeout=1.0, retries=0)
-    try:
-        return await probe.ping()
-    finally:
-        await probe.close()
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def backend(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Store, Reopen]]:
-    """A fresh store plus a way to open it again, as a restarted process would."""
-    if request.param == "memory":
-        mem = MemoryStore()
-
-        async def reopen_memory() -> Store:
-            # In-process state only survives within the process, so a "restart" shares the instance.
-            return mem
-
-        yield mem, reopen_memory
-        await mem.close()
-        return
-
-    if not await _redis_reachable():
-        pytest.skip(f"Redis not reachable at {REDIS_URL}")
-    prefix = f"philip-test:{uuid.uuid4().hex}:"
-    opened: list[RedisStore] = []
-
-    async def reopen_redis() -> Store:
-        s = RedisStore(REDIS_URL, prefix=prefix, socket_timeout=2.0)
-        opened.append(s)
-        return s
-
-    first = await reopen_redis()
-    try:
-        yield first, reopen_redis
-    finally:
-        for s in opened:
-            await s.close()
-        raw = Redis.from_url(REDIS_URL)
-        try:
-            keys = [k async for k in raw.scan_iter(match=f"{prefix}*")]
-            if keys:
-                await raw.delete(*keys)
-        finally:
-            await raw.aclose()
-
-
-@pytest.fixture
-def store(backend: tuple[Store, Reopen]) -> Store:
-    return backend[0]
-
-
-def _payloads(entries: list[StreamEntry]) -> list[bytes]:
-    return [e.payload for e in entries]
-
+from tests.store.conftest import CLOSED_PORT_URL, REDIS_URL, Reopen, payloads
 
 # ---- records -------------------------------------------------------------------------------------
 
@@ -172,9 +108,9 @@ async def test_stream_order_and_after(store: Store) -> None:
     assert keys == sorted(keys) and len(set(keys)) == 5
     entries = await store.read_events("s")
     assert [e.id for e in entries] == ids
-    assert _payloads(entries) == [b"e0", b"e1", b"e2", b"e3", b"e4"]
-    assert _payloads(await store.read_events("s", after=ids[1])) == [b"e2", b"e3", b"e4"]
-    assert _payloads(await store.read_events("s", after=ids[1], count=2)) == [b"e2", b"e3"]
+    assert payloads(entries) == [b"e0", b"e1", b"e2", b"e3", b"e4"]
+    assert payloads(await store.read_events("s", after=ids[1])) == [b"e2", b"e3", b"e4"]
+    assert payloads(await store.read_events("s", after=ids[1], count=2)) == [b"e2", b"e3"]
     assert await store.read_events("s", after=ids[-1]) == []
     assert await store.read_events("nothing-here") == []
 
@@ -236,7 +172,7 @@ async def test_maxlen_trimming_keeps_most_recent(store: Store) -> None:
     sent = [f"m{i}".encode() for i in range(300)]
     for p in sent:
         await store.append_event("trim", p, maxlen=10)
-    kept = _payloads(await store.read_events("trim", count=1000))
+    kept = payloads(await store.read_events("trim", count=1000))
     assert 10 <= len(kept) < 300  # approximate trimming (Redis MAXLEN ~) may keep a few more
     assert kept == sent[-len(kept) :]
 
@@ -248,32 +184,6 @@ async def test_expire_stream(store: Store) -> None:
     assert len(await store.read_events("exp")) == 1
     await asyncio.sleep(0.3)
     assert await store.read_events("exp") == []
-
-
-async def test_read_events_before_pages_newest_first(store: Store) -> None:
-    sent = [f"a{i}".encode() for i in range(7)]
-    for p in sent:
-        await store.append_event("log", p)
-    await store.close_stream("log")  # the marker is never part of a page
-    first = await store.read_events_before("log", count=3)
-    assert _payloads(first) == sent[::-1][:3]
-    second = await store.read_events_before("log", before=first[-1].id, count=3)
-    assert _payloads(second) == sent[::-1][3:6]
-    last = await store.read_events_before("log", before=second[-1].id, count=3)
-    assert _payloads(last) == sent[:1]
-    assert await store.read_events_before("log", before=last[-1].id) == []
-    assert await store.read_events_before("missing") == []
-
-
-async def test_trim_events_before_drops_older_entries_only(store: Store) -> None:
-    await store.append_event("aged", b"old")
-    await asyncio.sleep(0.02)
-    cut = int(time.time() * 1000)
-    await asyncio.sleep(0.02)
-    await store.append_event("aged", b"new")
-    assert await store.trim_events_before("aged", cut) == 1
-    assert _payloads(await store.read_events("aged")) == [b"new"]
-    assert await store.trim_events_before("missing", cut) == 0
 
 
 # ---- work queue ----------------------------------------------------------------------------------
@@ -362,7 +272,7 @@ async def test_claim_blocks_until_enqueue(store: Store) -> None:
     await store.enqueue("q", b"late")
     async with asyncio.timeout(2):
         got = await task
-    assert _payloads(got) == [b"late"]
+    assert payloads(got) == [b"late"]
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -376,32 +286,6 @@ async def test_incr_and_fixed_window_ttl(store: Store) -> None:
     assert await store.incr("win", ttl_s=0.4) == 2  # TTL not extended by later increments
     await asyncio.sleep(0.25)
     assert await store.incr("win", ttl_s=0.4) == 1  # window expired: counter restarted
-
-
-async def test_leases_hold_a_limited_number_of_slots(store: Store) -> None:
-    assert await store.acquire_lease("q", "a", limit=2, ttl_s=5)
-    assert await store.acquire_lease("q", "b", limit=2, ttl_s=5)
-    assert not await store.acquire_lease("q", "c", limit=2, ttl_s=5)  # full: nothing changes
-    assert await store.count_leases("q") == 2
-    assert await store.acquire_lease("q", "a", limit=2, ttl_s=5)  # a holder renews even at the limit
-    assert await store.release_lease("q", "a") is True
-    assert await store.release_lease("q", "a") is False
-    assert await store.acquire_lease("q", "c", limit=2, ttl_s=5)
-    assert await store.count_leases("other") == 0
-
-
-async def test_leases_expire(store: Store) -> None:
-    assert await store.acquire_lease("exp", "a", limit=1, ttl_s=0.2)
-    assert not await store.acquire_lease("exp", "b", limit=1, ttl_s=0.2)
-    await asyncio.sleep(0.3)
-    assert await store.count_leases("exp") == 0
-    assert await store.acquire_lease("exp", "b", limit=1, ttl_s=0.2)  # the crashed holder's slot is free
-
-
-async def test_concurrent_acquires_never_exceed_the_limit(store: Store) -> None:
-    granted = await asyncio.gather(*(store.acquire_lease("race", f"h{i}", limit=3, ttl_s=5) for i in range(20)))
-    assert sum(granted) == 3
-    assert await store.count_leases("race") == 3
 
 
 async def test_ping(store: Store) -> None:
