@@ -70,6 +70,9 @@ def channel_options(
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
+        # Subchannels of this channel only: by default gRPC shares them process-wide by address, so a
+        # new channel to a port an earlier, stopped server used can inherit that one's reconnect backoff.
+        ("grpc.use_local_subchannel_pool", 1),
     ]
 
 
