@@ -268,6 +268,8 @@ def eval_feedback_cmd(
     likes: int = typer.Option(1, help="Images the simulated user likes per round."),
     diversity: float | None = typer.Option(None, help="Seed-steering diversity 0-1 (default: the refiner's)."),
     max_weight: float | None = typer.Option(None, help="FABRIC max feedback weight (default: the refiner's)."),
+    weight: list[str] = typer.Option([], "--weight", help="Any feedback weight as NAME=VALUE (start, end, "
+                                     "min_weight, max_weight, neg_scale, diversity); repeatable."),
     gateway: str | None = typer.Option(None, help="Gateway host:port; absent = in-process services (serve all)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object last."),
 ) -> None:
@@ -276,11 +278,15 @@ def eval_feedback_cmd(
 
     from rich.progress import Progress
 
-    from philip.evals.feedback import FeedbackConfig, evaluate_feedback
+    from philip.evals.feedback import FeedbackConfig, evaluate_feedback, parse_weight_options
     from philip.logs import configure_logging
 
     configure_logging("console", "warning")  # the in-process services' logs would drown the progress
-    weights = {k: v for k, v in (("diversity", diversity), ("max_weight", max_weight)) if v is not None}
+    try:
+        weights = parse_weight_options(weight)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--weight") from None
+    weights |= {k: v for k, v in (("diversity", diversity), ("max_weight", max_weight)) if v is not None}
     cfg = FeedbackConfig(trials=trials, rounds=rounds, num_images=num_images, steps=steps, guidance=guidance,
                          cap=cap, seed=seed, likes_per_round=likes, weights=weights)
     with Progress(console=console, transient=True) as progress:
@@ -292,6 +298,22 @@ def eval_feedback_cmd(
 
         result = asyncio.run(evaluate_feedback(cfg, gateway, on_trial=on_trial))
     emit(result, as_json)
+
+
+@eval_app.command("feedback-bound")
+def eval_feedback_bound_cmd(
+    trials: int = typer.Option(20_000, help="Simulated trials (no model: this takes seconds)."),
+    fabric_ratio: float = typer.Option(1.83, help="A FABRIC round's cost over a plain one (`philip bench refine`)."),
+    shape_accuracy: float = typer.Option(0.851, help="P(right shape) when the prompt names it (`philip eval model`)."),
+    cap: int = typer.Option(200, help="Image cap, as in `philip eval feedback`."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object last."),
+) -> None:
+    """The compute_ratio an oracle refiner that knows which attributes are right would reach."""
+    from philip.evals.feedback_bound import BoundConfig, feedback_bound
+
+    if trials < 1 or cap < 1 or fabric_ratio <= 0 or not 0.0 <= shape_accuracy <= 1.0:
+        raise typer.BadParameter("needs trials >= 1, cap >= 1, fabric_ratio > 0 and shape_accuracy in [0, 1]")
+    emit(feedback_bound(BoundConfig(trials=trials, cap=cap, shape_accuracy=shape_accuracy), fabric_ratio), as_json)
 
 
 @eval_app.command("personalize")

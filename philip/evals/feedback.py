@@ -18,6 +18,7 @@ included). The match rate of a round is the fraction of its images that match, o
 from __future__ import annotations
 
 import io
+import math
 import random
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from philip.clients.session import SessionClient
 from philip.tiny.dataset import COLOR_NAMES, TRAIN_SHAPES
 from philip.tiny.measure import Measurement, measure, target_distance
 from philip.v1 import common_pb2, gateway_pb2_grpc, refiner_pb2
+from services.refiner.weights import WEIGHT_FIELDS
 
 PROMPTS = (*(f"a {shape}" for shape in TRAIN_SHAPES), "a shape")
 
@@ -70,6 +72,20 @@ class TrialResult:
     reroll_images_to_match: int
     feedback_compute: int  # UNet image evaluations until the first match (or the cap)
     reroll_compute: int
+
+
+def parse_weight_options(options: list[str]) -> dict[str, float]:
+    """``["end=0.5", "min_weight=0"]`` -> ``{"end": 0.5, "min_weight": 0.0}``; the refiner checks the ranges."""
+    weights: dict[str, float] = {}
+    for option in options:
+        name, sep, value = option.partition("=")
+        if not sep or name.strip() not in WEIGHT_FIELDS:
+            raise ValueError(f"{option!r} is not NAME=VALUE with NAME one of {', '.join(WEIGHT_FIELDS)}")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"{option!r}: {value!r} is not a number") from None
+    return weights
 
 
 def draw_trial(rng: random.Random) -> tuple[str, Target]:
@@ -152,10 +168,29 @@ async def run_trials(stub: gateway_pb2_grpc.GatewayStub, cfg: FeedbackConfig,
     return results
 
 
+def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % (z = 1.96) Wilson score interval of a rate of ``hits`` in ``n``; sound near 0, unlike p +- z*se."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _interval(hits: int, n: int) -> list[float]:
+    return [round(x, 4) for x in wilson_interval(hits, n)]
+
+
 def summarize(results: list[TrialResult], cfg: FeedbackConfig, seconds: float) -> dict[str, Any]:
     n = len(results)
     by_round = [sum(r.feedback_matches[k] for r in results) / n for k in range(cfg.rounds)]
     baseline_by_round = [sum(r.baseline_matches[k] for r in results) / n for k in range(cfg.rounds)]
+    # Matching images counted back from the per-trial rates (every round has cfg.num_images images).
+    round_images = n * cfg.num_images
+    hits_by_round = [round(x * round_images) for x in by_round]
+    baseline_hits = round(sum(baseline_by_round) * round_images)
+    baseline_rate = sum(baseline_by_round) / cfg.rounds
     fb_compute = sum(r.feedback_compute for r in results)
     rr_compute = sum(r.reroll_compute for r in results)
     return {
@@ -172,6 +207,12 @@ def summarize(results: list[TrialResult], cfg: FeedbackConfig, seconds: float) -
         "distance_by_round": [round(sum(r.feedback_distance[k] for r in results) / n, 3) for k in range(cfg.rounds)],
         "baseline_distance_by_round": [round(sum(r.baseline_distance[k] for r in results) / n, 3)
                                        for k in range(cfg.rounds)],
+        # Counts and 95 % Wilson intervals: at rates near 1 % a few dozen trials cannot tell methods apart.
+        "matches_by_round": hits_by_round,
+        "baseline_matches": baseline_hits,
+        "last_round_rate_interval": _interval(hits_by_round[-1], round_images),
+        "baseline_rate_interval": _interval(baseline_hits, round_images * cfg.rounds),
+        "last_round_over_baseline": round(by_round[-1] / baseline_rate, 3) if baseline_rate else None,
         "feedback_matched_within_cap": sum(r.feedback_images_to_match <= cfg.cap for r in results),
         "reroll_matched_within_cap": sum(r.reroll_images_to_match <= cfg.cap for r in results),
         "feedback_unet_evals": fb_compute,
@@ -179,7 +220,7 @@ def summarize(results: list[TrialResult], cfg: FeedbackConfig, seconds: float) -
         "seconds": round(seconds, 1),
         # The issue's fields, last:
         "match_rate_by_round": [round(x, 4) for x in by_round],
-        "baseline_match_rate": round(sum(baseline_by_round) / cfg.rounds, 4),
+        "baseline_match_rate": round(baseline_rate, 4),
         "images_to_first_match_feedback": round(sum(r.feedback_images_to_match for r in results) / n, 2),
         "images_to_first_match_reroll": round(sum(r.reroll_images_to_match for r in results) / n, 2),
         "compute_ratio": round(fb_compute / max(rr_compute, 1), 4),

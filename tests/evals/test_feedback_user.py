@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import random
 
-from philip.evals.feedback import PROMPTS, choose_feedback, draw_trial
+import pytest
+
+from philip.evals.feedback import PROMPTS, choose_feedback, draw_trial, parse_weight_options, wilson_interval
 
 
 def test_the_user_likes_the_closest_and_dislikes_the_farthest() -> None:
@@ -25,3 +27,20 @@ def test_trials_are_drawn_deterministically_and_consistently() -> None:
         assert prompt in PROMPTS and target.fg != target.bg
         if prompt != "a shape":
             assert prompt == f"a {target.shape}"  # the prompt never contradicts the target
+
+
+def test_weight_options_parse_and_name_what_is_wrong() -> None:
+    assert parse_weight_options(["end=0.5", " min_weight=0"]) == {"end": 0.5, "min_weight": 0.0}
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        parse_weight_options(["strength=1"])
+    with pytest.raises(ValueError, match="not a number"):
+        parse_weight_options(["end=half"])
+
+
+def test_wilson_intervals_cover_the_rate_and_stay_in_bounds() -> None:
+    low, high = wilson_interval(0, 120)
+    assert low == 0.0 and 0.02 < high < 0.04  # zero hits in 120 still allows ~3 %
+    low, high = wilson_interval(6, 120)
+    assert low < 0.05 < high and high - low < 0.1
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    assert wilson_interval(50, 50)[1] == 1.0

@@ -311,6 +311,10 @@ async def test_the_feedback_evaluation_runs_its_protocol(deployment: Deployment)
     results = await run_trials(deployment.stub, cfg)
     out = summarize(results, cfg, 1.0)
     assert out["trials"] == 2 and len(out["match_rate_by_round"]) == 2
+    # The counts behind the rates: 2 trials x 4 images a round.
+    assert out["matches_by_round"] == [round(r * 8) for r in out["match_rate_by_round"]]
+    low, high = out["last_round_rate_interval"]
+    assert low <= out["match_rate_by_round"][-1] <= high
     for r in results:
         assert 1 <= r.feedback_images_to_match <= 9 and 1 <= r.reroll_images_to_match <= 9
         assert r.feedback_compute > 0 and r.reroll_compute > 0
