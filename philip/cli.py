@@ -271,14 +271,16 @@ def eval_feedback_cmd(
     weight: list[str] = typer.Option([], "--weight", help="Any feedback weight as NAME=VALUE (start, end, "
                                      "min_weight, max_weight, neg_scale, diversity); repeatable."),
     gateway: str | None = typer.Option(None, help="Gateway host:port; absent = in-process services (serve all)."),
+    trials_log: Path | None = typer.Option(None, help="Append one JSON line per finished trial to this file."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object last."),
 ) -> None:
     """FABRIC's protocol with a simulated user: feedback rounds vs no feedback vs blind re-rolling."""
     import asyncio
+    import json
 
     from rich.progress import Progress
 
-    from philip.evals.feedback import FeedbackConfig, evaluate_feedback, parse_weight_options
+    from philip.evals.feedback import FeedbackConfig, evaluate_feedback, parse_weight_options, trial_record
     from philip.logs import configure_logging
 
     configure_logging("console", "warning")  # the in-process services' logs would drown the progress
@@ -295,6 +297,9 @@ def eval_feedback_cmd(
         def on_trial(t, r):  # type: ignore[no-untyped-def]
             progress.update(task, advance=1, description=f"trial {t + 1}: {r.prompt!r} fb {r.feedback_images_to_match}"
                             f" / reroll {r.reroll_images_to_match} images")
+            if trials_log is not None:
+                with trials_log.open("a") as log:
+                    log.write(json.dumps(trial_record(t, r)) + "\n")
 
         result = asyncio.run(evaluate_feedback(cfg, gateway, on_trial=on_trial))
     emit(result, as_json)

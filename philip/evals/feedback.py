@@ -17,6 +17,7 @@ included). The match rate of a round is the fraction of its images that match, o
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import random
@@ -166,6 +167,12 @@ async def run_trials(stub: gateway_pb2_grpc.GatewayStub, cfg: FeedbackConfig,
         if on_trial is not None:
             on_trial(t, result)
     return results
+
+
+def trial_record(index: int, result: TrialResult) -> dict[str, Any]:
+    """One trial as a JSON-ready dict (a line of ``--trials-log``): long runs leave what they measured."""
+    record = dataclasses.asdict(result)
+    return {"trial": index, **record, "target": dataclasses.asdict(result.target)}
 
 
 def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
