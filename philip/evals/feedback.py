@@ -61,6 +61,13 @@ class FeedbackConfig:
     weights: dict[str, float] = field(default_factory=dict)
 
 
+ATTRIBUTES = ("fg", "bg", "shape")
+
+
+def _tally() -> dict[str, list[int]]:
+    return {a: [0, 0] for a in ATTRIBUTES}  # attribute -> [agreeing pairs, pairs]
+
+
 @dataclass
 class TrialResult:
     prompt: str
@@ -73,6 +80,22 @@ class TrialResult:
     reroll_images_to_match: int
     feedback_compute: int  # UNet image evaluations until the first match (or the cap)
     reroll_compute: int
+    # What feedback can build on: how often a steered image keeps its liked parent's attribute, against how
+    # often two unrelated images of one re-rolled round agree on it; and which attributes the liked images
+    # had right (the user's choice is all the refiner learns).
+    inherited: dict[str, list[int]] = field(default_factory=_tally)
+    unrelated: dict[str, list[int]] = field(default_factory=_tally)
+    liked_right: dict[str, list[int]] = field(default_factory=_tally)
+
+
+@dataclass
+class _Session:
+    rates: list[float] = field(default_factory=list)
+    distances: list[float] = field(default_factory=list)
+    images_to_match: int = 0
+    compute: int = 0
+    pairs: dict[str, list[int]] = field(default_factory=_tally)  # parent-child (feedback) or unrelated (re-roll)
+    liked_right: dict[str, list[int]] = field(default_factory=_tally)
 
 
 def parse_weight_options(options: list[str]) -> dict[str, float]:
@@ -96,8 +119,14 @@ def draw_trial(rng: random.Random) -> tuple[str, Target]:
     return prompt, Target(fg, bg, shape)
 
 
-def _judge(images: list[refiner_pb2.RoundImage], target: Target) -> list[int]:
-    return [target.distance(measure(Image.open(io.BytesIO(i.image.png)))) for i in images]
+def _measure(images: list[refiner_pb2.RoundImage]) -> list[Measurement]:
+    return [measure(Image.open(io.BytesIO(i.image.png))) for i in images]
+
+
+def _count_agreement(tally: dict[str, list[int]], a: Measurement, b: Measurement | Target) -> None:
+    for name in ATTRIBUTES:
+        tally[name][0] += getattr(a, name) == getattr(b, name)
+        tally[name][1] += 1
 
 
 def choose_feedback(distances: list[int], ids: list[str], likes: int) -> tuple[list[str], list[str]]:
@@ -115,37 +144,50 @@ def _params(cfg: FeedbackConfig, prompt: str, seed: int, num_images: int) -> com
 
 
 async def _run_session(stub: gateway_pb2_grpc.GatewayStub, cfg: FeedbackConfig, prompt: str, target: Target,
-                       seed: int, *, with_feedback: bool) -> tuple[list[float], list[float], int, int]:
+                       seed: int, *, with_feedback: bool) -> _Session:
     """Rounds until ``cfg.rounds`` are done and (a match was seen or ``cfg.cap`` images were drawn).
 
-    Returns per-round match rates and mean distances of the first ``cfg.rounds`` rounds, images up to and including
+    Keeps per-round match rates and mean distances of the first ``cfg.rounds`` rounds, images up to and including
     the first match (cap + 1 if none) and UNet evaluations of the rounds up to that match (or all).
     """
     weights = refiner_pb2.FeedbackWeights(**cfg.weights) if cfg.weights and with_feedback else None
     session = await SessionClient.start(stub, _params(cfg, prompt, seed, cfg.num_images), weights=weights)
-    rates: list[float] = []
-    mean_distances: list[float] = []
-    seen, compute, first_match = 0, 0, 0
+    out = _Session()
+    measured: dict[str, Measurement] = {}
+    seen, first_match = 0, 0
     try:
         current = await session.next_round()
         while True:
-            distances = _judge(current.images, target)
-            rates.append(sum(d == 0 for d in distances) / len(distances))
-            mean_distances.append(sum(distances) / len(distances))
+            ms = _measure(current.images)
+            distances = [target.distance(m) for m in ms]
+            out.rates.append(sum(d == 0 for d in distances) / len(distances))
+            out.distances.append(sum(distances) / len(distances))
+            for image, m in zip(current.images, ms, strict=True):
+                if image.steered_from in measured:
+                    _count_agreement(out.pairs, measured[image.steered_from], m)
+                measured[image.image.id] = m
+            if not with_feedback:
+                for i, a in enumerate(ms):
+                    for b in ms[i + 1:]:
+                        _count_agreement(out.pairs, a, b)
             if not first_match:  # a round's images arrive together: the matching round is charged in full
-                compute += current.compute.main_image_evals + current.compute.reference_image_evals
+                out.compute += current.compute.main_image_evals + current.compute.reference_image_evals
                 if 0 in distances:
                     first_match = seen + distances.index(0) + 1
             seen += len(distances)
-            if len(rates) >= cfg.rounds and (first_match or seen >= cfg.cap):
+            if len(out.rates) >= cfg.rounds and (first_match or seen >= cfg.cap):
                 break
             if with_feedback:
                 liked, disliked = choose_feedback(distances, [i.image.id for i in current.images],
                                                   cfg.likes_per_round)
+                for image_id in liked:
+                    _count_agreement(out.liked_right, measured[image_id], target)
             else:
                 liked, disliked = [], []  # no feedback: the next round is a fresh batch
             current = await session.feedback(liked, disliked)
-        return rates[: cfg.rounds], mean_distances[: cfg.rounds], first_match or cfg.cap + 1, compute
+        out.rates, out.distances = out.rates[: cfg.rounds], out.distances[: cfg.rounds]
+        out.images_to_match = first_match or cfg.cap + 1
+        return out
     finally:
         await session.close()
 
@@ -157,12 +199,11 @@ async def run_trials(stub: gateway_pb2_grpc.GatewayStub, cfg: FeedbackConfig,
     for t in range(cfg.trials):
         prompt, target = draw_trial(rng)
         seed = rng.randrange(2**40)
-        fb_rates, fb_dist, fb_images, fb_compute = await _run_session(stub, cfg, prompt, target, seed,
-                                                                      with_feedback=True)
-        base_rates, base_dist, rr_images, rr_compute = await _run_session(stub, cfg, prompt, target, seed + 7_919,
-                                                                          with_feedback=False)
-        result = TrialResult(prompt, target, fb_rates, base_rates, fb_dist, base_dist, fb_images, rr_images,
-                             fb_compute, rr_compute)
+        fb = await _run_session(stub, cfg, prompt, target, seed, with_feedback=True)
+        base = await _run_session(stub, cfg, prompt, target, seed + 7_919, with_feedback=False)
+        result = TrialResult(prompt, target, fb.rates, base.rates, fb.distances, base.distances,
+                             fb.images_to_match, base.images_to_match, fb.compute, base.compute,
+                             inherited=fb.pairs, unrelated=base.pairs, liked_right=fb.liked_right)
         results.append(result)
         if on_trial is not None:
             on_trial(t, result)
@@ -199,6 +240,11 @@ def summarize(results: list[TrialResult], cfg: FeedbackConfig, seconds: float) -
     baseline_hits = round(sum(baseline_by_round) * round_images)
     baseline_rate = sum(baseline_by_round) / cfg.rounds
     fb_compute = sum(r.feedback_compute for r in results)
+
+    def pooled(tallies: list[dict[str, list[int]]]) -> dict[str, float | None]:
+        sums = {a: [sum(t[a][0] for t in tallies), sum(t[a][1] for t in tallies)] for a in ATTRIBUTES}
+        return {a: round(k / n_, 3) if n_ else None for a, (k, n_) in sums.items()}
+
     rr_compute = sum(r.reroll_compute for r in results)
     return {
         "prompts": sorted({r.prompt for r in results}),
@@ -220,6 +266,12 @@ def summarize(results: list[TrialResult], cfg: FeedbackConfig, seconds: float) -
         "last_round_rate_interval": _interval(hits_by_round[-1], round_images),
         "baseline_rate_interval": _interval(baseline_hits, round_images * cfg.rounds),
         "last_round_over_baseline": round(by_round[-1] / baseline_rate, 3) if baseline_rate else None,
+        # Can feedback build on an attribute? Steered images keep their liked parent's value this often, where
+        # two unrelated images of a re-rolled round agree this often by chance; and how often liked images had
+        # each attribute right.
+        "parent_child_agreement": pooled([r.inherited for r in results]),
+        "unrelated_agreement": pooled([r.unrelated for r in results]),
+        "liked_images_right": pooled([r.liked_right for r in results]),
         "feedback_matched_within_cap": sum(r.feedback_images_to_match <= cfg.cap for r in results),
         "reroll_matched_within_cap": sum(r.reroll_images_to_match <= cfg.cap for r in results),
         "feedback_unet_evals": fb_compute,

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,8 +37,18 @@ def test_two_trials_report_the_issue_fields_last_and_log_every_trial(tmp_path: P
     # Re-rolling is plain CFG batches (2 evaluations per image per step); feedback rounds also pay references.
     assert report["reroll_unet_evals"] % (2 * 4) == 0 and report["reroll_unet_evals"] >= 2 * 4 * 4
     assert report["feedback_unet_evals"] >= 2 * 4 * 4
+    # Rounds 2 and 3 of every feedback session are steered from a liked image: 8 parent-child pairs a trial.
+    assert [t["inherited"]["fg"][1] for t in _lines(log)] == [8, 8]
+    assert [t["unrelated"]["shape"][1] for t in _lines(log)] == [18, 18]  # 6 pairs in each of 3 re-rolled rounds
+    assert [t["liked_right"]["bg"][1] for t in _lines(log)] == [2, 2]  # one like after rounds 1 and 2
+    for key in ("parent_child_agreement", "unrelated_agreement", "liked_images_right"):
+        assert set(report[key]) == {"fg", "bg", "shape"} and all(0 <= v <= 1 for v in report[key].values())
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert [line["trial"] for line in lines] == [0, 1]
     assert {"fg", "bg", "shape"} == set(lines[0]["target"])
     assert sum(line["reroll_compute"] for line in lines) == report["reroll_unet_evals"]
     assert sum(line["feedback_compute"] for line in lines) == report["feedback_unet_evals"]
+
+
+def _lines(log: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in log.read_text().splitlines()]
