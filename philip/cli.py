@@ -262,7 +262,7 @@ def eval_feedback_cmd(
     rounds: int = typer.Option(3, help="Rounds per trial for the match rates."),
     num_images: int = typer.Option(4, help="Images per round."),
     steps: int = typer.Option(8, help="Denoising steps."),
-    guidance: float = typer.Option(5.0, help="Classifier-free guidance."),
+    guidance: float = typer.Option(2.0, help="Classifier-free guidance (philip-tiny keeps shapes best near 2)."),
     cap: int = typer.Option(200, help="Image cap for images-to-first-match (both methods)."),
     seed: int = typer.Option(0, help="Seed of the trial draws."),
     likes: int = typer.Option(1, help="Images the simulated user likes per round."),
