@@ -125,14 +125,18 @@ class Personalizer:
         await self.store.append_event(job_stream(job_id), encode_event(event))
 
     async def finish(self, job: TrainingJob) -> None:
-        """Terminal bookkeeping shared with the worker: last event, free the token on failure, clean up."""
-        await self.publish(job.job_id, JobChanged(job))
-        await self.store.close_stream(job_stream(job.job_id))
-        await self.store.expire_stream(job_stream(job.job_id), EVENTS_TTL_S)
+        """Terminal bookkeeping shared with the worker: free the token on failure, clean up, last event.
+
+        The token and the quota slot are freed before the last event is published, so a client that sees the
+        job end and at once retries (the same token, or another job) is not refused for what just ended.
+        """
         if job.state != records.SUCCEEDED:
             await self._release_token(job.token, job.job_id)
         await asyncio.to_thread(shutil.rmtree, work_dir(self.adapters_dir, job.job_id), True)
         await self.quotas.release(TRAINING_JOBS, job.job_id, tenant=job.tenant)
+        await self.publish(job.job_id, JobChanged(job))
+        await self.store.close_stream(job_stream(job.job_id))
+        await self.store.expire_stream(job_stream(job.job_id), EVENTS_TTL_S)
         details = {"adapter_id": job.adapter_id} if job.adapter_id else {"error": job.error}
         await self.activity.record(f"training.{job.state}", job.job_id, tenant=job.tenant, token=job.token,
                                    **details)
