@@ -214,8 +214,7 @@ async def run_trials(stub: gateway_pb2_grpc.GatewayStub, cfg: FeedbackConfig,
 
 def trial_record(index: int, result: TrialResult) -> dict[str, Any]:
     """One trial as a JSON-ready dict (a line of ``--trials-log``): long runs leave what they measured."""
-    record = dataclasses.asdict(result)
-    return {"trial": index, **record, "target": dataclasses.asdict(result.target)}
+    return {"trial": index, **dataclasses.asdict(result)}  # asdict turns the nested Target into a dict too
 
 
 def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -232,6 +231,12 @@ def _interval(hits: int, n: int) -> list[float]:
     return [round(x, 4) for x in wilson_interval(hits, n)]
 
 
+def _pooled(tallies: list[dict[str, list[int]]]) -> dict[str, float | None]:
+    """Agreeing pairs / pairs per attribute over all trials (None where no pair was seen)."""
+    sums = {a: (sum(t[a][0] for t in tallies), sum(t[a][1] for t in tallies)) for a in ATTRIBUTES}
+    return {a: round(k / n, 3) if n else None for a, (k, n) in sums.items()}
+
+
 def summarize(results: list[TrialResult], cfg: FeedbackConfig, seconds: float) -> dict[str, Any]:
     n = len(results)
     by_round = [sum(r.feedback_matches[k] for r in results) / n for k in range(cfg.rounds)]
@@ -242,11 +247,6 @@ def summarize(results: list[TrialResult], cfg: FeedbackConfig, seconds: float) -
     baseline_hits = round(sum(baseline_by_round) * round_images)
     baseline_rate = sum(baseline_by_round) / cfg.rounds
     fb_compute = sum(r.feedback_compute for r in results)
-
-    def pooled(tallies: list[dict[str, list[int]]]) -> dict[str, float | None]:
-        sums = {a: [sum(t[a][0] for t in tallies), sum(t[a][1] for t in tallies)] for a in ATTRIBUTES}
-        return {a: round(k / n_, 3) if n_ else None for a, (k, n_) in sums.items()}
-
     rr_compute = sum(r.reroll_compute for r in results)
     return {
         "prompts": sorted({r.prompt for r in results}),
@@ -271,9 +271,9 @@ def summarize(results: list[TrialResult], cfg: FeedbackConfig, seconds: float) -
         # Can feedback build on an attribute? Steered images keep their liked parent's value this often, where
         # two unrelated images of a re-rolled round agree this often by chance; and how often liked images had
         # each attribute right.
-        "parent_child_agreement": pooled([r.inherited for r in results]),
-        "unrelated_agreement": pooled([r.unrelated for r in results]),
-        "liked_images_right": pooled([r.liked_right for r in results]),
+        "parent_child_agreement": _pooled([r.inherited for r in results]),
+        "unrelated_agreement": _pooled([r.unrelated for r in results]),
+        "liked_images_right": _pooled([r.liked_right for r in results]),
         "feedback_matched_within_cap": sum(r.feedback_images_to_match <= cfg.cap for r in results),
         "reroll_matched_within_cap": sum(r.reroll_images_to_match <= cfg.cap for r in results),
         "feedback_unet_evals": fb_compute,

@@ -37,13 +37,13 @@ def test_two_trials_report_the_issue_fields_last_and_log_every_trial(tmp_path: P
     # Re-rolling is plain CFG batches (2 evaluations per image per step); feedback rounds also pay references.
     assert report["reroll_unet_evals"] % (2 * 4) == 0 and report["reroll_unet_evals"] >= 2 * 4 * 4
     assert report["feedback_unet_evals"] >= 2 * 4 * 4
+    lines = _lines(log)
     # Rounds 2 and 3 of every feedback session are steered from a liked image: 8 parent-child pairs a trial.
-    assert [t["inherited"]["fg"][1] for t in _lines(log)] == [8, 8]
-    assert [t["unrelated"]["shape"][1] for t in _lines(log)] == [18, 18]  # 6 pairs in each of 3 re-rolled rounds
-    assert [t["liked_right"]["bg"][1] for t in _lines(log)] == [2, 2]  # one like after rounds 1 and 2
+    assert [t["inherited"]["fg"][1] for t in lines] == [8, 8]
+    assert [t["unrelated"]["shape"][1] for t in lines] == [18, 18]  # 6 pairs in each of 3 re-rolled rounds
+    assert [t["liked_right"]["bg"][1] for t in lines] == [2, 2]  # one like after rounds 1 and 2
     for key in ("parent_child_agreement", "unrelated_agreement", "liked_images_right"):
         assert set(report[key]) == {"fg", "bg", "shape"} and all(0 <= v <= 1 for v in report[key].values())
-    lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert [line["trial"] for line in lines] == [0, 1]
     assert {"fg", "bg", "shape"} == set(lines[0]["target"])
     assert sum(line["reroll_compute"] for line in lines) == report["reroll_unet_evals"]
