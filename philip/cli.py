@@ -266,6 +266,8 @@ def eval_feedback_cmd(
     cap: int = typer.Option(200, help="Image cap for images-to-first-match (both methods)."),
     seed: int = typer.Option(0, help="Seed of the trial draws."),
     likes: int = typer.Option(1, help="Images the simulated user likes per round."),
+    user: str = typer.Option("colour", help="Simulated user: 'colour' ranks equal misses by how near the drawn "
+                             "colours are to the target's; 'misses' counts missed attributes only (ties by position)."),
     diversity: float | None = typer.Option(None, help="Seed-steering diversity 0-1 (default: the refiner's)."),
     max_weight: float | None = typer.Option(None, help="FABRIC max feedback weight (default: the refiner's)."),
     weight: list[str] = typer.Option([], "--weight", help="Any feedback weight as NAME=VALUE (start, end, "
@@ -280,7 +282,7 @@ def eval_feedback_cmd(
 
     from rich.progress import Progress
 
-    from philip.evals.feedback import FeedbackConfig, evaluate_feedback, parse_weight_options, trial_record
+    from philip.evals.feedback import USERS, FeedbackConfig, evaluate_feedback, parse_weight_options, trial_record
     from philip.logs import configure_logging
 
     configure_logging("console", "warning")  # the in-process services' logs would drown the progress
@@ -289,8 +291,10 @@ def eval_feedback_cmd(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--weight") from None
     weights |= {k: v for k, v in (("diversity", diversity), ("max_weight", max_weight)) if v is not None}
+    if user not in USERS:
+        raise typer.BadParameter(f"{user!r} is not one of {', '.join(USERS)}", param_hint="--user")
     cfg = FeedbackConfig(trials=trials, rounds=rounds, num_images=num_images, steps=steps, guidance=guidance,
-                         cap=cap, seed=seed, likes_per_round=likes, weights=weights)
+                         cap=cap, seed=seed, likes_per_round=likes, user=user, weights=weights)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("trials", total=trials)
 

@@ -22,14 +22,14 @@ import io
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
 
 from philip.clients.session import SessionClient
-from philip.tiny.dataset import COLOR_NAMES, TRAIN_SHAPES
+from philip.tiny.dataset import COLOR_NAMES, COLORS, TRAIN_SHAPES
 from philip.tiny.measure import Measurement, measure, target_distance
 from philip.v1 import common_pb2, gateway_pb2_grpc, refiner_pb2
 from services.refiner.weights import WEIGHT_FIELDS
@@ -46,6 +46,28 @@ class Target:
     def distance(self, m: Measurement) -> int:
         return target_distance(m, self.fg, self.bg, self.shape)
 
+    def closeness(self, m: Measurement, user: str) -> tuple[int, float]:
+        """How far ``m`` looks from the target to the simulated ``user`` (smaller is closer; see USERS)."""
+        misses = self.distance(m)
+        if user == "misses":
+            return misses, 0.0
+        return misses, _colour_gap(m.fg, self.fg) + _colour_gap(m.bg, self.bg)
+
+
+# The simulated users. "misses": closeness is the number of target attributes missed, ties broken by
+# position (the user cannot tell a red from a blue when the target is orange). "colour": the same, ties
+# broken by how far the drawn colours are from the target's in RGB, as a person (and FABRIC's CLIP-
+# similarity user) would rank them: an orange-ish miss is closer to an orange target than a blue one.
+USERS = ("colour", "misses")
+_MAX_GAP = math.dist((0, 0, 0), (255, 255, 255))
+
+
+def _colour_gap(drawn: str, wanted: str) -> float:
+    """RGB distance between two palette colours, 0-1; a colour the judge could not name counts as farthest."""
+    if drawn not in COLORS:
+        return 1.0
+    return math.dist(COLORS[drawn], COLORS[wanted]) / _MAX_GAP
+
 
 @dataclass(frozen=True)
 class FeedbackConfig:
@@ -59,6 +81,7 @@ class FeedbackConfig:
     scheduler: str = "dpm++"
     cap: int = 200  # images, for images-to-first-match (both methods)
     likes_per_round: int = 1
+    user: str = "colour"  # see USERS
     seed: int = 0
     weights: dict[str, float] = field(default_factory=dict)
 
@@ -131,8 +154,11 @@ def _count_agreement(tally: dict[str, list[int]], a: Measurement, b: Measurement
         tally[name][1] += 1
 
 
-def choose_feedback(distances: list[int], ids: list[str], likes: int) -> tuple[list[str], list[str]]:
-    """The simulated user: like the closest ``likes`` images, dislike the farthest if it is farther."""
+def choose_feedback(distances: Sequence[Any], ids: list[str], likes: int) -> tuple[list[str], list[str]]:
+    """The simulated user: like the closest ``likes`` images, dislike the farthest if it is farther.
+
+    ``distances`` are any comparable closeness values (ints, or tuples compared in order); ties keep position.
+    """
     order = sorted(range(len(ids)), key=lambda i: distances[i])
     liked = [ids[i] for i in order[:likes]]
     worst = order[-1]
@@ -180,7 +206,8 @@ async def _run_session(stub: gateway_pb2_grpc.GatewayStub, cfg: FeedbackConfig, 
             if len(out.rates) >= cfg.rounds and (first_match or seen >= cfg.cap):
                 break
             if with_feedback:
-                liked, disliked = choose_feedback(distances, [i.image.id for i in current.images],
+                closeness = [target.closeness(m, cfg.user) for m in ms]
+                liked, disliked = choose_feedback(closeness, [i.image.id for i in current.images],
                                                   cfg.likes_per_round)
                 for image_id in liked:
                     _count_agreement(out.liked_right, measured[image_id], target)
@@ -256,6 +283,7 @@ def summarize(results: list[TrialResult], cfg: FeedbackConfig, seconds: float) -
         "guidance": cfg.guidance,
         "cap_images": cfg.cap,
         "likes_per_round": cfg.likes_per_round,
+        "user": cfg.user,
         "weights": cfg.weights,
         "baseline_match_rate_by_round": [round(x, 4) for x in baseline_by_round],
         # Attributes of the target missed per image (0-3), mean per round: does feedback move toward it?

@@ -6,7 +6,15 @@ import random
 
 import pytest
 
-from philip.evals.feedback import PROMPTS, choose_feedback, draw_trial, parse_weight_options, wilson_interval
+from philip.evals.feedback import (
+    PROMPTS,
+    Target,
+    choose_feedback,
+    draw_trial,
+    parse_weight_options,
+    wilson_interval,
+)
+from philip.tiny.measure import Measurement
 
 
 def test_the_user_likes_the_closest_and_dislikes_the_farthest() -> None:
@@ -16,6 +24,22 @@ def test_the_user_likes_the_closest_and_dislikes_the_farthest() -> None:
 
 def test_no_dislike_when_every_image_is_as_close() -> None:
     assert choose_feedback([1, 1, 1, 1], ["a", "b", "c", "d"], likes=1) == (["a"], [])
+
+
+def _drawn(fg: str, bg: str, shape: str) -> Measurement:
+    return Measurement(fg, bg, shape, fill=0.8, solidity=0.95, area=0.2)
+
+
+def test_the_colour_user_ranks_equal_misses_by_how_near_the_colours_are() -> None:
+    target = Target("orange", "blue", "circle")
+    drawn = [_drawn("blue", "white", "circle"), _drawn("yellow", "white", "circle"),
+             _drawn("orange", "black", "circle"), _drawn("unknown", "white", "unknown")]
+    colour = [target.closeness(m, "colour") for m in drawn]
+    # One miss fewer always wins; among two misses, yellow (near orange) beats blue; unknown is farthest.
+    assert choose_feedback(colour, ["a", "b", "c", "d"], likes=2) == (["c", "b"], ["d"])
+    misses = [target.closeness(m, "misses") for m in drawn]
+    assert choose_feedback(misses, ["a", "b", "c", "d"], likes=2) == (["c", "a"], ["d"])
+    assert target.closeness(_drawn("orange", "blue", "circle"), "colour") == (0, 0.0)
 
 
 def test_trials_are_drawn_deterministically_and_consistently() -> None:
