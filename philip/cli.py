@@ -282,7 +282,7 @@ def eval_feedback_cmd(
 
     from rich.progress import Progress
 
-    from philip.evals.feedback import USERS, FeedbackConfig, evaluate_feedback, parse_weight_options, trial_record
+    from philip.evals.feedback import FeedbackConfig, evaluate_feedback, parse_weight_options, trial_record
     from philip.logs import configure_logging
 
     configure_logging("console", "warning")  # the in-process services' logs would drown the progress
@@ -291,10 +291,11 @@ def eval_feedback_cmd(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--weight") from None
     weights |= {k: v for k, v in (("diversity", diversity), ("max_weight", max_weight)) if v is not None}
-    if user not in USERS:
-        raise typer.BadParameter(f"{user!r} is not one of {', '.join(USERS)}", param_hint="--user")
-    cfg = FeedbackConfig(trials=trials, rounds=rounds, num_images=num_images, steps=steps, guidance=guidance,
-                         cap=cap, seed=seed, likes_per_round=likes, user=user, weights=weights)
+    try:
+        cfg = FeedbackConfig(trials=trials, rounds=rounds, num_images=num_images, steps=steps, guidance=guidance,
+                             cap=cap, seed=seed, likes_per_round=likes, user=user, weights=weights)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--user") from None
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("trials", total=trials)
 

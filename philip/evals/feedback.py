@@ -85,6 +85,10 @@ class FeedbackConfig:
     seed: int = 0
     weights: dict[str, float] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.user not in USERS:
+            raise ValueError(f"user {self.user!r} is not one of {', '.join(USERS)}")
+
 
 ATTRIBUTES = ("fg", "bg", "shape")
 
