@@ -312,18 +312,34 @@ def eval_feedback_cmd(
 
 @eval_app.command("feedback-bound")
 def eval_feedback_bound_cmd(
-    trials: int = typer.Option(20_000, help="Simulated trials (no model: this takes seconds)."),
+    trials: int = typer.Option(20_000, help="Simulated trials of the oracle (no model: this takes seconds)."),
     fabric_ratio: float = typer.Option(1.83, help="A FABRIC round's cost over a plain one (`philip bench refine`)."),
     shape_accuracy: float = typer.Option(0.851, help="P(right shape) when the prompt names it (`philip eval model`)."),
     cap: int = typer.Option(200, help="Image cap, as in `philip eval feedback`."),
+    user: str = typer.Option("colour", help="Simulated user, as in `philip eval feedback --user`."),
+    blind_trials: int = typer.Option(3_000, help="Simulated trials per setting of the blind-refiner sweep "
+                                     "(32 settings; about a minute)."),
+    keep: str | None = typer.Option(None, help="Also simulate one blind mechanism: P(child keeps fg,bg,shape), "
+                                    "e.g. 0.6,0.69,0.47 (from `philip eval feedback`'s agreement fields)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object last."),
 ) -> None:
-    """The compute_ratio an oracle refiner that knows which attributes are right would reach."""
-    from philip.evals.feedback_bound import BoundConfig, feedback_bound
+    """The compute_ratio an oracle refiner that knows which attributes are right would reach, and the best a
+    blind one (FABRIC, seed steering: each attribute inherited with a fixed probability) could reach."""
+    from philip.evals.feedback_bound import BoundConfig, feedback_bound, parse_keep
 
-    if trials < 1 or cap < 1 or fabric_ratio <= 0 or not 0.0 <= shape_accuracy <= 1.0:
-        raise typer.BadParameter("needs trials >= 1, cap >= 1, fabric_ratio > 0 and shape_accuracy in [0, 1]")
-    emit(feedback_bound(BoundConfig(trials=trials, cap=cap, shape_accuracy=shape_accuracy), fabric_ratio), as_json)
+    if trials < 1 or cap < 1 or blind_trials < 1 or fabric_ratio <= 0 or not 0.0 <= shape_accuracy <= 1.0:
+        raise typer.BadParameter("needs trials >= 1, blind_trials >= 1, cap >= 1, fabric_ratio > 0 and "
+                                 "shape_accuracy in [0, 1]")
+    try:
+        keeps = parse_keep(keep) if keep is not None else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--keep") from None
+    try:
+        cfg = BoundConfig(trials=trials, cap=cap, shape_accuracy=shape_accuracy, user=user,
+                          blind_trials=blind_trials)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--user") from None
+    emit(feedback_bound(cfg, fabric_ratio, keeps), as_json)
 
 
 @eval_app.command("personalize")

@@ -91,10 +91,13 @@ class FeedbackConfig:
 
 
 ATTRIBUTES = ("fg", "bg", "shape")
+# Tallied per attribute and for the colour pair: a mechanism that keeps fg and bg only together cannot
+# build on a like that has one colour right (`philip eval feedback-bound` shows what that costs).
+AGREEMENTS = (*ATTRIBUTES, "both_colours")
 
 
 def _tally() -> dict[str, list[int]]:
-    return {a: [0, 0] for a in ATTRIBUTES}  # attribute -> [agreeing pairs, pairs]
+    return {a: [0, 0] for a in AGREEMENTS}  # attribute -> [agreeing pairs, pairs]
 
 
 @dataclass
@@ -153,8 +156,10 @@ def _measure(images: list[refiner_pb2.RoundImage]) -> list[Measurement]:
 
 
 def _count_agreement(tally: dict[str, list[int]], a: Measurement, b: Measurement | Target) -> None:
-    for name in ATTRIBUTES:
-        tally[name][0] += getattr(a, name) == getattr(b, name)
+    same = {name: getattr(a, name) == getattr(b, name) for name in ATTRIBUTES}
+    same["both_colours"] = same["fg"] and same["bg"]
+    for name, agrees in same.items():
+        tally[name][0] += agrees
         tally[name][1] += 1
 
 
@@ -264,7 +269,7 @@ def _interval(hits: int, n: int) -> list[float]:
 
 def _pooled(tallies: list[dict[str, list[int]]]) -> dict[str, float | None]:
     """Agreeing pairs / pairs per attribute over all trials (None where no pair was seen)."""
-    sums = {a: (sum(t[a][0] for t in tallies), sum(t[a][1] for t in tallies)) for a in ATTRIBUTES}
+    sums = {a: (sum(t[a][0] for t in tallies), sum(t[a][1] for t in tallies)) for a in AGREEMENTS}
     return {a: round(k / n, 3) if n else None for a, (k, n) in sums.items()}
 
 

@@ -10,6 +10,13 @@ rates of the attributes and what a feedback round costs.
 Fresh attributes are drawn as the eval draws its trials: a prompt from the eval's prompts, the two
 colours uniform and distinct, the shape right with ``shape_accuracy`` when the prompt names it and by
 chance when it says "a shape". Both methods are charged per round of ``num_images``, as the eval does.
+
+A *blind* refiner is what FABRIC and seed steering are: it cannot tell the liked image's right
+attributes from its wrong ones, so each child keeps each attribute of its parent with a probability
+that is a property of the mechanism (``keep``: fg, bg, shape), whatever the target. It steers from
+the likes as the refiner does (image i from the (i mod likes)-th newest), and the user likes as the
+eval's ``--user`` does. Sweeping ``keep`` gives the best any blind mechanism could reach at a cost;
+:func:`keep_from_agreement` turns the eval's measured parent-child agreement into ``keep``.
 """
 
 from __future__ import annotations
@@ -18,8 +25,14 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from philip.evals.feedback import PROMPTS, FeedbackConfig
+from philip.evals.feedback import PROMPTS, USERS, FeedbackConfig, Target
 from philip.tiny.dataset import COLOR_NAMES, TRAIN_SHAPES
+from philip.tiny.measure import Measurement
+
+Keep = tuple[float, float, float]  # P(a child keeps its parent's fg, bg, shape)
+# The sweep of the best blind refiner: colours kept alike (nothing tells fg from bg), the shape apart.
+COLOUR_KEEPS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
+SHAPE_KEEPS = (0.0, 0.5, 0.8, 1.0)
 
 
 @dataclass(frozen=True)
@@ -29,6 +42,12 @@ class BoundConfig:
     cap: int = FeedbackConfig.cap
     shape_accuracy: float = 0.851  # `philip eval model` on philip-tiny (full captions)
     seed: int = 0
+    user: str = FeedbackConfig.user
+    blind_trials: int = 3_000  # per keep setting of the sweep (32 settings)
+
+    def __post_init__(self) -> None:
+        if self.user not in USERS:
+            raise ValueError(f"user {self.user!r} is not one of {', '.join(USERS)}")
 
 
 def _fresh(rng: random.Random, shape_p: float) -> list[bool]:
@@ -79,12 +98,102 @@ def oracle_compute_ratio(cfg: BoundConfig, round_cost: float, learns: str) -> fl
     return oracle / reroll
 
 
-def feedback_bound(cfg: BoundConfig, fabric_ratio: float) -> dict[str, Any]:
-    """The oracle's compute_ratio with plain-cost rounds (seed steering alone) and FABRIC-cost rounds."""
+def _shape(rng: random.Random, target: Target, shape_p: float) -> str:
+    """The target's shape with ``shape_p``, else one of the others."""
+    return target.shape if rng.random() < shape_p else rng.choice([s for s in TRAIN_SHAPES if s != target.shape])
+
+
+def _drawing(rng: random.Random, target: Target, shape_p: float) -> Measurement:
+    """A fresh image as the judge would read it: distinct uniform colours, the target's shape with ``shape_p``."""
+    fg, bg = rng.sample(COLOR_NAMES, 2)
+    return Measurement(fg, bg, _shape(rng, target, shape_p), 0.0, 0.0, 0.0)
+
+
+def _child(rng: random.Random, parent: Measurement, target: Target, shape_p: float, keep: Keep) -> Measurement:
+    """Each attribute kept with its ``keep``, the others drawn fresh (colours stay distinct)."""
+    kept = [rng.random() < k for k in keep]
+    fg = parent.fg if kept[0] else None
+    bg = parent.bg if kept[1] else None
+    fg = fg or rng.choice([c for c in COLOR_NAMES if c != bg])
+    bg = bg or rng.choice([c for c in COLOR_NAMES if c != fg])
+    shape = parent.shape if kept[2] else _shape(rng, target, shape_p)
+    return Measurement(fg, bg, shape, 0.0, 0.0, 0.0)
+
+
+def _blind_cost(rng: random.Random, cfg: BoundConfig, target: Target, shape_p: float, keep: Keep,
+                round_cost: float) -> float:
+    likes: list[Measurement] = []  # newest first, as the refiner cycles through them
+    seen, cost = 0, 0.0
+    while seen < cfg.cap:
+        if likes:
+            images = [_child(rng, likes[i % len(likes)], target, shape_p, keep) for i in range(cfg.num_images)]
+        else:
+            images = [_drawing(rng, target, shape_p) for _ in range(cfg.num_images)]
+        cost += (round_cost if likes else 1.0) * cfg.num_images
+        if any(target.distance(m) == 0 for m in images):
+            return cost
+        seen += cfg.num_images
+        likes.insert(0, min(images, key=lambda m: target.closeness(m, cfg.user)))  # ties: the first, as the eval
+    return cost
+
+
+def blind_compute_ratio(cfg: BoundConfig, keep: Keep, round_cost: float, trials: int | None = None) -> float:
+    """A blind refiner's compute / re-roll compute (see the module doc), over ``trials`` (default blind_trials)."""
+    if not all(0.0 <= k <= 1.0 for k in keep):
+        raise ValueError(f"keep probabilities must be in [0, 1], got {keep}")
+    rng = random.Random(cfg.seed)
+    blind = reroll = 0.0
+    for _ in range(cfg.blind_trials if trials is None else trials):
+        prompt = rng.choice(PROMPTS)
+        named = prompt != "a shape"
+        fg, bg = rng.sample(COLOR_NAMES, 2)
+        target = Target(fg, bg, prompt.removeprefix("a ") if named else rng.choice(TRAIN_SHAPES))
+        shape_p = cfg.shape_accuracy if named else 1 / len(TRAIN_SHAPES)
+        blind += _blind_cost(rng, cfg, target, shape_p, keep, round_cost)
+        reroll += _reroll_cost(rng, cfg, shape_p)
+    return blind / reroll
+
+
+def keep_from_agreement(agreement: float, chance: float) -> float:
+    """P(keep) from how often children agree with their parent and unrelated images agree (the eval's two
+    fields): a child that does not keep an attribute still agrees by chance, so agreement = k + (1 - k) chance."""
+    if not 0.0 <= chance < 1.0:
+        raise ValueError(f"chance agreement must be in [0, 1), got {chance}")
+    return min(1.0, max(0.0, (agreement - chance) / (1.0 - chance)))
+
+
+def parse_keep(text: str) -> Keep:
+    """``"0.6,0.69,0.47"`` -> (0.6, 0.69, 0.47): P(keep) of fg, bg and shape, each in [0, 1]."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"{text!r} is not three numbers fg,bg,shape") from None
+    if len(values) != 3 or not all(0.0 <= v <= 1.0 for v in values):
+        raise ValueError(f"{text!r} must be three probabilities in [0, 1]: fg,bg,shape")
+    return values[0], values[1], values[2]
+
+
+def best_blind(cfg: BoundConfig, round_cost: float) -> dict[str, Any]:
+    """The sweep's best blind refiner: its keep probabilities and compute_ratio."""
+    ratios = {(c, c, s): blind_compute_ratio(cfg, (c, c, s), round_cost) for c in COLOUR_KEEPS for s in SHAPE_KEEPS}
+    keep = min(ratios, key=ratios.__getitem__)
+    return {"keep_fg_bg_shape": list(keep), "compute_ratio": round(ratios[keep], 4)}
+
+
+def feedback_bound(cfg: BoundConfig, fabric_ratio: float, keep: Keep | None = None) -> dict[str, Any]:
+    """The oracle's compute_ratio with plain-cost rounds (seed steering alone) and FABRIC-cost rounds, the
+    best blind refiner's, and (with ``keep``) one blind mechanism's."""
     out: dict[str, Any] = {"trials": cfg.trials, "cap_images": cfg.cap, "num_images": cfg.num_images,
-                           "shape_accuracy": cfg.shape_accuracy, "fabric_ratio": fabric_ratio}
+                           "shape_accuracy": cfg.shape_accuracy, "fabric_ratio": fabric_ratio, "user": cfg.user,
+                           "blind_trials": cfg.blind_trials}
     for learns in ("liked", "all"):
         for name, cost in (("plain_rounds", 1.0), ("fabric_rounds", fabric_ratio)):
             out[f"oracle_knows_{learns}_{name}"] = round(oracle_compute_ratio(cfg, cost, learns), 4)
     out["control_knows_nothing_plain_rounds"] = round(oracle_compute_ratio(cfg, 1.0, "nothing"), 4)
+    out["best_blind_plain_rounds"] = best_blind(cfg, 1.0)
+    if keep is not None:
+        out["blind_given_keep"] = {"keep_fg_bg_shape": list(keep),
+                                   "plain_rounds": round(blind_compute_ratio(cfg, keep, 1.0), 4),
+                                   "fabric_rounds": round(blind_compute_ratio(cfg, keep, fabric_ratio), 4)}
     return out

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from philip.evals.feedback_bound import BoundConfig, feedback_bound, oracle_compute_ratio
+from philip.evals.feedback_bound import (
+    BoundConfig,
+    blind_compute_ratio,
+    feedback_bound,
+    keep_from_agreement,
+    oracle_compute_ratio,
+    parse_keep,
+)
 
 CFG = BoundConfig(trials=4_000)
 
@@ -26,8 +33,44 @@ def test_knowing_more_and_cheaper_rounds_lower_the_bound() -> None:
 
 
 def test_the_report_and_a_bad_argument() -> None:
-    out = feedback_bound(BoundConfig(trials=200), 1.83)
+    out = feedback_bound(BoundConfig(trials=200, blind_trials=20), 1.83, keep=(0.5, 0.5, 0.5))
     assert set(out) >= {"oracle_knows_liked_fabric_rounds", "oracle_knows_all_plain_rounds",
-                        "control_knows_nothing_plain_rounds"}
+                        "control_knows_nothing_plain_rounds", "best_blind_plain_rounds", "blind_given_keep"}
+    assert len(out["best_blind_plain_rounds"]["keep_fg_bg_shape"]) == 3
     with pytest.raises(ValueError, match="learns"):
         oracle_compute_ratio(CFG, 1.0, "everything")
+    with pytest.raises(ValueError, match="user"):
+        BoundConfig(user="psychic")
+    with pytest.raises(ValueError, match="keep"):
+        blind_compute_ratio(CFG, (0.5, 1.5, 0.5), 1.0)
+
+
+BLIND = BoundConfig(blind_trials=1_500)
+
+
+def test_a_blind_refiner_that_keeps_nothing_costs_what_rerolling_costs() -> None:
+    assert blind_compute_ratio(BLIND, (0.0, 0.0, 0.0), 1.0) == pytest.approx(1.0, abs=0.08)
+
+
+def test_a_blind_refiner_must_both_keep_and_explore_and_stays_above_the_oracle() -> None:
+    half = blind_compute_ratio(BLIND, (0.5, 0.5, 0.5), 1.0)
+    copies = blind_compute_ratio(BLIND, (1.0, 1.0, 1.0), 1.0)  # a wrong like is copied for ever
+    assert half < 0.75 and copies > 2.0
+    assert half > oracle_compute_ratio(CFG, 1.0, "liked") + 0.1
+    assert blind_compute_ratio(BLIND, (0.5, 0.5, 0.5), 1.83) > half + 0.2  # dearer rounds, same search
+
+
+def test_keep_comes_from_agreement_above_chance() -> None:
+    assert keep_from_agreement(0.5, 0.5) == 0.0
+    assert keep_from_agreement(1.0, 0.2) == 1.0
+    assert keep_from_agreement(0.65, 0.115) == pytest.approx(0.6045, abs=1e-3)
+    assert keep_from_agreement(0.05, 0.115) == 0.0  # below chance: nothing kept, not negative
+    with pytest.raises(ValueError, match="chance"):
+        keep_from_agreement(0.5, 1.0)
+
+
+def test_keep_parses_three_probabilities() -> None:
+    assert parse_keep("0.6, 0.69,0.47") == (0.6, 0.69, 0.47)
+    for bad in ("0.6,0.7", "a,b,c", "0.5,0.5,2"):
+        with pytest.raises(ValueError, match="fg,bg,shape"):
+            parse_keep(bad)

@@ -43,7 +43,9 @@ def test_two_trials_report_the_issue_fields_last_and_log_every_trial(tmp_path: P
     assert [t["unrelated"]["shape"][1] for t in lines] == [18, 18]  # 6 pairs in each of 3 re-rolled rounds
     assert [t["liked_right"]["bg"][1] for t in lines] == [2, 2]  # one like after rounds 1 and 2
     for key in ("parent_child_agreement", "unrelated_agreement", "liked_images_right"):
-        assert set(report[key]) == {"fg", "bg", "shape"} and all(0 <= v <= 1 for v in report[key].values())
+        assert set(report[key]) == {"fg", "bg", "shape", "both_colours"}
+        assert all(0 <= v <= 1 for v in report[key].values())
+        assert report[key]["both_colours"] <= min(report[key]["fg"], report[key]["bg"])
     assert [line["trial"] for line in lines] == [0, 1]
     assert {"fg", "bg", "shape"} == set(lines[0]["target"])
     assert sum(line["reroll_compute"] for line in lines) == report["reroll_unet_evals"]
