@@ -6,7 +6,6 @@ import json
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -27,64 +26,11 @@ from philip.store.base import (
     check_ttl,
     parse_stream_id,
 )
+from philip.store.redis_replies import END, PAYLOAD, entries, is_nogroup, ms, read_reply, redact_url, text
 
 T = TypeVar("T")
 
-# Stream entry fields: a normal event/work item carries its payload under "p"; the terminal
-# marker carries only "end", so it can never be confused with a payload.
-_PAYLOAD = b"p"
-_END = b"end"
-
 _MAX_UPDATE_ATTEMPTS = 100
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced, safe for error messages and logs."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = parts.netloc.rsplit("@", 1)[1]
-        user = parts.username or ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-    except ValueError:
-        return "<unparseable redis url>"
-
-
-def _text(value: bytes | str) -> str:
-    # decode_responses=False, so replies are bytes; redis-py's stubs still say bytes | str.
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _ms(ttl_s: float) -> int:
-    return max(1, round(ttl_s * 1000))
-
-
-def _entries(raw: Any) -> list[StreamEntry]:
-    """Convert redis-py's [(id, {field: value}), ...] (fields None for deleted entries) to StreamEntry."""
-    out: list[StreamEntry] = []
-    for entry_id, fields in raw or []:
-        if fields is None:  # entry trimmed/deleted while still pending: nothing to deliver
-            continue
-        eid = _text(entry_id)
-        if _END in fields:
-            out.append(StreamEntry(eid, b"", terminal=True))
-        else:
-            out.append(StreamEntry(eid, fields.get(_PAYLOAD, b"")))
-    return out
-
-
-def _read_reply(reply: Any) -> list[StreamEntry]:
-    """Entries of the single stream in an XREAD/XREADGROUP reply (RESP2 list or RESP3 dict)."""
-    if not reply:
-        return []
-    if isinstance(reply, dict):
-        return _entries(next(iter(reply.values()))[0])
-    return _entries(reply[0][1])
-
-
-def _is_nogroup(exc: ResponseError) -> bool:
-    return str(exc).startswith("NOGROUP")
 
 
 class RedisStore(Store):
@@ -160,7 +106,7 @@ class RedisStore(Store):
         body = json.dumps(data)
         with self._errors():
             async with self._r.pipeline(transaction=True) as pipe:
-                pipe.set(self._record_key(kind, record_id), body, px=None if ttl_s is None else _ms(ttl_s))
+                pipe.set(self._record_key(kind, record_id), body, px=None if ttl_s is None else ms(ttl_s))
                 pipe.sadd(self._index_key(kind), record_id)
                 await pipe.execute()
 
@@ -205,7 +151,7 @@ class RedisStore(Store):
         check_kind(kind)
         index = self._index_key(kind)
         with self._errors():
-            members = sorted(_text(m) for m in await self._r.smembers(index))  # type: ignore[misc]
+            members = sorted(text(m) for m in await self._r.smembers(index))  # type: ignore[misc]
             if not members:
                 return []
             async with self._r.pipeline(transaction=False) as pipe:
@@ -223,7 +169,7 @@ class RedisStore(Store):
     async def put_blob(self, blob_id: str, data: bytes, ttl_s: float) -> None:
         check_ttl(ttl_s)
         with self._errors():
-            await self._r.set(self._blob_key(blob_id), data, px=_ms(ttl_s))
+            await self._r.set(self._blob_key(blob_id), data, px=ms(ttl_s))
 
     async def get_blob(self, blob_id: str) -> bytes | None:
         with self._errors():
@@ -249,9 +195,9 @@ class RedisStore(Store):
             raise ValueError("maxlen must be >= 1")
         with self._errors():
             entry_id = await self._r.xadd(
-                self._stream_key(stream), {_PAYLOAD: payload}, maxlen=maxlen, approximate=True
+                self._stream_key(stream), {PAYLOAD: payload}, maxlen=maxlen, approximate=True
             )
-        return _text(entry_id)
+        return text(entry_id)
 
     async def read_events(
         self, stream: str, after: str = "0-0", count: int = 100, block_ms: int | None = None
@@ -263,7 +209,7 @@ class RedisStore(Store):
             return await self._r.xread({key: after}, count=count, block=block)
 
         with self._errors():
-            return _read_reply(await self._blocking(block_ms, call))
+            return read_reply(await self._blocking(block_ms, call))
 
     async def read_events_before(self, stream: str, before: str | None = None, count: int = 100) -> list[StreamEntry]:
         if before is not None:
@@ -273,7 +219,7 @@ class RedisStore(Store):
         with self._errors():
             raw = await self._r.xrevrange(self._stream_key(stream), max="+" if before is None else f"({before}",
                                           min="-", count=count + 1)  # + 1: the terminal marker may be among them
-        return [entry for entry in _entries(raw) if not entry.terminal][:count]
+        return [entry for entry in entries(raw) if not entry.terminal][:count]
 
     async def trim_events_before(self, stream: str, before_ms: int) -> int:
         with self._errors():
@@ -282,20 +228,20 @@ class RedisStore(Store):
 
     async def close_stream(self, stream: str) -> str:
         with self._errors():
-            entry_id = await self._r.xadd(self._stream_key(stream), {_END: b"1"})
-        return _text(entry_id)
+            entry_id = await self._r.xadd(self._stream_key(stream), {END: b"1"})
+        return text(entry_id)
 
     async def expire_stream(self, stream: str, ttl_s: float) -> bool:
         check_ttl(ttl_s)
         with self._errors():
-            return bool(await self._r.pexpire(self._stream_key(stream), _ms(ttl_s)))
+            return bool(await self._r.pexpire(self._stream_key(stream), ms(ttl_s)))
 
     # ---- work queue ----------------------------------------------------------------------------
 
     async def enqueue(self, queue: str, payload: bytes) -> str:
         with self._errors():
-            entry_id = await self._r.xadd(self._queue_key(queue), {_PAYLOAD: payload})
-        return _text(entry_id)
+            entry_id = await self._r.xadd(self._queue_key(queue), {PAYLOAD: payload})
+        return text(entry_id)
 
     async def _ensure_group(self, key: str, group: str) -> None:
         if (key, group) in self._groups:
@@ -314,7 +260,7 @@ class RedisStore(Store):
         try:
             return await call()
         except ResponseError as exc:
-            if not _is_nogroup(exc):
+            if not is_nogroup(exc):
                 raise
             self._groups.discard((key, group))
             await self._ensure_group(key, group)
@@ -341,16 +287,16 @@ class RedisStore(Store):
             gone = [eid for eid, fields in raw if fields is None]
             if gone:  # trimmed/deleted while pending: nothing left to do, drop them from the PEL
                 await self._r.xack(key, group, *gone)
-            if own := _entries(raw):
+            if own := entries(raw):
                 return own
-            return _read_reply(await self._in_group(key, group, new_chunked))
+            return read_reply(await self._in_group(key, group, new_chunked))
 
     async def ack(self, queue: str, group: str, entry_id: str) -> bool:
         with self._errors():
             try:
                 return bool(await self._r.xack(self._queue_key(queue), group, entry_id))
             except ResponseError as exc:
-                if _is_nogroup(exc):
+                if is_nogroup(exc):
                     return False
                 raise
 
@@ -365,19 +311,19 @@ class RedisStore(Store):
         with self._errors():
             reply = await self._in_group(key, group, autoclaim)
         # Reply is [next_cursor, entries, deleted_ids]; deleted ids are already dropped from the PEL.
-        return _entries(reply[1])
+        return entries(reply[1])
 
     async def touch(self, queue: str, group: str, consumer: str, entry_id: str) -> bool:
         key = self._queue_key(queue)
         with self._errors():
             try:
                 owner = await self._r.xpending_range(key, group, min=entry_id, max=entry_id, count=1)
-                if not owner or _text(owner[0]["consumer"]) != consumer:  # type: ignore[arg-type]
+                if not owner or text(owner[0]["consumer"]) != consumer:  # type: ignore[arg-type]
                     return False
                 # XCLAIM with min-idle 0 to the same consumer resets the idle time (JUSTID: no re-delivery).
                 return bool(await self._r.xclaim(key, group, consumer, 0, [entry_id], justid=True))
             except ResponseError as exc:
-                if _is_nogroup(exc):
+                if is_nogroup(exc):
                     return False
                 raise
 
@@ -386,7 +332,7 @@ class RedisStore(Store):
             try:
                 summary = await self._r.xpending(self._queue_key(queue), group)
             except ResponseError as exc:
-                if _is_nogroup(exc):
+                if is_nogroup(exc):
                     return 0
                 raise
         return int(summary["pending"])
@@ -396,7 +342,7 @@ class RedisStore(Store):
     async def acquire_lease(self, key: str, holder: str, limit: int, ttl_s: float) -> bool:
         check_ttl(ttl_s)
         with self._errors():
-            granted = await self._acquire_lease_script(keys=[self._lease_key(key)], args=[holder, limit, _ms(ttl_s)])
+            granted = await self._acquire_lease_script(keys=[self._lease_key(key)], args=[holder, limit, ms(ttl_s)])
         return bool(granted)
 
     async def release_lease(self, key: str, holder: str) -> bool:
@@ -413,7 +359,7 @@ class RedisStore(Store):
         check_ttl(ttl_s)
         with self._errors():
             value = await self._incr_script(
-                keys=[self._counter_key(key)], args=[by, "" if ttl_s is None else _ms(ttl_s)]
+                keys=[self._counter_key(key)], args=[by, "" if ttl_s is None else ms(ttl_s)]
             )
         return int(value)
 
