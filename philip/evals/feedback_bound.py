@@ -137,13 +137,13 @@ def _blind_cost(rng: random.Random, cfg: BoundConfig, target: Target, shape_p: f
     return cost
 
 
-def blind_compute_ratio(cfg: BoundConfig, keep: Keep, round_cost: float, trials: int | None = None) -> float:
-    """A blind refiner's compute / re-roll compute (see the module doc), over ``trials`` (default blind_trials)."""
+def blind_compute_ratio(cfg: BoundConfig, keep: Keep, round_cost: float) -> float:
+    """A blind refiner's compute / re-roll compute (see the module doc), over ``cfg.blind_trials`` trials."""
     if not all(0.0 <= k <= 1.0 for k in keep):
         raise ValueError(f"keep probabilities must be in [0, 1], got {keep}")
     rng = random.Random(cfg.seed)
     blind = reroll = 0.0
-    for _ in range(cfg.blind_trials if trials is None else trials):
+    for _ in range(cfg.blind_trials):
         prompt = rng.choice(PROMPTS)
         named = prompt != "a shape"
         fg, bg = rng.sample(COLOR_NAMES, 2)
