@@ -46,6 +46,8 @@ class BoundConfig:
     blind_trials: int = 3_000  # per keep setting of the sweep (32 settings)
 
     def __post_init__(self) -> None:
+        if self.trials < 1 or self.blind_trials < 1 or self.cap < 1 or not 0.0 <= self.shape_accuracy <= 1.0:
+            raise ValueError("needs trials >= 1, blind_trials >= 1, cap >= 1 and shape_accuracy in [0, 1]")
         if self.user not in USERS:
             raise ValueError(f"user {self.user!r} is not one of {', '.join(USERS)}")
 
