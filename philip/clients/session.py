@@ -40,6 +40,10 @@ class Round:
     compute: refiner_pb2.RoundCompute
     previews: int = 0  # preview events seen for this round
 
+    @classmethod
+    def from_pb(cls, done: gateway_pb2.RoundImages) -> Round:
+        return cls(done.round, list(done.images), done.compute)
+
 
 @dataclass
 class SessionClient:
@@ -102,6 +106,10 @@ class SessionClient:
     async def finalize(self, image_id: str, scale: int = 0) -> gateway_pb2.SessionFinal:
         """Choose an image; waits for the upscaled PNG (the session then ends)."""
         await self.call.write(Msg(finalize=gateway_pb2.SessionFinalize(image_id=image_id, scale=scale)))
+        return await self.wait_final()
+
+    async def wait_final(self) -> gateway_pb2.SessionFinal:
+        """Wait for the upscaled PNG of the image already chosen."""
         while True:
             event = await self._read()
             if event.WhichOneof("event") == "final":

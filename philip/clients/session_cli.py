@@ -3,6 +3,7 @@
 Scripted use: ``--like 1,3 --dislike 2`` apply to round 1, the next ``--like``/``--dislike`` to
 round 2 and so on (``--like ""`` for none); ``--rounds N`` stops after round N and finalizes
 with ``--finalize best|N`` (``best``: the first image you liked in the last round, else image 1).
+``--resume ID`` reattaches to a session kept in the store (after a dropped connection or 'q').
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from philip.clients.session import Round, SessionClient
+from philip.clients.session import Round, SessionClient, SessionError
 from philip.images import contact_sheet, decode_png
+from philip.v1 import gateway_pb2
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ def choose_final(choice: str, last: Round, picks: Picks | None) -> int:
     """1-based image of the last round to finalize: ``best`` or a number."""
     if choice == "best":
         return picks.liked[0] if picks is not None and picks.liked else 1
-    return parse_numbers(choice, len(last.images), "--finalize")[0]
+    return parse_one(choice, len(last.images), "--finalize")
 
 
 def save_round(out_dir: Path, session_id: str, done: Round) -> Path:
@@ -55,11 +57,54 @@ def save_round(out_dir: Path, session_id: str, done: Round) -> Path:
     return sheet
 
 
+QUESTION = "like (e.g. 1,3), then '/' and dislikes (e.g. 1,3/2); 'f N' finalizes; 'q' quits"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a person typed at the prompt: picks for the next round, an image to finalize, or quit."""
+
+    picks: Picks | None = None
+    finalize: int | None = None  # 1-based
+    quit: bool = False
+
+
+def parse_answer(text: str, count: int) -> Answer:
+    """``1,3/2`` -> like 1 and 3, dislike 2; ``f 2`` -> finalize image 2; ``q`` -> quit."""
+    text = text.strip()
+    if text == "q":
+        return Answer(quit=True)
+    if text.startswith("f"):
+        return Answer(finalize=parse_one(text[1:], count, "f"))
+    like, _, dislike = text.partition("/")
+    return Answer(picks=Picks(parse_numbers(like, count, "like"), parse_numbers(dislike, count, "dislike")))
+
+
+def parse_one(text: str, count: int, what: str) -> int:
+    numbers = parse_numbers(text, count, what)
+    if len(numbers) != 1:
+        raise ValueError(f"{what}: name one image number 1-{count}")
+    return numbers[0]
+
+
+def ask_until_valid(ask: Callable[[str], str], say: Callable[[str], None], count: int) -> Answer:
+    """Ask again after a typo: a bad answer must not end (or lose) the session."""
+    while True:
+        try:
+            return parse_answer(ask(QUESTION), count)
+        except ValueError as err:
+            say(f"{err}; try again")
+
+
 async def run_session(session: SessionClient, *, out_dir: Path, rounds: int | None, likes: Sequence[str],
                       dislikes: Sequence[str], finalize: str, scale: int, ask: Callable[[str], str] | None,
-                      say: Callable[[str], None]) -> Path | None:
-    """Drive one session to its final image (path returned) or until the user quits (None)."""
-    current = await session.next_round()
+                      say: Callable[[str], None], current: Round | None = None) -> Path | None:
+    """Drive one session to its final image (path returned) or until the user quits (None).
+
+    ``current``: a finished round to continue from (a resumed session); else wait for the running one.
+    """
+    if current is None:
+        current = await session.next_round()
     while True:
         sheet = save_round(out_dir, session.session_id, current)
         c = current.compute
@@ -71,14 +116,13 @@ async def run_session(session: SessionClient, *, out_dir: Path, rounds: int | No
             picks = scripted_picks(likes, dislikes, index, len(current.images))
         last = rounds is not None and current.number >= rounds
         if ask is not None and picks is None and not last:
-            answer = ask("like (e.g. 1,3), then '/' and dislikes (e.g. 1,3/2); 'f N' finalizes; 'q' quits")
-            if answer.strip() == "q":
+            answer = ask_until_valid(ask, say, len(current.images))
+            if answer.quit:
+                say(f"left session {session.session_id} as it is; continue it with --resume {session.session_id}")
                 return None
-            if answer.startswith("f"):
-                return await _finalize(session, current, int(answer[1:].strip()), scale, out_dir, say)
-            like, _, dislike = answer.partition("/")
-            picks = Picks(parse_numbers(like, len(current.images), "like"),
-                          parse_numbers(dislike, len(current.images), "dislike"))
+            if answer.finalize is not None:
+                return await _finalize(session, current, answer.finalize, scale, out_dir, say)
+            picks = answer.picks
         if last or picks is None:
             return await _finalize(session, current, choose_final(finalize, current, picks), scale, out_dir, say)
         ids = [i.image.id for i in current.images]
@@ -90,7 +134,32 @@ async def _finalize(session: SessionClient, last: Round, number: int, scale: int
     if not 1 <= number <= len(last.images):
         raise ValueError(f"finalize: {number} is not an image number 1-{len(last.images)}")
     say(f"upscaling image {number} of round {last.number} ...")
-    final = await session.finalize(last.images[number - 1].image.id, scale)
-    path = out_dir / f"{session.session_id}_final.png"
+    return save_final(out_dir, session.session_id, await session.finalize(last.images[number - 1].image.id, scale))
+
+
+def save_final(out_dir: Path, session_id: str, final: gateway_pb2.SessionFinal) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{session_id}_final.png"
     path.write_bytes(final.image.png)
     return path
+
+
+async def resume_point(session: SessionClient, out_dir: Path, say: Callable[[str], None]) -> Path | Round | None:
+    """Where a resumed session stands: the path of its final image (done, or finished now), the last
+    finished round to continue from (``run_session(current=...)``), or None (a round is running)."""
+    snap = session.snapshot
+    if snap is None:
+        raise SessionError("INTERNAL", "the session was not resumed")
+    phase = snap.phase
+    if phase == gateway_pb2.SESSION_PHASE_CANCELLED:
+        raise SessionError("FAILED_PRECONDITION", f"session {session.session_id} was cancelled; start a new one")
+    if phase == gateway_pb2.SESSION_PHASE_DONE:
+        return save_final(out_dir, session.session_id, snap.final)
+    if phase == gateway_pb2.SESSION_PHASE_FINALIZING:
+        say(f"session {session.session_id} is upscaling its chosen image ...")
+        return save_final(out_dir, session.session_id, await session.wait_final())
+    if phase == gateway_pb2.SESSION_PHASE_AWAITING_FEEDBACK and snap.rounds:
+        say(f"session {session.session_id}: {len(snap.rounds)} rounds so far, continuing from the last")
+        return Round.from_pb(snap.rounds[-1])
+    say(f"session {session.session_id}: waiting for round {snap.running_round} ...")
+    return None

@@ -304,6 +304,43 @@ async def test_a_scripted_cli_session_runs_two_feedback_rounds(deployment: Deplo
     assert snap.chosen_image_id == ids[2][0]  # best: nothing liked in the last round, so image 1
 
 
+async def test_the_cli_resumes_a_dropped_session_where_it_stood(deployment: Deployment, tmp_path: Path) -> None:
+    """What `philip session --resume ID` does: continue from the last round, and later just fetch the final."""
+    from philip.clients.session import Round, SessionClient, SessionError
+    from philip.clients.session_cli import resume_point, run_session
+
+    first = await SessionClient.start(deployment.stub, start(seed=71, num_images=2).start.params)
+    round1 = await first.next_round()
+    await first.close()  # the connection drops while the person looks at round 1
+
+    said: list[str] = []
+    again = await SessionClient.resume(deployment.stub, first.session_id)
+    point = await resume_point(again, tmp_path, said.append)
+    assert isinstance(point, Round) and point.number == 1
+    assert [i.image.id for i in point.images] == [i.image.id for i in round1.images]
+    final = await run_session(again, out_dir=tmp_path, rounds=2, likes=["2"], dislikes=["1"], finalize="best",
+                              scale=0, ask=None, say=said.append, current=point)
+    await again.close()
+    assert final is not None and Image.open(final).size == (256, 256)
+    assert [r.number for r in again.rounds] == [2]
+    snap = await deployment.stub.GetSession(gateway_pb2.GetSessionRequest(session_id=first.session_id))
+    assert list(snap.liked_image_ids) == [round1.images[1].image.id]
+
+    done = await SessionClient.resume(deployment.stub, first.session_id)
+    final.unlink()
+    assert await resume_point(done, tmp_path, said.append) == final and Image.open(final).size == (256, 256)
+    await done.close()
+
+    cancelled = await SessionClient.start(deployment.stub, start(seed=72, num_images=1).start.params)
+    await cancelled.next_round()
+    await cancelled.cancel()
+    await cancelled.close()
+    gone = await SessionClient.resume(deployment.stub, cancelled.session_id)
+    with pytest.raises(SessionError, match="FAILED_PRECONDITION: .* was cancelled; start a new one"):
+        await resume_point(gone, tmp_path, said.append)
+    await gone.close()
+
+
 async def test_the_feedback_evaluation_runs_its_protocol(deployment: Deployment) -> None:
     from philip.evals.feedback import FeedbackConfig, run_trials, summarize
 
