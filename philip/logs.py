@@ -1,7 +1,7 @@
 """Structured logging for every PHiLIP process.
 
-structlog renders both its own events and stdlib ``logging`` records (grpc, diffusers,
-torch warnings) through one handler, so a pod emits a single, uniform stream: JSON
+structlog renders both its own events and stdlib ``logging`` records (grpc, diffusers and
+transformers once routed, Python warnings) through one handler, so a pod emits a single, uniform stream: JSON
 lines in production, coloured key/values on a developer console.
 """
 
@@ -64,6 +64,19 @@ def configure_logging(fmt: str = "json", level: str = "info", *, stream: TextIO 
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(numeric)
+    logging.captureWarnings(True)  # warnings.warn (peft, torch) become events, not raw lines in a JSON stream
+
+
+def route_model_library_logs() -> None:
+    """diffusers and transformers print through handlers (and progress bars) of their own; send their records
+    to the root handler instead, so a server's stream stays one event per line. Call once they are needed."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for library in (diffusers_logging, transformers_logging):
+        library.disable_default_handler()
+        library.enable_propagation()
+        library.disable_progress_bar()
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

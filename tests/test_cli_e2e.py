@@ -76,3 +76,5 @@ def test_serve_generate_and_graceful_stop(tmp_path: Path) -> None:
     assert server.returncode == 0, logs[-2000:]
     assert time.monotonic() - t0 < 30
     assert '"event": "app.stopping"' in logs
+    not_json = [line for line in logs.splitlines() if line.strip() and not line.startswith("{")]
+    assert not_json == [], f"a JSON log stream holds only log lines: {not_json[:3]}"

@@ -91,6 +91,22 @@ def save_adapter(folder: Path, info: AdapterInfo, embedding: torch.Tensor,
     (folder / META_FILE).write_text(json.dumps(info.to_json(), indent=2))
 
 
+def read_lora_file(folder: Path) -> dict[str, torch.Tensor]:
+    """The LoRA state dict of an adapter folder, in PEFT's key format.
+
+    Adapters written before 2026-12-02 named the attention projections in the old diffusers format and every
+    other layer in PEFT's; diffusers' loader judges the format by the first key and skipped the attention
+    LoRA of those files, so they are converted here as a whole.
+    """
+    from diffusers.utils import convert_unet_state_dict_to_peft
+    from safetensors.torch import load_file
+
+    state = load_file(str(folder / LORA_FILE))
+    if any(".lora.down." in key or ".lora.up." in key for key in state):
+        state = convert_unet_state_dict_to_peft(state)
+    return state
+
+
 def read_adapter(adapters_dir: str | Path, adapter_id: str) -> AdapterInfo:
     folder = adapter_dir(adapters_dir, adapter_id)
     meta = folder / META_FILE
@@ -170,7 +186,7 @@ class AdapterSwitch:
         if info.token not in state:
             raise AdapterError(f"adapter {adapter_id}: {EMBEDS_FILE} has no embedding for token {info.token!r}")
         if info.method == "lora":
-            self.pipe.load_lora_weights(str(folder), weight_name=LORA_FILE, adapter_name=adapter_id)
+            self.pipe.load_lora_weights(read_lora_file(folder), adapter_name=adapter_id)
             self._lora_on = True  # loading activates it; activate() sets the real set right after
         self._embeds[adapter_id] = state[info.token].to(self.pipe.text_encoder.dtype)
         self._loaded[adapter_id] = info

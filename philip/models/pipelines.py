@@ -16,6 +16,8 @@ from diffusers import (
     StableDiffusionPipeline,
 )
 
+from philip.logs import route_model_library_logs
+
 # Public scheduler names (the proto's `scheduler` field) -> (class, extra config).
 SCHEDULERS: dict[str, tuple[Any, dict[str, Any]]] = {
     "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
@@ -42,6 +44,7 @@ def load_pipeline(
             "train philip-tiny with `philip train-tiny` or point PHILIP_MODEL_DIR at a checkpoint folder"
         )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    route_model_library_logs()  # their loading bars and warnings would break a server's JSON log stream
     if dtype is None:
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
     pipe = StableDiffusionPipeline.from_pretrained(

@@ -246,11 +246,10 @@ class AdapterTrainer:
 
     def export(self, folder: Path, adapter_id: str, tenant: str = "") -> AdapterInfo:
         """Write the adapter files (diffusers formats) into ``folder``."""
-        lora = None
-        if self.lora_params:
-            from diffusers.utils import convert_state_dict_to_diffusers
-
-            lora = convert_state_dict_to_diffusers(self._lora_state())
+        # PEFT's own key format (lora_A / lora_B) throughout. Converting to the old diffusers names renamed only
+        # the attention projections, and diffusers' loader, which judges the format by the first key, then
+        # silently skipped them: the served adapter lost its attention LoRA.
+        lora = self._lora_state() if self.lora_params else None
         info = AdapterInfo(adapter_id, self.config.token, self.config.class_word, self.config.method, tenant)
         save_adapter(folder, info, self.embedding, lora)
         return info

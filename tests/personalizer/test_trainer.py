@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
+from peft.utils import get_peft_model_state_dict
 
 from philip.evals.personalize import reference_images
-from philip.models.adapters import AdapterError, AdapterSwitch
+from philip.models.adapters import AdapterError, AdapterSwitch, read_lora_file
 from philip.models.pipelines import load_pipeline
 from services.personalizer.trainer import AdapterTrainer, TrainConfig, TrainingStopped
 from tests.personalizer.conftest import MODEL
@@ -56,6 +57,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     t = trainer(root / "work", steps=30)
     t.run(lambda p: None)
     t.export(root / "ad_00000000000000aa", "ad_00000000000000aa")
+    torch.save(t._lora_state(), root / "trained_lora.pt")  # what the files must give back
     return root
 
 
@@ -63,9 +65,14 @@ def test_files_load_with_plain_diffusers(exported: Path) -> None:
     pipe = StableDiffusionPipeline.from_pretrained(str(MODEL), safety_checker=None, local_files_only=True)
     folder = str(exported / "ad_00000000000000aa")
     pipe.load_textual_inversion(folder)
-    pipe.load_lora_weights(folder)
+    pipe.load_lora_weights(folder, adapter_name="sks")
     assert "sks" in pipe.tokenizer.get_added_vocab()
-    assert any("lora" in name for name, _ in pipe.unet.named_parameters())
+    trained = torch.load(exported / "trained_lora.pt")
+    loaded = get_peft_model_state_dict(pipe.unet, adapter_name="sks")
+    assert sorted(loaded) == sorted(trained)  # every trained layer, attention projections included
+    assert any(".attn1.to_k." in key for key in loaded)
+    for key, value in trained.items():
+        torch.testing.assert_close(loaded[key], value, msg=key)
 
 
 def _draw(pipe: object) -> np.ndarray:
@@ -87,3 +94,23 @@ def test_switch_turns_an_adapter_on_and_completely_off(exported: Path) -> None:
     np.testing.assert_allclose(_draw(pipe), adapted, atol=1e-5)  # cached, same result
     with pytest.raises(AdapterError, match="no files"):
         switch.activate(("ad_00000000000000bb",))
+
+
+def test_adapters_written_in_the_old_mixed_key_format_load_whole(exported: Path) -> None:
+    """Files from before 2026-12-02 named attention LoRA the old diffusers way and the rest PEFT's way."""
+    import shutil
+
+    from diffusers.utils import convert_state_dict_to_diffusers
+
+    trained = torch.load(exported / "trained_lora.pt")
+    old = exported / "ad_00000000000000cc"
+    shutil.copytree(exported / "ad_00000000000000aa", old)
+    StableDiffusionPipeline.save_lora_weights(str(old), unet_lora_layers=convert_state_dict_to_diffusers(trained),
+                                              weight_name="pytorch_lora_weights.safetensors")
+    assert not any(".lora.down." in key for key in read_lora_file(old))
+    pipe = load_pipeline(MODEL)
+    AdapterSwitch(pipe, exported).activate(("ad_00000000000000cc",))
+    loaded = get_peft_model_state_dict(pipe.unet, adapter_name="ad_00000000000000cc")
+    assert sorted(loaded) == sorted(trained)
+    for key, value in trained.items():
+        torch.testing.assert_close(loaded[key], value, msg=key)
