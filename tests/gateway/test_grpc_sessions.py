@@ -336,7 +336,7 @@ async def test_the_cli_resumes_a_dropped_session_where_it_stood(deployment: Depl
     await cancelled.cancel()
     await cancelled.close()
     gone = await SessionClient.resume(deployment.stub, cancelled.session_id)
-    with pytest.raises(SessionError, match="FAILED_PRECONDITION: .* was cancelled; start a new one"):
+    with pytest.raises(SessionError, match=r"FAILED_PRECONDITION: .* was cancelled; start a new one"):
         await resume_point(gone, tmp_path, said.append)
     await gone.close()
 
