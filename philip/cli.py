@@ -262,10 +262,15 @@ def eval_feedback_bound_cmd(
                                      "(32 settings; about a minute)."),
     keep: str | None = typer.Option(None, help="Also simulate one blind mechanism: P(child keeps fg,bg,shape), "
                                     "e.g. 0.6,0.69,0.47 (from `philip eval feedback`'s agreement fields)."),
+    caption_colour_accuracy: float = typer.Option(1.0, help="P(right colour) for a full caption, for the prompt "
+                                                  "explorer (`philip eval model --guidance G`)."),
+    caption_shape_accuracy: float = typer.Option(0.851, help="P(right shape) for a full caption, for the prompt "
+                                                 "explorer."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object last."),
 ) -> None:
-    """The compute_ratio an oracle refiner that knows which attributes are right would reach, and the best a
-    blind one (FABRIC, seed steering: each attribute inherited with a fixed probability) could reach."""
+    """The compute_ratio an oracle refiner that knows which attributes are right would reach, the best a
+    blind one (FABRIC, seed steering: each attribute inherited with a fixed probability) could reach, and
+    a prompt explorer's (full captions chosen from a posterior over the target; not built yet)."""
     from philip.evals.feedback_bound import BoundConfig, feedback_bound, parse_keep
 
     if fabric_ratio <= 0:
@@ -276,7 +281,8 @@ def eval_feedback_bound_cmd(
         raise typer.BadParameter(str(exc), param_hint="--keep") from None
     try:  # the config checks its own fields, as FeedbackConfig does
         cfg = BoundConfig(trials=trials, cap=cap, shape_accuracy=shape_accuracy, user=user,
-                          blind_trials=blind_trials)
+                          blind_trials=blind_trials, caption_colour_accuracy=caption_colour_accuracy,
+                          caption_shape_accuracy=caption_shape_accuracy)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     emit(feedback_bound(cfg, fabric_ratio, keeps), as_json)

@@ -17,6 +17,12 @@ that is a property of the mechanism (``keep``: fg, bg, shape), whatever the targ
 the likes as the refiner does (image i from the (i mod likes)-th newest), and the user likes as the
 eval's ``--user`` does. Sweeping ``keep`` gives the best any blind mechanism could reach at a cost;
 :func:`keep_from_agreement` turns the eval's measured parent-child agreement into ``keep``.
+
+A *prompt explorer* (:mod:`philip.evals.prompt_explorer`; :func:`explorer_compute_ratio`) is not blind
+because it chose what to ask for: from round 2 on it writes each image's full caption from a posterior
+over the target that the user's choices feed. The model draws the asked colours with
+``caption_colour_accuracy`` and the shape with ``caption_shape_accuracy``; its rounds cost what plain
+rounds cost.
 """
 
 from __future__ import annotations
@@ -25,7 +31,10 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from philip.evals.feedback import PROMPTS, USERS, FeedbackConfig, Target
+from philip.evals.prompt_explorer import DEFAULT_BETA, PromptExplorer
 from philip.tiny.dataset import COLOR_NAMES, TRAIN_SHAPES
 from philip.tiny.measure import Measurement
 
@@ -44,10 +53,15 @@ class BoundConfig:
     seed: int = 0
     user: str = FeedbackConfig.user
     blind_trials: int = 3_000  # per keep setting of the sweep (32 settings)
+    # What the model draws for a full caption (the prompt explorer's): `philip eval model` at guidance 5
+    # (fg 1.00, shape 0.851; at the feedback eval's guidance 2, fg 0.994, shape 0.940).
+    caption_colour_accuracy: float = 1.0
+    caption_shape_accuracy: float = 0.851
 
     def __post_init__(self) -> None:
-        if self.trials < 1 or self.blind_trials < 1 or self.cap < 1 or not 0.0 <= self.shape_accuracy <= 1.0:
-            raise ValueError("needs trials >= 1, blind_trials >= 1, cap >= 1 and shape_accuracy in [0, 1]")
+        accuracies = (self.shape_accuracy, self.caption_colour_accuracy, self.caption_shape_accuracy)
+        if self.trials < 1 or self.blind_trials < 1 or self.cap < 1 or not all(0.0 <= a <= 1.0 for a in accuracies):
+            raise ValueError("needs trials >= 1, blind_trials >= 1, cap >= 1 and accuracies in [0, 1]")
         if self.user not in USERS:
             raise ValueError(f"user {self.user!r} is not one of {', '.join(USERS)}")
 
@@ -183,17 +197,71 @@ def best_blind(cfg: BoundConfig, round_cost: float) -> dict[str, Any]:
     return {"keep_fg_bg_shape": list(keep), "compute_ratio": round(ratios[keep], 4)}
 
 
+def _explorer_cost(rng: random.Random, np_rng: np.random.Generator, cfg: BoundConfig, prompt: str,
+                   target: Target, shape_p: float, beta: float) -> float:
+    explorer = PromptExplorer(prompt, np_rng, beta)
+    seen, cost = 0, 0.0
+    while seen < cfg.cap:
+        if seen == 0:  # round 1 is the user's own prompt: the explorer cannot tell what its images show
+            asked, images = None, [_drawing(rng, target, shape_p) for _ in range(cfg.num_images)]
+        else:
+            asked = explorer.propose(cfg.num_images)
+            images = [_asked_drawing(rng, a, cfg.caption_colour_accuracy, cfg.caption_shape_accuracy) for a in asked]
+        cost += cfg.num_images
+        if any(target.distance(m) == 0 for m in images):
+            return cost
+        seen += cfg.num_images
+        if asked is not None:
+            closeness = [target.closeness(m, cfg.user) for m in images]
+            liked = min(range(len(images)), key=closeness.__getitem__)
+            disliked = max(range(len(images)), key=closeness.__getitem__)
+            explorer.update(asked, liked, disliked if closeness[disliked] > closeness[liked] else None)
+    return cost
+
+
+def _asked_drawing(rng: random.Random, asked: tuple[str, str, str], colour_accuracy: float,
+                   shape_accuracy: float) -> Measurement:
+    """What the model draws for a full caption: each asked colour with ``colour_accuracy``, the shape with
+    ``shape_accuracy``; a missed attribute is another value (colours stay distinct)."""
+    fg, bg, shape = asked
+    if rng.random() >= colour_accuracy:
+        fg = rng.choice([c for c in COLOR_NAMES if c not in (fg, bg)])
+    if rng.random() >= colour_accuracy:
+        bg = rng.choice([c for c in COLOR_NAMES if c not in (fg, bg)])
+    if rng.random() >= shape_accuracy:
+        shape = rng.choice([s for s in TRAIN_SHAPES if s != shape])
+    return Measurement(fg, bg, shape, 0.0, 0.0, 0.0)
+
+
+def explorer_compute_ratio(cfg: BoundConfig, beta: float = DEFAULT_BETA) -> float:
+    """The prompt explorer's compute / re-roll compute (see the module doc), over ``cfg.blind_trials`` trials."""
+    rng = random.Random(cfg.seed)
+    np_rng = np.random.default_rng(cfg.seed)
+    explorer = reroll = 0.0
+    for _ in range(cfg.blind_trials):
+        prompt = rng.choice(PROMPTS)
+        named = prompt != "a shape"
+        fg, bg = rng.sample(COLOR_NAMES, 2)
+        target = Target(fg, bg, prompt.removeprefix("a ") if named else rng.choice(TRAIN_SHAPES))
+        shape_p = cfg.shape_accuracy if named else 1 / len(TRAIN_SHAPES)
+        explorer += _explorer_cost(rng, np_rng, cfg, prompt, target, shape_p, beta)
+        reroll += _reroll_cost(rng, cfg, shape_p)
+    return explorer / reroll
+
+
 def feedback_bound(cfg: BoundConfig, fabric_ratio: float, keep: Keep | None = None) -> dict[str, Any]:
     """The oracle's compute_ratio with plain-cost rounds (seed steering alone) and FABRIC-cost rounds, the
     best blind refiner's, and (with ``keep``) one blind mechanism's."""
     out: dict[str, Any] = {"trials": cfg.trials, "cap_images": cfg.cap, "num_images": cfg.num_images,
                            "shape_accuracy": cfg.shape_accuracy, "fabric_ratio": fabric_ratio, "user": cfg.user,
-                           "blind_trials": cfg.blind_trials}
+                           "blind_trials": cfg.blind_trials, "caption_colour_accuracy": cfg.caption_colour_accuracy,
+                           "caption_shape_accuracy": cfg.caption_shape_accuracy}
     for learns in ("liked", "all"):
         for name, cost in (("plain_rounds", 1.0), ("fabric_rounds", fabric_ratio)):
             out[f"oracle_knows_{learns}_{name}"] = round(oracle_compute_ratio(cfg, cost, learns), 4)
     out["control_knows_nothing_plain_rounds"] = round(oracle_compute_ratio(cfg, 1.0, "nothing"), 4)
     out["best_blind_plain_rounds"] = best_blind(cfg, 1.0)
+    out["prompt_explorer_plain_rounds"] = round(explorer_compute_ratio(cfg), 4)
     if keep is not None:
         out["blind_given_keep"] = {"keep_fg_bg_shape": list(keep),
                                    "plain_rounds": round(blind_compute_ratio(cfg, keep, 1.0), 4),

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import random
+
 import pytest
 
 from philip.evals.feedback_bound import (
     BoundConfig,
+    _asked_drawing,
     blind_compute_ratio,
+    explorer_compute_ratio,
     feedback_bound,
     keep_from_agreement,
     oracle_compute_ratio,
     parse_keep,
 )
+from philip.tiny.measure import Measurement
 
 CFG = BoundConfig(trials=4_000)
 
@@ -35,7 +41,8 @@ def test_knowing_more_and_cheaper_rounds_lower_the_bound() -> None:
 def test_the_report_and_a_bad_argument() -> None:
     out = feedback_bound(BoundConfig(trials=200, blind_trials=20), 1.83, keep=(0.5, 0.5, 0.5))
     assert set(out) >= {"oracle_knows_liked_fabric_rounds", "oracle_knows_all_plain_rounds",
-                        "control_knows_nothing_plain_rounds", "best_blind_plain_rounds", "blind_given_keep"}
+                        "control_knows_nothing_plain_rounds", "best_blind_plain_rounds", "blind_given_keep",
+                        "prompt_explorer_plain_rounds"}
     assert len(out["best_blind_plain_rounds"]["keep_fg_bg_shape"]) == 3
     with pytest.raises(ValueError, match="learns"):
         oracle_compute_ratio(CFG, 1.0, "everything")
@@ -74,3 +81,25 @@ def test_keep_parses_three_probabilities() -> None:
     for bad in ("0.6,0.7", "a,b,c", "0.5,0.5,2"):
         with pytest.raises(ValueError, match="fg,bg,shape"):
             parse_keep(bad)
+
+
+def test_a_prompt_explorer_that_knows_what_it_asked_for_beats_every_blind_refiner() -> None:
+    explorer = explorer_compute_ratio(BLIND)
+    assert explorer < blind_compute_ratio(BLIND, (0.5, 0.5, 0.5), 1.0) - 0.15  # the sweep's best keep
+    # The user's choices do the work: with a choice model that hardly prefers fewer misses, the posterior
+    # stays flat and asking for distinct targets at random costs about what re-rolling does.
+    assert explorer_compute_ratio(BLIND, beta=0.01) > explorer + 0.4
+    # The posterior is built on what was asked for: a model that draws other colours than asked misleads it.
+    assert explorer_compute_ratio(dataclasses.replace(BLIND, caption_colour_accuracy=0.7)) > explorer + 0.05
+
+
+def test_the_explorers_drawing_and_its_arguments() -> None:
+    rng = random.Random(0)
+    assert _asked_drawing(rng, ("red", "blue", "circle"), 1.0, 1.0) == Measurement("red", "blue", "circle", 0, 0, 0)
+    for _ in range(50):
+        m = _asked_drawing(rng, ("red", "blue", "circle"), 0.0, 0.0)
+        assert m.fg != m.bg and m.fg != "red" and m.bg != "blue" and m.shape != "circle"
+    with pytest.raises(ValueError, match="beta"):
+        explorer_compute_ratio(BLIND, beta=0.0)
+    with pytest.raises(ValueError, match="accuracies"):
+        BoundConfig(caption_shape_accuracy=1.5)
