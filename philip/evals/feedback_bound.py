@@ -28,6 +28,7 @@ rounds cost.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,17 +158,26 @@ def blind_compute_ratio(cfg: BoundConfig, keep: Keep, round_cost: float) -> floa
     """A blind refiner's compute / re-roll compute (see the module doc), over ``cfg.blind_trials`` trials."""
     if not all(0.0 <= k <= 1.0 for k in keep):
         raise ValueError(f"keep probabilities must be in [0, 1], got {keep}")
+    return _against_rerolling(cfg, lambda rng, prompt, target, shape_p: _blind_cost(rng, cfg, target, shape_p, keep,
+                                                                                   round_cost))
+
+
+TrialCost = Callable[[random.Random, str, Target, float], float]  # (rng, prompt, target, P(right shape)) -> cost
+
+
+def _against_rerolling(cfg: BoundConfig, method: TrialCost) -> float:
+    """``method``'s compute over blind re-rolling's, both on the same ``cfg.blind_trials`` drawn trials."""
     rng = random.Random(cfg.seed)
-    blind = reroll = 0.0
+    total = reroll = 0.0
     for _ in range(cfg.blind_trials):
         prompt = rng.choice(PROMPTS)
         named = prompt != "a shape"
         fg, bg = rng.sample(COLOR_NAMES, 2)
         target = Target(fg, bg, prompt.removeprefix("a ") if named else rng.choice(TRAIN_SHAPES))
         shape_p = cfg.shape_accuracy if named else 1 / len(TRAIN_SHAPES)
-        blind += _blind_cost(rng, cfg, target, shape_p, keep, round_cost)
+        total += method(rng, prompt, target, shape_p)
         reroll += _reroll_cost(rng, cfg, shape_p)
-    return blind / reroll
+    return total / reroll
 
 
 def keep_from_agreement(agreement: float, chance: float) -> float:
@@ -235,18 +245,9 @@ def _asked_drawing(rng: random.Random, asked: tuple[str, str, str], colour_accur
 
 def explorer_compute_ratio(cfg: BoundConfig, beta: float = DEFAULT_BETA) -> float:
     """The prompt explorer's compute / re-roll compute (see the module doc), over ``cfg.blind_trials`` trials."""
-    rng = random.Random(cfg.seed)
     np_rng = np.random.default_rng(cfg.seed)
-    explorer = reroll = 0.0
-    for _ in range(cfg.blind_trials):
-        prompt = rng.choice(PROMPTS)
-        named = prompt != "a shape"
-        fg, bg = rng.sample(COLOR_NAMES, 2)
-        target = Target(fg, bg, prompt.removeprefix("a ") if named else rng.choice(TRAIN_SHAPES))
-        shape_p = cfg.shape_accuracy if named else 1 / len(TRAIN_SHAPES)
-        explorer += _explorer_cost(rng, np_rng, cfg, prompt, target, shape_p, beta)
-        reroll += _reroll_cost(rng, cfg, shape_p)
-    return explorer / reroll
+    return _against_rerolling(cfg, lambda rng, prompt, target, shape_p: _explorer_cost(rng, np_rng, cfg, prompt, target,
+                                                                                      shape_p, beta))
 
 
 def feedback_bound(cfg: BoundConfig, fabric_ratio: float, keep: Keep | None = None) -> dict[str, Any]:
