@@ -110,6 +110,9 @@ async def run_session(session: SessionClient, *, out_dir: Path, rounds: int | No
         c = current.compute
         say(f"round {current.number}: {len(current.images)} images -> {sheet} "
             f"(UNet evals {c.main_image_evals + c.reference_image_evals})")
+        if len({i.prompt for i in current.images}) > 1:  # exploration asked for captions: say which is which
+            for k, image in enumerate(current.images, start=1):
+                say(f"  {k}: {image.prompt}")
         picks: Picks | None = None
         index = current.number - 1
         if ask is None or index < len(likes) or index < len(dislikes):

@@ -23,6 +23,8 @@ def session_cmd(
     rounds: int | None = typer.Option(None, help="Stop after this round and finalize (scripted use)."),
     finalize: str = typer.Option("best", help="Image of the last round to upscale: best | N."),
     scale: int = typer.Option(0, help="Upscale factor; 0 = the upscaler's own (x4)."),
+    explore: float = typer.Option(0.0, min=0.0, max=1.0, help="Share of each round's images drawn from captions the "
+                                  "refiner asks for, learned from your picks (needs the model's prompt vocabulary)."),
     out: Path = typer.Option(Path("out/session"), help="Folder for contact sheets and the final image."),
     timeout: float = typer.Option(1800.0, help="Deadline for the whole session, seconds."),
 ) -> None:
@@ -36,7 +38,7 @@ def session_cmd(
     from philip.clients.generate import gateway_channel
     from philip.clients.session import SessionClient, SessionError
     from philip.clients.session_cli import resume_point, run_session
-    from philip.v1 import common_pb2, gateway_pb2_grpc
+    from philip.v1 import common_pb2, gateway_pb2_grpc, refiner_pb2
 
     if (prompt is None) == (resume is None):
         console.print("[red]give a PROMPT to start a session, or --resume ID to continue one (not both)[/red]")
@@ -67,7 +69,8 @@ def session_cmd(
         async with gateway_channel(gateway) as channel:
             stub = gateway_pb2_grpc.GatewayStub(channel)
             if params is not None:
-                session = await SessionClient.start(stub, params, timeout_s=timeout)
+                weights = refiner_pb2.FeedbackWeights(explore=explore) if explore else None
+                session = await SessionClient.start(stub, params, timeout_s=timeout, weights=weights)
             else:
                 session = await SessionClient.resume(stub, resume or "", timeout_s=timeout)
             session_id = session.session_id

@@ -18,7 +18,7 @@ the likes as the refiner does (image i from the (i mod likes)-th newest), and th
 eval's ``--user`` does. Sweeping ``keep`` gives the best any blind mechanism could reach at a cost;
 :func:`keep_from_agreement` turns the eval's measured parent-child agreement into ``keep``.
 
-A *prompt explorer* (:mod:`philip.evals.prompt_explorer`; :func:`explorer_compute_ratio`) is not blind
+A *prompt explorer* (:mod:`services.refiner.explore`; :func:`explorer_compute_ratio`) is not blind
 because it chose what to ask for: from round 2 on it writes each image's full caption from a posterior
 over the target that the user's choices feed. The model draws the asked colours with
 ``caption_colour_accuracy`` and the shape with ``caption_shape_accuracy``; its rounds cost what plain
@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 
 from philip.evals.feedback import PROMPTS, USERS, FeedbackConfig, Target
-from philip.evals.prompt_explorer import DEFAULT_BETA, PromptExplorer
-from philip.tiny.dataset import COLOR_NAMES, TRAIN_SHAPES
+from philip.tiny.dataset import COLOR_NAMES, TRAIN_SHAPES, prompt_vocabulary
 from philip.tiny.measure import Measurement
+from services.refiner.explore import DEFAULT_BETA, PromptExplorer, PromptVocabulary
 
 Keep = tuple[float, float, float]  # P(a child keeps its parent's fg, bg, shape)
 # The sweep of the best blind refiner: colours kept alike (nothing tells fg from bg), the shape apart.
@@ -209,7 +209,7 @@ def best_blind(cfg: BoundConfig, round_cost: float) -> dict[str, Any]:
 
 def _explorer_cost(rng: random.Random, np_rng: np.random.Generator, cfg: BoundConfig, prompt: str,
                    target: Target, shape_p: float, beta: float) -> float:
-    explorer = PromptExplorer(prompt, np_rng, beta)
+    explorer = PromptExplorer(PromptVocabulary.from_json(prompt_vocabulary()), prompt, np_rng, beta)
     seen, cost = 0, 0.0
     while seen < cfg.cap:
         if seen == 0:  # round 1 is the user's own prompt: the explorer cannot tell what its images show
@@ -229,11 +229,11 @@ def _explorer_cost(rng: random.Random, np_rng: np.random.Generator, cfg: BoundCo
     return cost
 
 
-def _asked_drawing(rng: random.Random, asked: tuple[str, str, str], colour_accuracy: float,
+def _asked_drawing(rng: random.Random, asked: tuple[str, ...], colour_accuracy: float,
                    shape_accuracy: float) -> Measurement:
     """What the model draws for a full caption: each asked colour with ``colour_accuracy``, the shape with
     ``shape_accuracy``; a missed attribute is another value (colours stay distinct)."""
-    fg, bg, shape = asked
+    fg, shape, bg = asked  # the vocabulary's slot order
     if rng.random() >= colour_accuracy:
         fg = rng.choice([c for c in COLOR_NAMES if c not in (fg, bg)])
     if rng.random() >= colour_accuracy:

@@ -64,6 +64,14 @@ def full_caption(fg: str, shape: str, bg: str) -> str:
     return f"a {fg} {shape} on a {bg} background"
 
 
+def prompt_vocabulary() -> dict[str, object]:
+    """The full captions as a prompt vocabulary (the model folder's ``prompt_vocabulary.json``, which
+    prompt exploration in the refiner reads); slots in the template's order."""
+    return {"template": full_caption("{fg}", "{shape}", "{bg}"),
+            "slots": {"fg": list(COLOR_NAMES), "shape": list(TRAIN_SHAPES), "bg": list(COLOR_NAMES)},
+            "distinct": [["fg", "bg"]]}
+
+
 def random_spec(
     rng: np.random.Generator,
     shape: str | None = None,

@@ -25,7 +25,7 @@ from diffusers import StableDiffusionPipeline
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from philip.tiny import architecture
-from philip.tiny.dataset import TRAIN_SEED, ShapesDataset, caption_for, render, to_array
+from philip.tiny.dataset import TRAIN_SEED, ShapesDataset, caption_for, prompt_vocabulary, render, to_array
 
 
 @dataclass
@@ -246,6 +246,7 @@ def export(cfg: TinyTrainConfig, vae: Any, scale: float, tokenizer: Any, text_en
     )
     pipe.save_pretrained(out, safe_serialization=True)
     (out / "philip_train.json").write_text(json.dumps(cfg.to_json(), indent=2))
+    (out / "prompt_vocabulary.json").write_text(json.dumps(prompt_vocabulary(), indent=2))
     return out
 
 

@@ -117,6 +117,7 @@ class RefineRequest(_message.Message):
     DISLIKED_FIELD_NUMBER: _builtins.int
     WEIGHTS_FIELD_NUMBER: _builtins.int
     ROUND_ID_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
     round_id: _builtins.str
     """Caller's id for the round (for logs and image ids), 0-128 characters; empty = generated."""
     @_builtins.property
@@ -137,6 +138,12 @@ class RefineRequest(_message.Message):
     def weights(self) -> Global___FeedbackWeights:
         """Feedback strength schedule and seed-steering diversity; absent fields take the defaults."""
 
+    @_builtins.property
+    def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___RoundChoice]:
+        """Every earlier round of the session with what was liked and disliked after it, oldest first
+        (0-100). Only prompt exploration (weights.explore > 0) reads it.
+        """
+
     def __init__(
         self,
         *,
@@ -145,14 +152,47 @@ class RefineRequest(_message.Message):
         disliked: _abc.Iterable[Global___FeedbackImage] | None = ...,
         weights: Global___FeedbackWeights | None = ...,
         round_id: _builtins.str = ...,
+        history: _abc.Iterable[Global___RoundChoice] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "weights", b"weights"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["disliked", b"disliked", "liked", b"liked", "params", b"params", "round_id", b"round_id", "weights", b"weights"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disliked", b"disliked", "history", b"history", "liked", b"liked", "params", b"params", "round_id", b"round_id", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RefineRequest: _TypeAlias = RefineRequest  # noqa: Y015
+
+@_typing.final
+class RoundChoice(_message.Message):
+    """One earlier round: the prompt each image was drawn from and the person's choice after it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMPTS_FIELD_NUMBER: _builtins.int
+    LIKED_FIELD_NUMBER: _builtins.int
+    DISLIKED_FIELD_NUMBER: _builtins.int
+    liked: _builtins.int
+    """Index of the liked image in `prompts`, -1 = none."""
+    disliked: _builtins.int
+    """Index of the disliked image in `prompts`, -1 = none."""
+    @_builtins.property
+    def prompts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Per image, in order (1-8 prompts, each 1-2000 characters)."""
+
+    def __init__(
+        self,
+        *,
+        prompts: _abc.Iterable[_builtins.str] | None = ...,
+        liked: _builtins.int = ...,
+        disliked: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disliked", b"disliked", "liked", b"liked", "prompts", b"prompts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoundChoice: _TypeAlias = RoundChoice  # noqa: Y015
 
 @_typing.final
 class RoundCompute(_message.Message):
@@ -193,8 +233,11 @@ class RoundImage(_message.Message):
     IMAGE_FIELD_NUMBER: _builtins.int
     ORIGIN_FIELD_NUMBER: _builtins.int
     STEERED_FROM_FIELD_NUMBER: _builtins.int
+    PROMPT_FIELD_NUMBER: _builtins.int
     steered_from: _builtins.str
     """Id of the liked image whose noise it started near; empty when it started from fresh noise."""
+    prompt: _builtins.str
+    """The prompt it was drawn from: the round's, or the caption prompt exploration asked for."""
     @_builtins.property
     def image(self) -> _common_pb2.Image:
         """The image (id, PNG, size, seed of its own fresh noise, index in the batch)."""
@@ -209,10 +252,11 @@ class RoundImage(_message.Message):
         image: _common_pb2.Image | None = ...,
         origin: Global___NoiseOrigin | None = ...,
         steered_from: _builtins.str = ...,
+        prompt: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "origin", b"origin"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "origin", b"origin", "steered_from", b"steered_from"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "origin", b"origin", "prompt", b"prompt", "steered_from", b"steered_from"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -304,6 +348,7 @@ class FeedbackWeights(_message.Message):
     MAX_WEIGHT_FIELD_NUMBER: _builtins.int
     NEG_SCALE_FIELD_NUMBER: _builtins.int
     DIVERSITY_FIELD_NUMBER: _builtins.int
+    EXPLORE_FIELD_NUMBER: _builtins.int
     start: _builtins.float
     """Fraction of the schedule (0-1) where feedback starts at max weight. Default 0.0."""
     end: _builtins.float
@@ -318,6 +363,11 @@ class FeedbackWeights(_message.Message):
     """0-1: how far the next round's noise may move away from the liked images' noise
     (0 = the liked noise itself, 1 = fresh noise). Default 0.5.
     """
+    explore: _builtins.float
+    """0-1: share of a round's images drawn from a full caption the refiner asks for, chosen from
+    a posterior over what the person wants that their earlier choices feed (prompt exploration;
+    needs the model folder's prompt_vocabulary.json). Default 0 (off).
+    """
     def __init__(
         self,
         *,
@@ -327,15 +377,18 @@ class FeedbackWeights(_message.Message):
         max_weight: _builtins.float | None = ...,
         neg_scale: _builtins.float | None = ...,
         diversity: _builtins.float | None = ...,
+        explore: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_diversity", b"_diversity", "_end", b"_end", "_max_weight", b"_max_weight", "_min_weight", b"_min_weight", "_neg_scale", b"_neg_scale", "_start", b"_start", "diversity", b"diversity", "end", b"end", "max_weight", b"max_weight", "min_weight", b"min_weight", "neg_scale", b"neg_scale", "start", b"start"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_diversity", b"_diversity", "_end", b"_end", "_explore", b"_explore", "_max_weight", b"_max_weight", "_min_weight", b"_min_weight", "_neg_scale", b"_neg_scale", "_start", b"_start", "diversity", b"diversity", "end", b"end", "explore", b"explore", "max_weight", b"max_weight", "min_weight", b"min_weight", "neg_scale", b"neg_scale", "start", b"start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_diversity", b"_diversity", "_end", b"_end", "_max_weight", b"_max_weight", "_min_weight", b"_min_weight", "_neg_scale", b"_neg_scale", "_start", b"_start", "diversity", b"diversity", "end", b"end", "max_weight", b"max_weight", "min_weight", b"min_weight", "neg_scale", b"neg_scale", "start", b"start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_diversity", b"_diversity", "_end", b"_end", "_explore", b"_explore", "_max_weight", b"_max_weight", "_min_weight", b"_min_weight", "_neg_scale", b"_neg_scale", "_start", b"_start", "diversity", b"diversity", "end", b"end", "explore", b"explore", "max_weight", b"max_weight", "min_weight", b"min_weight", "neg_scale", b"neg_scale", "start", b"start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__diversity: _TypeAlias = _typing.Literal["diversity"]  # noqa: Y015
     _WhichOneofArgType__diversity: _TypeAlias = _typing.Literal["_diversity", b"_diversity"]  # noqa: Y015
     _WhichOneofReturnType__end: _TypeAlias = _typing.Literal["end"]  # noqa: Y015
     _WhichOneofArgType__end: _TypeAlias = _typing.Literal["_end", b"_end"]  # noqa: Y015
+    _WhichOneofReturnType__explore: _TypeAlias = _typing.Literal["explore"]  # noqa: Y015
+    _WhichOneofArgType__explore: _TypeAlias = _typing.Literal["_explore", b"_explore"]  # noqa: Y015
     _WhichOneofReturnType__max_weight: _TypeAlias = _typing.Literal["max_weight"]  # noqa: Y015
     _WhichOneofArgType__max_weight: _TypeAlias = _typing.Literal["_max_weight", b"_max_weight"]  # noqa: Y015
     _WhichOneofReturnType__min_weight: _TypeAlias = _typing.Literal["min_weight"]  # noqa: Y015
@@ -348,6 +401,8 @@ class FeedbackWeights(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__diversity) -> _WhichOneofReturnType__diversity | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__end) -> _WhichOneofReturnType__end | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__explore) -> _WhichOneofReturnType__explore | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_weight) -> _WhichOneofReturnType__max_weight | None: ...
     @_typing.overload

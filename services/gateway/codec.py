@@ -23,6 +23,7 @@ from services.gateway.session_events import (
 )
 from services.gateway.sessions import params_of
 from services.generator.codec import params_to_pb
+from services.refiner.explore import RoundChoice
 
 _PHASES = {
     Phase.GENERATING: gateway_pb2.SESSION_PHASE_GENERATING,
@@ -51,14 +52,19 @@ def picture_to_pb(picture: Picture, image_id: str = "", seed: int = 0, index: in
 def image_to_pb(image: SessionImage) -> refiner_pb2.RoundImage:
     return refiner_pb2.RoundImage(
         image=picture_to_pb(image.picture, image.image_id, image.seed, image.index),
-        origin=trace_to_pb(image.origin), steered_from=image.steered_from,
+        origin=trace_to_pb(image.origin), steered_from=image.steered_from, prompt=image.prompt,
     )
 
 
 def image_from_pb(pb: refiner_pb2.RoundImage) -> SessionImage:
     img = pb.image
     return SessionImage(img.id, 0, img.index, img.seed, Picture(img.png, img.width, img.height),
-                        trace_from_pb(pb.origin), pb.steered_from)
+                        trace_from_pb(pb.origin), pb.steered_from, pb.prompt)
+
+
+def history_to_pb(choice: RoundChoice) -> refiner_pb2.RoundChoice:
+    return refiner_pb2.RoundChoice(prompts=choice.prompts, liked=-1 if choice.liked is None else choice.liked,
+                                   disliked=-1 if choice.disliked is None else choice.disliked)
 
 
 def compute_to_pb(compute: Compute) -> refiner_pb2.RoundCompute:

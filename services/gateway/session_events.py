@@ -9,6 +9,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from services.generator.requests import GenerationParams
+from services.refiner.explore import RoundChoice
 
 
 class Phase(StrEnum):
@@ -59,6 +60,7 @@ class SessionImage:
     picture: Picture
     origin: NoiseTrace
     steered_from: str = ""
+    prompt: str = ""  # what it was drawn from: the round's prompt or a caption prompt exploration asked for
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +194,7 @@ class Upstream(Protocol):
     def plain_round(self, params: GenerationParams, round_id: str) -> AsyncGenerator[RoundEvent, None]: ...
 
     def feedback_round(self, params: GenerationParams, round_id: str, liked: Sequence[SessionImage],
-                       disliked: Sequence[SessionImage],
-                       weights: dict[str, float]) -> AsyncGenerator[RoundEvent, None]: ...
+                       disliked: Sequence[SessionImage], weights: dict[str, float],
+                       history: Sequence[RoundChoice] = ()) -> AsyncGenerator[RoundEvent, None]: ...
 
     def upscale(self, picture: Picture, scale: int) -> AsyncIterator[UpscaleEvent]: ...

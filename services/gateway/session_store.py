@@ -23,6 +23,7 @@ from services.gateway.session_events import (
     SessionImage,
 )
 from services.generator.requests import GenerationParams
+from services.refiner.explore import RoundChoice
 
 SESSION_KIND = "session"
 IMAGE_KIND = "simage"
@@ -100,7 +101,7 @@ class SessionStore:
         await self.store.put_record(IMAGE_KIND, image.image_id, {
             "session_id": session_id, "round": image.round, "index": image.index, "seed": image.seed,
             "width": image.picture.width, "height": image.picture.height, "origin": image.origin.to_json(),
-            "steered_from": image.steered_from,
+            "steered_from": image.steered_from, "prompt": image.prompt,
         }, ttl_s=self.ttl_s)
 
     async def _load_image(self, image_id: str) -> SessionImage | None:
@@ -110,10 +111,24 @@ class SessionStore:
             return None
         return SessionImage(image_id, meta["round"], meta["index"], meta["seed"],
                             Picture(png, meta["width"], meta["height"]), NoiseTrace.from_json(meta["origin"]),
-                            meta["steered_from"])
+                            meta["steered_from"], meta.get("prompt", ""))
 
     async def _require_image(self, image_id: str) -> SessionImage:
         image = await self._load_image(image_id)
         if image is None:
             raise NotFound(f"image {image_id!r} has expired", field="image_id")
         return image
+
+    async def _history(self, record: dict[str, Any]) -> list[RoundChoice]:
+        """Each finished round's prompts with the first image liked and disliked in the feedback after it."""
+        choices = {c["round"]: c for c in record.get("choices", [])}
+        history = []
+        for entry in record["rounds"]:
+            images = [await self._load_image(i) for i in entry["image_ids"]]
+            if any(i is None for i in images) or entry["round"] not in choices:
+                continue  # expired images or no feedback after it: nothing to learn from that round
+            ids = list(entry["image_ids"])
+            picks = [next((ids.index(i) for i in choices[entry["round"]][k] if i in ids), None)
+                     for k in ("liked", "disliked")]
+            history.append(RoundChoice(tuple(i.prompt for i in images if i is not None), picks[0], picks[1]))
+        return history

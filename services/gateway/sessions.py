@@ -14,7 +14,8 @@ State machine::
     any non-terminal -cancel-> CANCELLED
 
 Round 1, and any round while nothing has been liked or disliked, is a plain batch from the
-generator; every other round goes to the refiner with all likes and dislikes so far.
+generator; every other round goes to the refiner with all likes and dislikes so far (and, when the
+session explores prompts, with every earlier round's prompts and the choice made after it).
 """
 
 from __future__ import annotations
@@ -83,12 +84,6 @@ ROUND_SEED_STRIDE = 1000  # round r draws from base_seed + (r - 1) * stride (+ i
 BUSY_WAIT_S = 300.0  # how long a round waits out full generator/refiner queues before it fails
 
 
-def check_weights(weights: dict[str, float]) -> dict[str, float]:
-    """The weights a client set, checked now so a bad one fails the start, not round 2."""
-    parse_weights(weights)
-    return dict(weights)
-
-
 class SessionManager(SessionStore):
     """Runs sessions against an :class:`Upstream`, keeping everything in the store."""
 
@@ -115,7 +110,7 @@ class SessionManager(SessionStore):
         if params.num_images > 8:
             raise InvalidArgument(f"num_images must be 1-8 (0 = default 4), got {params.num_images}",
                                   field="params.num_images")
-        weights = check_weights(weights)
+        parse_weights(weights)  # a bad one fails the start, not round 2
         base = params.seed if params.seed is not None else secrets.randbelow(MAX_SEED // 2)
         if not 0 <= base <= MAX_SEED - self.max_rounds * ROUND_SEED_STRIDE:
             raise InvalidArgument(f"seed must be in 0-{MAX_SEED - self.max_rounds * ROUND_SEED_STRIDE} "
@@ -125,7 +120,7 @@ class SessionManager(SessionStore):
         await self.quotas.acquire(SESSIONS, session_id, self.idle_s)
         record = {
             "phase": Phase.GENERATING.value, "params": params_to_json(dataclasses.replace(params, seed=None)),
-            "base_seed": base, "weights": weights, "rounds": [], "liked": [], "disliked": [], "chosen": "",
+            "base_seed": base, "weights": dict(weights), "rounds": [], "liked": [], "disliked": [], "chosen": "",
             "final": None, "running_round": 1, "event_id": "0-0", "created_ms": now_ms(),
             "heartbeat_ms": now_ms(), "tenant": current_tenant(),
         }
@@ -157,8 +152,10 @@ class SessionManager(SessionStore):
                         + [i for i in disliked if i not in record["disliked"]])
         number = rounds + 1
         await self.quotas.acquire(SESSIONS, session_id, self.idle_s, tenant=record.get("tenant", ""))
+        # Per round, what this message liked and disliked: prompt exploration learns from each round's choice.
+        choices = [*record.get("choices", []), {"round": rounds, "liked": list(liked), "disliked": list(disliked)}]
         fields: dict[str, Any] = {"liked": new_liked, "disliked": new_disliked, "phase": Phase.GENERATING.value,
-                                  "running_round": number, "heartbeat_ms": now_ms()}
+                                  "running_round": number, "heartbeat_ms": now_ms(), "choices": choices}
         if prompt is not None:
             fields["params"] = {**record["params"], "prompt": prompt}
         await self.store.update_record(SESSION_KIND, session_id, fields)
@@ -324,8 +321,10 @@ class SessionManager(SessionStore):
             {"phase": Phase.GENERATING.value, "running_round": number, "heartbeat_ms": now_ms()},
         )
         round_id = f"{session_id}-r{number}"
-        if liked or disliked:
-            events = self.upstream.feedback_round(params, round_id, liked, disliked, record["weights"])
+        explores = number > 1 and record["weights"].get("explore", 0.0) > 0
+        if liked or disliked or explores:
+            history = await self._history(record) if explores else []
+            events = self.upstream.feedback_round(params, round_id, liked, disliked, record["weights"], history)
         else:
             events = self.upstream.plain_round(params, round_id)
         # aclosing: a cancel that lands between events (e.g. in a store write) still closes the
@@ -343,7 +342,8 @@ class SessionManager(SessionStore):
                     break
         if output is None:  # the generation slot is free before anyone sees the images
             raise PhilipError(f"round {number} ended without images")
-        images = tuple(dataclasses.replace(img, round=number) for img in output.images)
+        images = tuple(dataclasses.replace(img, round=number, prompt=img.prompt or params.prompt)
+                       for img in output.images)
         for image in images:
             await self._save_image(session_id, image)
         entry = {"round": number, "image_ids": [i.image_id for i in images],

@@ -17,7 +17,7 @@ from philip.rpc.auth import tenant_metadata
 from philip.rpc.errors import Cancelled, PhilipError
 from philip.rpc.interceptor import REQUEST_ID_KEY
 from philip.v1 import common_pb2, generator_pb2, generator_pb2_grpc, refiner_pb2, refiner_pb2_grpc
-from services.gateway.codec import image_from_pb, picture_to_pb, trace_to_pb
+from services.gateway.codec import history_to_pb, image_from_pb, picture_to_pb, trace_to_pb
 from services.gateway.session_events import (
     Compute,
     NoiseTrace,
@@ -32,6 +32,7 @@ from services.gateway.session_events import (
 )
 from services.generator.codec import error_from_code, params_to_pb
 from services.generator.requests import DEFAULT_GUIDANCE, DEFAULT_STEPS, GenerationParams
+from services.refiner.explore import RoundChoice
 from services.refiner.weights import weights_to_pb
 
 
@@ -78,11 +79,12 @@ class GrpcUpstream:
             call.cancel()  # no-op when finished; otherwise stops the generator within one step
 
     async def feedback_round(self, params: GenerationParams, round_id: str, liked: Sequence[SessionImage],
-                             disliked: Sequence[SessionImage],
-                             weights: dict[str, float]) -> AsyncGenerator[RoundEvent, None]:
+                             disliked: Sequence[SessionImage], weights: dict[str, float],
+                             history: Sequence[RoundChoice] = ()) -> AsyncGenerator[RoundEvent, None]:
         request = refiner_pb2.RefineRequest(
             params=params_to_pb(params), liked=[_feedback_image(i) for i in liked],
             disliked=[_feedback_image(i) for i in disliked], weights=weights_to_pb(weights), round_id=round_id,
+            history=[history_to_pb(h) for h in history],
         )
         call = self.refiner.Refine(request, timeout=self.timeout_s, metadata=metadata())
         try:

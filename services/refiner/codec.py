@@ -9,12 +9,16 @@ from PIL import Image
 from philip.images import png_bytes
 from philip.rpc.errors import InvalidArgument
 from philip.v1 import common_pb2, generator_pb2, refiner_pb2
+from services.refiner.explore import RoundChoice
 from services.refiner.rounds import MAX_SEED, FeedbackImage, FeedbackRound, NoiseOrigin
 from services.refiner.service import PreviewReady, RefineEvent, RoundDone, RoundStarted, StepDone
 from services.refiner.upscale import UpscaledImage, UpscaleEvent, UpscaleProgress, decode_png
 
 MAX_ROUND_ID_CHARS = 128
 MAX_FEEDBACK_PIXELS = 1024 * 1024  # references are low-res round images
+MAX_HISTORY_ROUNDS = 100  # the gateway's round limit per session
+MAX_HISTORY_PROMPTS = 8  # images per round
+MAX_PROMPT_CHARS = 2000
 
 
 def origin_from_pb(pb: refiner_pb2.NoiseOrigin, field: str) -> NoiseOrigin:
@@ -40,6 +44,28 @@ def feedback_from_pb(images: list[refiner_pb2.FeedbackImage], name: str) -> list
     return out
 
 
+def history_from_pb(history: list[refiner_pb2.RoundChoice]) -> list[RoundChoice]:
+    """The session's earlier rounds and choices, checked: 0-100 rounds of 1-8 prompts, indices in range."""
+    if len(history) > MAX_HISTORY_ROUNDS:
+        raise InvalidArgument(f"history takes 0-{MAX_HISTORY_ROUNDS} rounds, got {len(history)}", field="history")
+    out = []
+    for i, pb in enumerate(history):
+        field = f"history[{i}]"
+        prompts = tuple(pb.prompts)
+        if not 1 <= len(prompts) <= MAX_HISTORY_PROMPTS or any(not 1 <= len(p) <= MAX_PROMPT_CHARS for p in prompts):
+            raise InvalidArgument(f"{field}.prompts takes 1-{MAX_HISTORY_PROMPTS} prompts of 1-{MAX_PROMPT_CHARS} "
+                                  "characters", field=f"{field}.prompts")
+        picks = []
+        for name in ("liked", "disliked"):
+            index = getattr(pb, name)
+            if not -1 <= index < len(prompts):
+                raise InvalidArgument(f"{field}.{name} must be -1 (none) or 0-{len(prompts) - 1}, got {index}",
+                                      field=f"{field}.{name}")
+            picks.append(index if index >= 0 else None)
+        out.append(RoundChoice(prompts, picks[0], picks[1]))
+    return out
+
+
 def round_id_from_pb(round_id: str) -> str:
     if len(round_id) > MAX_ROUND_ID_CHARS:
         raise InvalidArgument(f"round_id takes 0-{MAX_ROUND_ID_CHARS} characters, got {len(round_id)}",
@@ -61,7 +87,8 @@ def result_to_pb(result: FeedbackRound) -> refiner_pb2.RoundResult:
     c = result.compute
     return refiner_pb2.RoundResult(
         images=[refiner_pb2.RoundImage(image=_picture(i.image, i.index, i.seed, f"img_{uuid.uuid4().hex}"),
-                                       origin=_origin_to_pb(i.origin), steered_from=i.steered_from or "")
+                                       origin=_origin_to_pb(i.origin), steered_from=i.steered_from or "",
+                                       prompt=i.prompt)
                 for i in result.images],
         compute=refiner_pb2.RoundCompute(steps=c.steps, main_image_evals=c.main_image_evals,
                                          reference_image_evals=c.reference_image_evals),

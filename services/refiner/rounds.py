@@ -41,7 +41,8 @@ from philip.models.adapters import AdapterSwitch, activate_adapters
 from philip.models.pipelines import SCHEDULERS, make_scheduler
 from philip.previews import PreviewEncoder, UNetCapture, decode_latents, x0_estimate
 from philip.priority import DEVICE
-from philip.rpc.errors import Cancelled, InvalidArgument
+from philip.rpc.errors import Cancelled, FailedPrecondition, InvalidArgument
+from services.refiner.explore import VOCABULARY_FILE, PromptVocabulary, RoundChoice, explored_prompts
 from services.refiner.fabric import FabricConditioner, FeedbackWeights, encode_images
 from services.refiner.seeds import steer_noise
 
@@ -106,10 +107,15 @@ class Feedback:
     disliked: tuple[FeedbackImage, ...] = ()
     weights: FeedbackWeights = field(default_factory=FeedbackWeights)
     diversity: float = 0.5
+    # Share of the images drawn from captions prompt exploration asks for, from the session's history.
+    explore: float = 0.0
+    history: tuple[RoundChoice, ...] = ()
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.diversity <= 1.0:  # also rejects NaN
-            raise InvalidArgument(f"diversity must be in [0, 1], got {self.diversity}", field="diversity")
+        for name in ("diversity", "explore"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:  # also rejects NaN
+                raise InvalidArgument(f"{name} must be in [0, 1], got {value}", field=name)
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,7 @@ class RoundImage:
     index: int
     origin: NoiseOrigin
     steered_from: str | None = None  # image_id of the liked image whose noise this one started near
+    prompt: str = ""  # the prompt it was drawn from: the round's, or an explored caption
 
     @property
     def seed(self) -> int:
@@ -163,8 +170,9 @@ class RoundRunner:
     """Runs feedback rounds on one pipeline; caches reference latents by image id."""
 
     def __init__(self, pipe: Any, *, previews: PreviewEncoder | None = None, cache_size: int = 256,
-                 adapters: AdapterSwitch | None = None) -> None:
+                 adapters: AdapterSwitch | None = None, vocabulary: PromptVocabulary | None = None) -> None:
         self.pipe = pipe
+        self.vocabulary = vocabulary  # the model's prompt vocabulary: prompt exploration needs one
         self.previews = previews
         self.adapters = adapters
         self.cache_size = cache_size
@@ -242,6 +250,7 @@ class RoundRunner:
                  params.height // int(pipe.vae_scale_factor), params.width // int(pipe.vae_scale_factor))
         plan = self._plan(params, feedback, shape)
         noise = torch.cat([n for _, n, _ in plan]).to(device=pipe.device, dtype=pipe.unet.dtype)
+        prompts = self._prompts(params, feedback)
         liked = self._encode(feedback.liked, params)
         disliked = self._encode(feedback.disliked, params)
         steps_done = 0
@@ -267,7 +276,7 @@ class RoundRunner:
                                    empty_prompt_embeds=self._empty_prompt_embeds(), seed=params.seed) as fab, \
                     torch.inference_mode():
                 latents = pipe(
-                    prompt=[params.prompt] * params.num_images,
+                    prompt=prompts,
                     negative_prompt=[params.negative_prompt] * params.num_images,
                     width=params.width,
                     height=params.height,
@@ -289,9 +298,9 @@ class RoundRunner:
         compute = RoundCompute(steps=fab.main_calls, main_image_evals=main,
                                reference_image_evals=fab.unet_image_evals - main)
         images = tuple(
-            RoundImage(image=image, index=i, origin=origin, steered_from=parent)
-            for i, (image, (origin, _, _), parent) in enumerate(
-                zip(pil_images, plan, self._parents(params, feedback), strict=True))
+            RoundImage(image=image, index=i, origin=origin, steered_from=parent, prompt=prompt)
+            for i, (image, (origin, _, _), parent, prompt) in enumerate(
+                zip(pil_images, plan, self._parents(params, feedback), prompts, strict=True))
         )
         return FeedbackRound(images=images, compute=compute)
 
@@ -300,6 +309,17 @@ class RoundRunner:
     @staticmethod
     def _likes_newest_first(feedback: Feedback) -> list[FeedbackImage]:
         return list(reversed(feedback.liked))
+
+    def _prompts(self, params: RoundParams, feedback: Feedback) -> list[str]:
+        """The first ``explore`` share of the images ask for explored captions; the rest take the round's prompt."""
+        n = round(feedback.explore * params.num_images)
+        if n == 0:
+            return [params.prompt] * params.num_images
+        if self.vocabulary is None:
+            raise FailedPrecondition(f"weights.explore needs the model folder's {VOCABULARY_FILE}; the served model "
+                                     "has none (leave explore at 0)", field="weights.explore")
+        explored = explored_prompts(self.vocabulary, params.prompt, feedback.history, n, params.seed)
+        return explored + [params.prompt] * (params.num_images - len(explored))
 
     def _parents(self, params: RoundParams, feedback: Feedback) -> list[str | None]:
         likes = self._likes_newest_first(feedback)

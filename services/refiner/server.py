@@ -31,7 +31,8 @@ class RefinerServicer(refiner_pb2_grpc.RefinerServiceServicer):
         with bind_ids(round_id=round_id):
             job = self.refiner.job(params_from_pb(request.params), codec.feedback_from_pb(list(request.liked), "liked"),
                                    codec.feedback_from_pb(list(request.disliked), "disliked"),
-                                   weights_from_pb(request.weights), round_id)
+                                   weights_from_pb(request.weights), round_id,
+                                   codec.history_from_pb(list(request.history)))
             events = self.refiner.refine(job)
             try:
                 async for event in events:
@@ -53,13 +54,15 @@ def open_refiner(settings: Settings) -> Refiner:
     from philip.models.pipelines import SCHEDULERS, load_pipeline, native_size
     from philip.models.upscaler import OnnxUpscaler
     from philip.previews import PreviewEncoder
+    from services.refiner.explore import PromptVocabulary
     from services.refiner.rounds import RoundRunner
     from services.refiner.upscale import Upscaler
 
     torch.set_num_threads(settings.torch_threads)
     pipe = load_pipeline(settings.model_dir, settings.device)
     runner = RoundRunner(pipe, previews=PreviewEncoder.for_pipeline(pipe, settings.model_dir),
-                         adapters=AdapterSwitch(pipe, settings.adapters_dir, settings.adapter_cache))
+                         adapters=AdapterSwitch(pipe, settings.adapters_dir, settings.adapter_cache),
+                         vocabulary=PromptVocabulary.load(settings.model_dir))
     resolver = RequestResolver(native_size=native_size(pipe), schedulers=tuple(SCHEDULERS),
                                styles=load_styles(settings.styles_path), adapters_dir=settings.adapters_dir)
     upscaler = Upscaler(OnnxUpscaler(settings.upscaler_path, providers=settings.onnx_providers))

@@ -18,6 +18,7 @@ from PIL import Image
 
 from philip.rpc.errors import InvalidArgument, ResourceExhausted
 from services.generator.requests import GenerationParams, RequestResolver
+from services.refiner.explore import RoundChoice
 from services.refiner.rounds import Feedback, FeedbackImage, FeedbackRound, RoundParams, RoundRunner
 from services.refiner.upscale import UpscaleEvent, Upscaler
 from services.refiner.weights import parse_weights
@@ -76,15 +77,16 @@ class Refiner:
         self.runner.close()
 
     def job(self, params: GenerationParams, liked: Sequence[FeedbackImage], disliked: Sequence[FeedbackImage],
-            weights: dict[str, float], round_id: str = "") -> RefineJob:
+            weights: dict[str, float], round_id: str = "", history: Sequence[RoundChoice] = ()) -> RefineJob:
         """Resolve ``params`` with the generator's rules and check the feedback."""
         request = self.resolver.resolve(params)
         for name, refs in (("liked", liked), ("disliked", disliked)):
             if len(refs) > MAX_REFERENCES:
                 raise InvalidArgument(f"{name} takes 0-{MAX_REFERENCES} images (the most recent), got {len(refs)}",
                                       field=name)
-        schedule, diversity = parse_weights(weights)
-        feedback = Feedback(liked=tuple(liked), disliked=tuple(disliked), weights=schedule, diversity=diversity)
+        schedule, diversity, explore = parse_weights(weights)
+        feedback = Feedback(liked=tuple(liked), disliked=tuple(disliked), weights=schedule, diversity=diversity,
+                            explore=explore, history=tuple(history))
         round_params = RoundParams(
             prompt=request.prompt, negative_prompt=request.negative_prompt, width=request.width,
             height=request.height, steps=request.steps, guidance=request.guidance, scheduler=request.scheduler,

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from philip.rpc.errors import InvalidArgument
 from philip.v1 import refiner_pb2
 
-WEIGHT_FIELDS = ("start", "end", "min_weight", "max_weight", "neg_scale", "diversity")
+WEIGHT_FIELDS = ("start", "end", "min_weight", "max_weight", "neg_scale", "diversity", "explore")
 DEFAULT_DIVERSITY = 0.5
+NOT_SCHEDULE = ("diversity", "explore")  # the fields that steer noise and prompts, not FABRIC's weights
 
 
 @dataclass(frozen=True)
@@ -52,20 +53,23 @@ def _check_range(name: str, value: float, low: float, high: float) -> None:
         raise ValueError(f"{name} must be in [{low}, {upper}, got {value}")
 
 
-def parse_weights(weights: dict[str, float]) -> tuple[FeedbackWeights, float]:
-    """The schedule and the seed-steering diversity from the fields a client set; INVALID_ARGUMENT if bad."""
+def parse_weights(weights: dict[str, float]) -> tuple[FeedbackWeights, float, float]:
+    """The schedule, the seed-steering diversity and the share of images that explore prompts, from the
+    fields a client set; INVALID_ARGUMENT if bad."""
     unknown = set(weights) - set(WEIGHT_FIELDS)
     if unknown:
         raise InvalidArgument(f"weights has unknown fields {sorted(unknown)}; known: {', '.join(WEIGHT_FIELDS)}",
                               field="weights")
     try:
-        schedule = FeedbackWeights(**{k: v for k, v in weights.items() if k != "diversity"})
+        schedule = FeedbackWeights(**{k: v for k, v in weights.items() if k not in NOT_SCHEDULE})
     except ValueError as exc:
         raise InvalidArgument(f"weights: {exc}", field="weights") from None
     diversity = weights.get("diversity", DEFAULT_DIVERSITY)
-    if not 0.0 <= diversity <= 1.0:
-        raise InvalidArgument(f"weights.diversity must be in [0, 1], got {diversity}", field="weights.diversity")
-    return schedule, diversity
+    explore = weights.get("explore", 0.0)
+    for name, value in (("diversity", diversity), ("explore", explore)):
+        if not 0.0 <= value <= 1.0:
+            raise InvalidArgument(f"weights.{name} must be in [0, 1], got {value}", field=f"weights.{name}")
+    return schedule, diversity, explore
 
 
 def weights_from_pb(pb: refiner_pb2.FeedbackWeights) -> dict[str, float]:

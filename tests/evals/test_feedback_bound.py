@@ -95,9 +95,9 @@ def test_a_prompt_explorer_that_knows_what_it_asked_for_beats_every_blind_refine
 
 def test_the_explorers_drawing_and_its_arguments() -> None:
     rng = random.Random(0)
-    assert _asked_drawing(rng, ("red", "blue", "circle"), 1.0, 1.0) == Measurement("red", "blue", "circle", 0, 0, 0)
+    assert _asked_drawing(rng, ("red", "circle", "blue"), 1.0, 1.0) == Measurement("red", "blue", "circle", 0, 0, 0)
     for _ in range(50):
-        m = _asked_drawing(rng, ("red", "blue", "circle"), 0.0, 0.0)
+        m = _asked_drawing(rng, ("red", "circle", "blue"), 0.0, 0.0)
         assert m.fg != m.bg and m.fg != "red" and m.bg != "blue" and m.shape != "circle"
     with pytest.raises(ValueError, match="beta"):
         explorer_compute_ratio(BLIND, beta=0.0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -145,6 +146,41 @@ async def test_a_whole_session_likes_dislikes_and_upscales(deployment: Deploymen
     replay = [e.session async for e in deployment.stub.Subscribe(gateway_pb2.SubscribeRequest(session_id=session_id))]
     assert [e.round for e in replay if e.WhichOneof("event") == "round_images"] == [1, 2]
     assert replay[-1].WhichOneof("event") == "final" and replay[-1].final.image.png == final.image.png
+
+
+async def test_prompt_exploration_asks_for_captions_from_the_choices(deployment: Deployment, tmp_path: Path) -> None:
+    call = deployment.stub.Session()
+    weights = refiner_pb2.FeedbackWeights(explore=0.5, max_weight=0.0, min_weight=0.0)
+    params = common_pb2.GenerationParams(prompt="a circle", num_images=4, steps=4, seed=5)
+    await call.write(Msg(start=gateway_pb2.SessionStart(params=params, weights=weights)))
+    round1 = (await read_until(call, "round_images", round_number=1))[-1].round_images
+    assert [i.prompt for i in round1.images] == ["a circle"] * 4
+    # Nothing liked: exploration alone still sends round 2 to the refiner, which asks for 2 of 4 captions.
+    await call.write(Msg(feedback=gateway_pb2.SessionFeedback(disliked_image_ids=[round1.images[3].image.id])))
+    round2 = (await read_until(call, "round_images", round_number=2))[-1].round_images
+    asked = [i.prompt for i in round2.images[:2]]
+    assert all(re.fullmatch(r"a \w+ circle on a \w+ background", p) for p in asked) and len(set(asked)) == 2
+    assert [i.prompt for i in round2.images[2:]] == ["a circle"] * 2
+    assert round2.compute.reference_image_evals == 0  # FABRIC off: exploration costs no reference passes
+    await call.write(Msg(feedback=gateway_pb2.SessionFeedback(liked_image_ids=[round2.images[0].image.id],
+                                                              disliked_image_ids=[round2.images[1].image.id])))
+    round3 = (await read_until(call, "round_images", round_number=3))[-1].round_images
+    assert all(re.fullmatch(r"a \w+ circle on a \w+ background", i.prompt) for i in round3.images[:2])
+    await call.write(Msg(cancel=gateway_pb2.SessionCancel()))
+    await call.done_writing()
+
+    # `philip session --explore 0.5` says which caption each image of an exploring round was drawn from.
+    from philip.clients.session import SessionClient
+    from philip.clients.session_cli import run_session
+
+    said: list[str] = []
+    session = await SessionClient.start(deployment.stub, params, weights=weights)
+    await run_session(session, out_dir=tmp_path, rounds=2, likes=["1"], dislikes=["2"], finalize="1", scale=0,
+                      ask=None, say=said.append)
+    await session.close()
+    captions = [line for line in said if line.startswith("  ")]  # round 1 is all "a circle": no lines
+    assert len(captions) == 4 and captions[2:] == ["  3: a circle", "  4: a circle"]
+    assert re.fullmatch(r"  1: a \w+ circle on a \w+ background", captions[0])
 
 
 async def test_a_client_that_lost_its_connection_resumes(deployment: Deployment) -> None:

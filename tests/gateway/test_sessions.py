@@ -32,6 +32,7 @@ from services.gateway.session_events import (
 )
 from services.gateway.sessions import SessionManager
 from services.generator.requests import GenerationParams
+from services.refiner.explore import RoundChoice
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 
@@ -51,6 +52,7 @@ class ScriptedUpstream:
         self.fail_next: Exception | None = None
         self.full_for = 0  # the next this many rounds find the queue full
         self.cancelled = 0
+        self.histories: list[list[RoundChoice]] = []  # what each feedback round was told of earlier rounds
 
     async def _round(self, kind: str, params: GenerationParams, round_id: str, liked: Sequence[SessionImage],
                      disliked: Sequence[SessionImage]) -> AsyncGenerator[RoundEvent, None]:
@@ -80,7 +82,9 @@ class ScriptedUpstream:
         return self._round("plain", params, round_id, (), ())
 
     def feedback_round(self, params: GenerationParams, round_id: str, liked: Sequence[SessionImage],
-                       disliked: Sequence[SessionImage], weights: dict[str, float]) -> AsyncGenerator[RoundEvent, None]:
+                       disliked: Sequence[SessionImage], weights: dict[str, float],
+                       history: Sequence[RoundChoice] = ()) -> AsyncGenerator[RoundEvent, None]:
+        self.histories.append(list(history))
         return self._round("feedback", params, round_id, liked, disliked)
 
     async def upscale(self, picture: Picture, scale: int) -> AsyncIterator[UpscaleEvent]:
@@ -165,6 +169,30 @@ async def test_a_whole_session_keeps_everything_in_the_store(manager: SessionMan
     assert view.phase is Phase.DONE and [r.round for r in view.rounds] == [1, 2]
     assert view.liked == (liked,) and view.disliked == (disliked,) and view.chosen == second.images[1].image.id
     assert view.final is not None and Image.open(io.BytesIO(view.final.picture.png)).size == (32, 32)
+
+
+async def test_exploring_sessions_tell_the_refiner_each_rounds_prompts_and_choice(manager: SessionManager,
+                                                                                  upstream: ScriptedUpstream) -> None:
+    sid = await manager.start(GenerationParams(prompt="a circle", num_images=3, seed=1), {"explore": 1.0})
+    first = await _round_done(manager, sid, 1)
+    assert [i.prompt for i in first.images] == ["a circle"] * 3  # a plain round's images keep the round's prompt
+    ids = [i.image.id for i in first.images]
+    await manager.feedback(sid, [], [ids[2]])  # no like: exploration alone still asks the refiner
+    second = await _round_done(manager, sid, 2)
+    assert upstream.calls[1][0] == "feedback"
+    assert upstream.histories[0] == [RoundChoice(("a circle",) * 3, None, 2)]
+    later = [i.image.id for i in second.images]
+    await manager.feedback(sid, [later[1], ids[0]], [])  # the first of the round's own images counts
+    await _round_done(manager, sid, 3)
+    assert upstream.histories[1] == [RoundChoice(("a circle",) * 3, None, 2), RoundChoice(("a circle",) * 3, 1, None)]
+    # Without exploration, history is not gathered.
+    plain = await manager.start(GenerationParams(prompt="a circle", num_images=2, seed=1), {})
+    one = await _round_done(manager, plain, 1)
+    await manager.feedback(plain, [one.images[0].image.id], [])
+    await _round_done(manager, plain, 2)
+    assert upstream.histories[2] == []
+    with pytest.raises(InvalidArgument, match=r"weights\.explore must be in \[0, 1\]"):
+        await manager.start(GenerationParams(prompt="a circle"), {"explore": 1.5})
 
 
 async def test_events_arrive_in_order_with_previews_before_images(manager: SessionManager) -> None:

@@ -15,7 +15,9 @@ from PIL import Image
 
 import services.refiner.rounds as rounds
 from philip.models.pipelines import make_scheduler
-from philip.rpc.errors import Cancelled, InvalidArgument
+from philip.rpc.errors import Cancelled, FailedPrecondition, InvalidArgument
+from philip.tiny.dataset import prompt_vocabulary
+from services.refiner.explore import PromptVocabulary, RoundChoice
 from services.refiner.fabric import FeedbackWeights
 from services.refiner.rounds import Feedback, FeedbackImage, NoiseOrigin, RoundParams, RoundRunner
 from services.refiner.seeds import initial_noise
@@ -210,3 +212,36 @@ def test_bad_diversity_names_the_field() -> None:
 
 def _blank() -> Image.Image:
     return Image.new("RGB", (128, 128), (200, 30, 30))
+
+
+def test_exploration_draws_its_share_of_the_images_from_asked_captions(tiny_pipe: Any,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    encoded: list[list[str]] = []
+    original = tiny_pipe.encode_prompt
+
+    def spy(prompt: Any, *args: Any, **kwargs: Any) -> Any:
+        encoded.append(list(prompt))
+        return original(prompt, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_pipe, "encode_prompt", spy)
+    vocabulary = PromptVocabulary.from_json(prompt_vocabulary())
+    runner = RoundRunner(tiny_pipe, vocabulary=vocabulary)
+    params = dataclasses.replace(PARAMS, prompt="a circle", num_images=4, steps=2, width=64, height=64)
+    history = (RoundChoice(("a circle",) * 4, 0, 1),)
+    try:
+        out = runner.run(params, Feedback(weights=NO_FABRIC, explore=0.5, history=history))
+        prompts = [i.prompt for i in out.images]
+        assert encoded[-1] == prompts  # what each image says it was drawn from is what the UNet was given
+        assert all(vocabulary.parse(p) is not None and "circle" in p for p in prompts[:2])
+        assert prompts[2:] == ["a circle"] * 2
+        assert out.compute.reference_image_evals == 0
+        with pytest.raises(InvalidArgument, match="explore"):
+            Feedback(explore=1.5)
+    finally:
+        runner.close()
+    plain = RoundRunner(tiny_pipe)  # a model folder without a prompt vocabulary
+    try:
+        with pytest.raises(FailedPrecondition, match="vocabulary"):
+            plain.run(params, Feedback(explore=1.0))
+    finally:
+        plain.close()
