@@ -1,10 +1,12 @@
 """Feedback rounds: round n+1 of a prompt from the likes and dislikes of rounds 1..n.
 
-A round is one plain ``StableDiffusionPipeline`` call with two extension points plugged in:
+A round is one plain ``StableDiffusionPipeline`` call with these plugged in:
 * :class:`~services.refiner.fabric.FabricConditioner` lets the images attend to the liked and
   disliked images (FABRIC), and counts the UNet work, reference passes included;
 * the initial latents are steered (:func:`~services.refiner.seeds.steer_noise`) from the liked
-  images' own initial noise, so liked compositions are revisited with ``diversity`` of variation.
+  images' own initial noise, so liked compositions are revisited with ``diversity`` of variation;
+* with ``explore`` > 0, that share of the images is drawn from full captions prompt exploration
+  asks for (:func:`~services.refiner.explore.explored_prompts`), the rest from the round's prompt.
 
 Every image's initial noise is recorded as a :class:`NoiseOrigin` (a seed plus the chain of
 steering steps that led to it), from which :meth:`NoiseOrigin.noise` redraws it exactly, so a
