@@ -52,6 +52,7 @@ class FabricAttnProcessor:
       image); reference probabilities are scaled by a weight and renormalised, i.e. ``log w``
       is added to those logits. With CFG the first half of the batch (unconditional) gets the
       disliked tokens and the second (conditional) the liked ones; without, all get the liked.
+      The first ``exempt`` images (of each half) attend to themselves only.
     """
 
     def __init__(self, base: Any | None = None) -> None:
@@ -63,8 +64,10 @@ class FabricAttnProcessor:
         self.pos_weight = 0.0
         self.neg_weight = 0.0
         self.split_cfg = False
+        self.exempt = 0
 
-    def inject(self, n_liked: int, n_disliked: int, pos_weight: float, neg_weight: float, split_cfg: bool) -> None:
+    def inject(self, n_liked: int, n_disliked: int, pos_weight: float, neg_weight: float, split_cfg: bool,
+               exempt: int = 0) -> None:
         """Switch to ``inject``: the first ``n_liked`` recorded rows are likes, the next ``n_disliked`` dislikes."""
         if self.recorded is None or self.recorded.shape[0] < n_liked + n_disliked:
             raise RuntimeError("inject needs a reference pass recorded first")
@@ -72,6 +75,7 @@ class FabricAttnProcessor:
         self.n_liked, self.n_disliked = n_liked, n_disliked
         self.pos_weight, self.neg_weight = pos_weight, neg_weight
         self.split_cfg = split_cfg
+        self.exempt = exempt
 
     def reset(self) -> None:
         """Back to ``off`` and drop the recorded tokens."""
@@ -107,18 +111,20 @@ class FabricAttnProcessor:
         if self.split_cfg:
             half = x.shape[0] // 2
             out = torch.cat(
-                [_attend(attn, x[:half], disliked, self.neg_weight), _attend(attn, x[half:], liked, self.pos_weight)]
+                [_attend(attn, x[:half], disliked, self.neg_weight, self.exempt),
+                 _attend(attn, x[half:], liked, self.pos_weight, self.exempt)]
             )
         else:
-            out = _attend(attn, x, liked, self.pos_weight)
+            out = _attend(attn, x, liked, self.pos_weight, self.exempt)
         out = attn.to_out[1](attn.to_out[0](out))  # projection, dropout
         if attn.residual_connection:
             out = out + x
         return out / attn.rescale_output_factor
 
 
-def _attend(attn: Any, x: torch.Tensor, refs: torch.Tensor, weight: float) -> torch.Tensor:
-    """Multi-head attention of ``x``'s tokens over themselves plus ``refs`` (1, M, C) weighted by ``weight``."""
+def _attend(attn: Any, x: torch.Tensor, refs: torch.Tensor, weight: float, exempt: int = 0) -> torch.Tensor:
+    """Multi-head attention of ``x``'s tokens over themselves plus ``refs`` (1, M, C) weighted by ``weight``;
+    the first ``exempt`` images do not see ``refs``."""
     batch, own = x.shape[:2]
     query, key, value = attn.to_q(x), attn.to_k(x), attn.to_v(x)
     bias = None
@@ -126,8 +132,9 @@ def _attend(attn: Any, x: torch.Tensor, refs: torch.Tensor, weight: float) -> to
         # Project the shared references once, then broadcast over the images.
         key = torch.cat([key, attn.to_k(refs).expand(batch, -1, -1)], dim=1)
         value = torch.cat([value, attn.to_v(refs).expand(batch, -1, -1)], dim=1)
-        bias = torch.zeros(1, 1, 1, key.shape[1], dtype=query.dtype, device=query.device)
+        bias = torch.zeros(1 if not exempt else batch, 1, 1, key.shape[1], dtype=query.dtype, device=query.device)
         bias[..., own:] = math.log(weight) if weight > 0 else -math.inf  # p_ref *= w, renormalised
+        bias[:exempt, ..., own:] = -math.inf
     head_dim = key.shape[-1] // attn.heads
     query, key, value = (t.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for t in (query, key, value))
     if attn.norm_q is not None:
@@ -153,8 +160,10 @@ class FabricConditioner:
         weights: FeedbackWeights | None = None,
         empty_prompt_embeds: torch.Tensor | None = None,
         seed: int = 0,
+        exempt: int = 0,
     ) -> None:
         self.pipe = pipe
+        self.exempt = exempt  # the first images of the batch (explored captions) are not conditioned
         self.unet: Any = pipe.unet
         channels = int(self.unet.config.in_channels)
         self.liked = _references("liked", liked, channels)
@@ -226,7 +235,7 @@ class FabricConditioner:
             return
         self._record(self.liked[:n_liked], self.disliked[:n_disliked], sample, timestep, kwargs)
         for proc in self.processors.values():
-            proc.inject(n_liked, n_disliked, pos_w, neg_w, split_cfg)
+            proc.inject(n_liked, n_disliked, pos_w, neg_w, split_cfg, self.exempt)
 
     def _record(
         self, liked: torch.Tensor, disliked: torch.Tensor, sample: torch.Tensor, timestep: Any, kwargs: dict[str, Any]

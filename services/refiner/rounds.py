@@ -252,9 +252,11 @@ class RoundRunner:
                  params.height // int(pipe.vae_scale_factor), params.width // int(pipe.vae_scale_factor))
         plan = self._plan(params, feedback, shape)
         noise = torch.cat([n for _, n, _ in plan]).to(device=pipe.device, dtype=pipe.unet.dtype)
-        prompts = self._prompts(params, feedback)
-        liked = self._encode(feedback.liked, params)
-        disliked = self._encode(feedback.disliked, params)
+        explored = round(feedback.explore * params.num_images)
+        prompts = self._prompts(params, feedback, explored)
+        # Explored images show what their caption asks for: FABRIC would pull them toward the likes.
+        liked = self._encode(feedback.liked, params) if explored < params.num_images else None
+        disliked = self._encode(feedback.disliked, params) if explored < params.num_images else None
         steps_done = 0
 
         def on_step_end(pipe: Any, i: int, t: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -275,7 +277,8 @@ class RoundRunner:
         pipe.scheduler = make_scheduler(pipe, params.scheduler)
         try:
             with FabricConditioner(pipe, liked=liked, disliked=disliked, weights=feedback.weights,
-                                   empty_prompt_embeds=self._empty_prompt_embeds(), seed=params.seed) as fab, \
+                                   empty_prompt_embeds=self._empty_prompt_embeds(), seed=params.seed,
+                                   exempt=explored) as fab, \
                     torch.inference_mode():
                 latents = pipe(
                     prompt=prompts,
@@ -312,9 +315,8 @@ class RoundRunner:
     def _likes_newest_first(feedback: Feedback) -> list[FeedbackImage]:
         return list(reversed(feedback.liked))
 
-    def _prompts(self, params: RoundParams, feedback: Feedback) -> list[str]:
-        """The first ``explore`` share of the images ask for explored captions; the rest take the round's prompt."""
-        n = round(feedback.explore * params.num_images)
+    def _prompts(self, params: RoundParams, feedback: Feedback, n: int) -> list[str]:
+        """The first ``n`` images ask for explored captions; the rest take the round's prompt."""
         if n == 0:
             return [params.prompt] * params.num_images
         if self.vocabulary is None:

@@ -245,3 +245,22 @@ def test_exploration_draws_its_share_of_the_images_from_asked_captions(tiny_pipe
             plain.run(params, Feedback(explore=1.0))
     finally:
         plain.close()
+
+
+def test_fabric_conditions_only_the_images_exploration_did_not_ask_for(tiny_pipe: Any) -> None:
+    runner = RoundRunner(tiny_pipe, vocabulary=PromptVocabulary.from_json(prompt_vocabulary()))
+    params = dataclasses.replace(PARAMS, prompt="a circle", num_images=4)
+    refs = (FeedbackImage("a", _blank(), NoiseOrigin(7)),)
+    history = (RoundChoice(("a circle",) * 4, 0, 1),)
+    try:
+        fabric = runner.run(params, Feedback(liked=refs, disliked=refs, explore=0.5, history=history))
+        plain = runner.run(params, Feedback(liked=refs, disliked=refs, weights=NO_FABRIC, explore=0.5,
+                                            history=history))
+        everything = runner.run(params, Feedback(liked=refs, disliked=refs, explore=1.0, history=history))
+    finally:
+        runner.close()
+    a, b = pixels(i.image for i in fabric.images), pixels(i.image for i in plain.images)
+    np.testing.assert_array_equal(a[:2], b[:2])  # explored images: the same with FABRIC on or off
+    assert not np.array_equal(a[2:], b[2:])  # the others attend to the references
+    assert fabric.compute.reference_image_evals > 0
+    assert everything.compute.reference_image_evals == 0  # nothing left to condition: no reference passes
