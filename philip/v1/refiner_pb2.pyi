@@ -177,7 +177,7 @@ class RoundChoice(_message.Message):
     """Index of the disliked image in `prompts`, -1 = none."""
     @_builtins.property
     def prompts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Per image, in order (1-8 prompts, each 1-2000 characters)."""
+        """Per image, in order (1-8 prompts, each 1-1000 characters)."""
 
     def __init__(
         self,

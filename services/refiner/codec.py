@@ -9,6 +9,7 @@ from PIL import Image
 from philip.images import png_bytes
 from philip.rpc.errors import InvalidArgument
 from philip.v1 import common_pb2, generator_pb2, refiner_pb2
+from services.generator.requests import MAX_PROMPT_CHARS
 from services.refiner.explore import RoundChoice
 from services.refiner.rounds import MAX_SEED, FeedbackImage, FeedbackRound, NoiseOrigin
 from services.refiner.service import PreviewReady, RefineEvent, RoundDone, RoundStarted, StepDone
@@ -18,7 +19,6 @@ MAX_ROUND_ID_CHARS = 128
 MAX_FEEDBACK_PIXELS = 1024 * 1024  # references are low-res round images
 MAX_HISTORY_ROUNDS = 100  # the gateway's round limit per session
 MAX_HISTORY_PROMPTS = 8  # images per round
-MAX_PROMPT_CHARS = 2000
 
 
 def origin_from_pb(pb: refiner_pb2.NoiseOrigin, field: str) -> NoiseOrigin:
