@@ -207,9 +207,12 @@ def best_blind(cfg: BoundConfig, round_cost: float) -> dict[str, Any]:
     return {"keep_fg_bg_shape": list(keep), "compute_ratio": round(ratios[keep], 4)}
 
 
+_TINY_VOCABULARY = PromptVocabulary.from_json(prompt_vocabulary())  # what philip-tiny's folder ships
+
+
 def _explorer_cost(rng: random.Random, np_rng: np.random.Generator, cfg: BoundConfig, prompt: str,
                    target: Target, shape_p: float, beta: float) -> float:
-    explorer = PromptExplorer(PromptVocabulary.from_json(prompt_vocabulary()), prompt, np_rng, beta)
+    explorer = PromptExplorer(_TINY_VOCABULARY, prompt, np_rng, beta)
     seen, cost = 0, 0.0
     while seen < cfg.cap:
         if seen == 0:  # round 1 is the user's own prompt: the explorer cannot tell what its images show
