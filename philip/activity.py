@@ -15,16 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from philip.logs import get_logger
+from philip.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, check_page
 from philip.rpc.auth import current_tenant
-from philip.rpc.errors import InvalidArgument
 from philip.settings import Settings
 from philip.store import Store, StoreError
 from philip.store.base import parse_stream_id
 
 log = get_logger("philip.activity")
 
-DEFAULT_PAGE_SIZE = 20
-MAX_PAGE_SIZE = 100
 OPEN_TENANT = "-"  # the stream of an open gateway's calls (tenant ""); tenant names cannot be "-"
 
 
@@ -70,16 +68,7 @@ class ActivityLog:
     async def page(self, page_size: int = 0, page_token: str = "",
                    tenant: str | None = None) -> tuple[list[Activity], str]:
         """Up to ``page_size`` entries older than ``page_token`` (newest first) and the next token."""
-        if not 0 <= page_size <= MAX_PAGE_SIZE:
-            raise InvalidArgument(f"page_size must be 0-{MAX_PAGE_SIZE} (0 = {DEFAULT_PAGE_SIZE}), got {page_size}",
-                                  field="page_size")
-        if page_token:
-            try:
-                parse_stream_id(page_token)
-            except ValueError:
-                raise InvalidArgument("page_token is not one ListActivity gave out; leave it empty for the newest "
-                                      "entries", field="page_token") from None
-        size = page_size or DEFAULT_PAGE_SIZE
+        size = check_page(page_size, page_token, "ListActivity")
         tenant = current_tenant() if tenant is None else tenant
         # One more than asked, to know whether an older page exists.
         found = await self.store.read_events_before(activity_stream(tenant), page_token or None, size + 1)
@@ -100,4 +89,4 @@ def _decode(entry_id: str, payload: bytes) -> Activity:
     return Activity(entry_id, parse_stream_id(entry_id)[0], body["kind"], body["subject"], body["details"])
 
 
-__all__ = ["Activity", "ActivityLog", "activity_stream"]
+__all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "Activity", "ActivityLog", "activity_stream"]

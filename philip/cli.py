@@ -31,15 +31,20 @@ def serve_cmd(
     host: str | None = typer.Option(None, help="Address to bind (PHILIP_HOST, default 127.0.0.1)."),
     redis_url: str | None = typer.Option(None, help="Redis URL (PHILIP_REDIS_URL); absent = in-process store."),
     model_dir: str | None = typer.Option(None, help="Diffusers model folder (PHILIP_MODEL_DIR)."),
+    http_port: int | None = typer.Option(None, help="The gateway's HTTP/JSON API and studio (PHILIP_HTTP_PORT, "
+                                                    "default 8080; 0 = off)."),
 ) -> None:
-    """Run PHiLIP's gRPC services until SIGTERM/SIGINT, then drain and stop gracefully."""
+    """Run PHiLIP's services until SIGTERM/SIGINT, then drain and stop gracefully.
+
+    The gateway (roles gateway and all) serves gRPC on --port and HTTP + the studio on --http-port."""
     import asyncio
 
     from philip.logs import configure_logging
     from philip.settings import Settings
     from services.app import serve
 
-    settings = Settings.from_env(port=port, host=host, redis_url=redis_url, model_dir=model_dir)
+    settings = Settings.from_env(port=port, host=host, redis_url=redis_url, model_dir=model_dir,
+                                 http_port=http_port)
     configure_logging(settings.log_format, settings.log_level)
     asyncio.run(serve(role, settings))
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 ENV_PREFIX = "PHILIP_"
+DEFAULT_HTTP_PORT = 8080
 
 LogFormat = Literal["json", "console"]
 _LOG_FORMATS = ("json", "console")
@@ -80,6 +81,10 @@ class Settings:
     tls_ca: str | None = None
     # A plaintext port that answers grpc.health.v1 only (for kubelet probes when the port needs mTLS).
     health_port: int | None = None
+    # The gateway's HTTP/JSON + SSE edge and the studio (docs/HTTP.md), on the gateway's host; 0 = off.
+    http_port: int = DEFAULT_HTTP_PORT
+    # Origins allowed by CORS (empty: CORS off, the studio is same-origin).
+    http_cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # from_env parses strings first; checking here too means Settings(port="x") or
@@ -155,6 +160,9 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "port": (_in_port_range, "must be in 0..65535"),
     "metrics_port": (_in_port_range, "must be in 0..65535"),
     "health_port": (_in_port_range, "must be in 0..65535"),
+    "http_port": (_in_port_range, "must be in 0..65535 (0: no HTTP edge)"),
+    "http_cors_origins": (lambda v: all(o == "*" or o.startswith(("http://", "https://")) for o in v),
+                          "must list origins such as https://studio.example.com (or *)"),
     "log_format": (lambda v: v in _LOG_FORMATS, f"must be one of {', '.join(_LOG_FORMATS)}"),
     "log_level": (lambda v: v.lower() in _LOG_LEVELS, f"must be one of {', '.join(_LOG_LEVELS)}"),
     "max_message_mb": (lambda v: 1 <= v <= 2047, "must be in 1..2047"),

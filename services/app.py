@@ -15,8 +15,6 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 
-from grpc import aio
-
 from philip.logs import configure_logging, get_logger
 from philip.metrics import serve_metrics
 from philip.rpc.auth import ApiKeys, AuthInterceptor, TenantInterceptor
@@ -26,6 +24,7 @@ from philip.rpc.tls import channel_credentials, server_credentials
 from philip.settings import Settings
 from philip.store import Store, open_store
 from services.gateway import server as gateway_server
+from services.gateway.http import open_http_edge
 from services.generator import server as generator_server
 from services.personalizer import server as personalizer_server
 from services.refiner import server as refiner_server
@@ -109,12 +108,19 @@ async def serve(
             sessions = gateway_server.open_sessions(settings, store, generator_channel, refiner_channel)
             # Runs after the gateway has stopped taking calls: running steps get the grace, then fail.
             stack.push_async_callback(sessions.close, settings.grace_s)
-            gateway = GrpcServer(settings, gateway_server.build(settings, generator_channel, sessions,
-                                                                 personalizer_channel),
-                                 interceptors=_gateway_interceptors(settings))
+            core = gateway_server.open_core(settings, store, generator_channel, sessions, personalizer_channel)
+            stack.push_async_callback(core.generations.close)
+            keys = _api_keys(settings)
+            gateway = GrpcServer(settings, gateway_server.build(core),
+                                 interceptors=[AuthInterceptor(keys)] if keys is not None else [])
             await gateway.start()
             stack.push_async_callback(gateway.stop)
             addresses["gateway"] = gateway.address
+            if settings.http_port:
+                edge = open_http_edge(settings, core, keys)
+                await edge.start()
+                stack.push_async_callback(edge.stop)  # first: not ready, streams end, then gRPC drains
+                addresses["http"] = edge.address
         if settings.metrics_port is not None:
             metrics_port, stop_metrics = serve_metrics(settings.metrics_port, settings.host)
             stack.callback(stop_metrics)
@@ -127,13 +133,14 @@ async def serve(
         log.info("app.stopping", role=role)
 
 
-def _gateway_interceptors(settings: Settings) -> list[aio.ServerInterceptor]:
+def _api_keys(settings: Settings) -> ApiKeys | None:
+    """The gateway's API keys (both edges use the same), or None for an open gateway."""
     if settings.api_keys_file is None:
         log.warning("gateway.open", why="no PHILIP_API_KEYS_FILE: every caller is the same tenant")
-        return []
+        return None
     keys = ApiKeys.load(settings.api_keys_file)
     log.info("gateway.auth", keys=len(keys.by_hash), tenants=len(set(keys.by_hash.values())))
-    return [AuthInterceptor(keys)]
+    return keys
 
 
 @contextlib.contextmanager
@@ -153,6 +160,11 @@ def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
             loop.remove_signal_handler(sig)
 
 
+def _in_process(settings: Settings) -> Settings:
+    """Settings of a service that `all` runs beside the gateway: any free loopback port, no own health port."""
+    return settings.with_(host="127.0.0.1", port=0, health_port=None)
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m services.app [generator|refiner|personalizer|gateway|all]`` with settings from PHILIP_* variables."""
     args = sys.argv[1:] if argv is None else argv
@@ -164,8 +176,3 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def _in_process(settings: Settings) -> Settings:
-    """Settings of a service that `all` runs beside the gateway: any free loopback port, no own health port."""
-    return settings.with_(host="127.0.0.1", port=0, health_port=None)

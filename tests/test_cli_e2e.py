@@ -22,7 +22,7 @@ PHILIP = [sys.executable, "-m", "philip.cli"]
 @pytest.mark.slow
 def test_serve_generate_and_graceful_stop(tmp_path: Path) -> None:
     port = free_port()
-    env = {**os.environ, "PHILIP_LOG_FORMAT": "json", "PHILIP_THREADS": "2",
+    env = {**os.environ, "PHILIP_LOG_FORMAT": "json", "PHILIP_THREADS": "2", "PHILIP_HTTP_PORT": "0",
            "PHILIP_ADAPTERS_DIR": str(tmp_path / "adapters")}
     env.pop("PHILIP_REDIS_URL", None)  # the embedded default: in-process store
     server = subprocess.Popen([*PHILIP, "serve", "all", "--port", str(port)], cwd=ROOT, env=env,

@@ -25,15 +25,16 @@ def free_port() -> int:
 class ServerProcess:
     """`philip serve all` in a child process: started, awaited until SERVING, measured, stopped."""
 
-    def __init__(self, model_dir: Path, port: int, threads: int, log_dir: Path) -> None:
+    def __init__(self, model_dir: Path, port: int, threads: int, log_dir: Path, http_port: int = 0) -> None:
         self.address = f"127.0.0.1:{port}"
+        self.http_address = f"127.0.0.1:{http_port}" if http_port else ""
         self.log_path = log_dir / "server.log"
         env = {**os.environ, "PHILIP_THREADS": str(threads), "PHILIP_LOG_LEVEL": "warning"}
         self._log: IO[bytes] = self.log_path.open("wb")
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "philip.cli", "serve", "all", "--port", str(port),
-                 "--model-dir", str(model_dir)],
+                 "--http-port", str(http_port), "--model-dir", str(model_dir)],
                 env=env, stdout=self._log, stderr=subprocess.STDOUT,
             )
         except BaseException:

@@ -30,7 +30,7 @@ async def gateway_stub(gateway: str | None = None, *, settings: Any = None,
     from philip.settings import Settings
     from services.app import serve
 
-    settings = settings or Settings.from_env(port=0, host="127.0.0.1")
+    settings = settings or Settings.from_env(port=0, http_port=0, host="127.0.0.1")
     stop = asyncio.Event()
     ready: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
     server = asyncio.create_task(serve("all", settings, store=store, stop=stop, on_ready=ready.set_result))

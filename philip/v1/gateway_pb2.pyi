@@ -354,12 +354,17 @@ class SessionSnapshot(_message.Message):
     CHOSEN_IMAGE_ID_FIELD_NUMBER: _builtins.int
     FINAL_FIELD_NUMBER: _builtins.int
     RUNNING_ROUND_FIELD_NUMBER: _builtins.int
+    LAST_EVENT_ID_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     phase: Global___SessionPhase.ValueType
     chosen_image_id: _builtins.str
     """The chosen image id, once finalized."""
     running_round: _builtins.int
     """The number of the round being generated (phase GENERATING), else 0."""
+    last_event_id: _builtins.str
+    """The store stream id of the last event this snapshot reflects: follow the session's events after it
+    (HTTP: `Last-Event-ID`). Events around it may arrive once more; readers dedupe by round.
+    """
     @_builtins.property
     def params(self) -> _common_pb2.GenerationParams:
         """The parameters rounds use (prompt as edited by the last feedback)."""
@@ -390,10 +395,11 @@ class SessionSnapshot(_message.Message):
         chosen_image_id: _builtins.str = ...,
         final: Global___SessionFinal | None = ...,
         running_round: _builtins.int = ...,
+        last_event_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["final", b"final", "params", b"params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chosen_image_id", b"chosen_image_id", "disliked_image_ids", b"disliked_image_ids", "final", b"final", "liked_image_ids", b"liked_image_ids", "params", b"params", "phase", b"phase", "rounds", b"rounds", "running_round", b"running_round", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chosen_image_id", b"chosen_image_id", "disliked_image_ids", b"disliked_image_ids", "final", b"final", "last_event_id", b"last_event_id", "liked_image_ids", b"liked_image_ids", "params", b"params", "phase", b"phase", "rounds", b"rounds", "running_round", b"running_round", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -664,3 +670,170 @@ class ListActivityResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListActivityResponse: _TypeAlias = ListActivityResponse  # noqa: Y015
+
+@_typing.final
+class ListSessionsRequest(_message.Message):
+    """Asks for one page of the caller's sessions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Sessions per page, 1-100; 0 means 20."""
+    page_token: _builtins.str
+    """Empty for the newest sessions; else the next_page_token of the previous page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSessionsRequest: _TypeAlias = ListSessionsRequest  # noqa: Y015
+
+@_typing.final
+class SessionSummary(_message.Message):
+    """What a gallery shows of a session."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    PROMPT_FIELD_NUMBER: _builtins.int
+    CREATED_MS_FIELD_NUMBER: _builtins.int
+    ROUNDS_FIELD_NUMBER: _builtins.int
+    COVER_IMAGE_ID_FIELD_NUMBER: _builtins.int
+    FINAL_IMAGE_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    phase: Global___SessionPhase.ValueType
+    prompt: _builtins.str
+    """The prompt of its rounds (as edited by the last feedback)."""
+    created_ms: _builtins.int
+    """Creation time, Unix milliseconds."""
+    rounds: _builtins.int
+    """Finished rounds."""
+    cover_image_id: _builtins.str
+    """An image that stands for it: the final image once done, else the first image of its last round
+    (empty before round 1 ends). Fetch it over HTTP at /v1/images/{id}.png.
+    """
+    final_image_id: _builtins.str
+    """The final image, once done."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        phase: Global___SessionPhase.ValueType = ...,
+        prompt: _builtins.str = ...,
+        created_ms: _builtins.int = ...,
+        rounds: _builtins.int = ...,
+        cover_image_id: _builtins.str = ...,
+        final_image_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cover_image_id", b"cover_image_id", "created_ms", b"created_ms", "final_image_id", b"final_image_id", "phase", b"phase", "prompt", b"prompt", "rounds", b"rounds", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionSummary: _TypeAlias = SessionSummary  # noqa: Y015
+
+@_typing.final
+class ListSessionsResponse(_message.Message):
+    """One page of the caller's sessions, newest first (expired sessions drop out)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as page_token for older sessions; empty when there are none."""
+    @_builtins.property
+    def sessions(self) -> _containers.RepeatedCompositeFieldContainer[Global___SessionSummary]: ...
+    def __init__(
+        self,
+        *,
+        sessions: _abc.Iterable[Global___SessionSummary] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "sessions", b"sessions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSessionsResponse: _TypeAlias = ListSessionsResponse  # noqa: Y015
+
+@_typing.final
+class ListStylesRequest(_message.Message):
+    """Asks for the style presets."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListStylesRequest: _TypeAlias = ListStylesRequest  # noqa: Y015
+
+@_typing.final
+class Style(_message.Message):
+    """A style preset: the prompt becomes "<prefix> <prompt>, <suffix>"; `negative` joins the negative prompt."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PREFIX_FIELD_NUMBER: _builtins.int
+    SUFFIX_FIELD_NUMBER: _builtins.int
+    NEGATIVE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    prefix: _builtins.str
+    suffix: _builtins.str
+    negative: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        prefix: _builtins.str = ...,
+        suffix: _builtins.str = ...,
+        negative: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "negative", b"negative", "prefix", b"prefix", "suffix", b"suffix"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Style: _TypeAlias = Style  # noqa: Y015
+
+@_typing.final
+class ListStylesResponse(_message.Message):
+    """Every style preset, by name."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STYLES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def styles(self) -> _containers.RepeatedCompositeFieldContainer[Global___Style]: ...
+    def __init__(
+        self,
+        *,
+        styles: _abc.Iterable[Global___Style] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["styles", b"styles"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListStylesResponse: _TypeAlias = ListStylesResponse  # noqa: Y015

@@ -102,6 +102,16 @@ class GatewayStub:
                 request_serializer=philip_dot_v1_dot_gateway__pb2.ListActivityRequest.SerializeToString,
                 response_deserializer=philip_dot_v1_dot_gateway__pb2.ListActivityResponse.FromString,
                 _registered_method=True)
+        self.ListSessions = channel.unary_unary(
+                '/philip.v1.Gateway/ListSessions',
+                request_serializer=philip_dot_v1_dot_gateway__pb2.ListSessionsRequest.SerializeToString,
+                response_deserializer=philip_dot_v1_dot_gateway__pb2.ListSessionsResponse.FromString,
+                _registered_method=True)
+        self.ListStyles = channel.unary_unary(
+                '/philip.v1.Gateway/ListStyles',
+                request_serializer=philip_dot_v1_dot_gateway__pb2.ListStylesRequest.SerializeToString,
+                response_deserializer=philip_dot_v1_dot_gateway__pb2.ListStylesResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -198,6 +208,20 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSessions(self, request, context):
+        """The caller's tenant's sessions, newest first, one page at a time (same paging rules as ListActivity).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListStyles(self, request, context):
+        """The style presets GenerationParams.style can name (from the generator's styles file).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -265,6 +289,16 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.ListActivity,
                     request_deserializer=philip_dot_v1_dot_gateway__pb2.ListActivityRequest.FromString,
                     response_serializer=philip_dot_v1_dot_gateway__pb2.ListActivityResponse.SerializeToString,
+            ),
+            'ListSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSessions,
+                    request_deserializer=philip_dot_v1_dot_gateway__pb2.ListSessionsRequest.FromString,
+                    response_serializer=philip_dot_v1_dot_gateway__pb2.ListSessionsResponse.SerializeToString,
+            ),
+            'ListStyles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListStyles,
+                    request_deserializer=philip_dot_v1_dot_gateway__pb2.ListStylesRequest.FromString,
+                    response_serializer=philip_dot_v1_dot_gateway__pb2.ListStylesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -619,6 +653,60 @@ class Gateway:
             '/philip.v1.Gateway/ListActivity',
             philip_dot_v1_dot_gateway__pb2.ListActivityRequest.SerializeToString,
             philip_dot_v1_dot_gateway__pb2.ListActivityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/philip.v1.Gateway/ListSessions',
+            philip_dot_v1_dot_gateway__pb2.ListSessionsRequest.SerializeToString,
+            philip_dot_v1_dot_gateway__pb2.ListSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListStyles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/philip.v1.Gateway/ListStyles',
+            philip_dot_v1_dot_gateway__pb2.ListStylesRequest.SerializeToString,
+            philip_dot_v1_dot_gateway__pb2.ListStylesResponse.FromString,
             options,
             channel_credentials,
             insecure,

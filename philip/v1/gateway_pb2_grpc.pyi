@@ -63,6 +63,10 @@ class GatewayStub:
     """The caller's tenant's activity log (sessions, feedback, finals, training jobs), newest first,
     one page at a time. INVALID_ARGUMENT for a page_size over 100 or a page_token not from here.
     """
+    ListSessions: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListSessionsRequest, _gateway_pb2.ListSessionsResponse]
+    """The caller's tenant's sessions, newest first, one page at a time (same paging rules as ListActivity)."""
+    ListStyles: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListStylesRequest, _gateway_pb2.ListStylesResponse]
+    """The style presets GenerationParams.style can name (from the generator's styles file)."""
 
 @_typing.type_check_only
 class GatewayAsyncStub(GatewayStub):
@@ -97,6 +101,10 @@ class GatewayAsyncStub(GatewayStub):
     """The caller's tenant's activity log (sessions, feedback, finals, training jobs), newest first,
     one page at a time. INVALID_ARGUMENT for a page_size over 100 or a page_token not from here.
     """
+    ListSessions: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListSessionsRequest, _gateway_pb2.ListSessionsResponse]  # type: ignore[assignment]
+    """The caller's tenant's sessions, newest first, one page at a time (same paging rules as ListActivity)."""
+    ListStyles: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListStylesRequest, _gateway_pb2.ListStylesResponse]  # type: ignore[assignment]
+    """The style presets GenerationParams.style can name (from the generator's styles file)."""
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
     """Public entry point: authentication, sessions, routing, fan-out."""
@@ -206,5 +214,21 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         """The caller's tenant's activity log (sessions, feedback, finals, training jobs), newest first,
         one page at a time. INVALID_ARGUMENT for a page_size over 100 or a page_token not from here.
         """
+
+    @_abc_1.abstractmethod
+    def ListSessions(
+        self,
+        request: _gateway_pb2.ListSessionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ListSessionsResponse, _abc.Awaitable[_gateway_pb2.ListSessionsResponse]]:
+        """The caller's tenant's sessions, newest first, one page at a time (same paging rules as ListActivity)."""
+
+    @_abc_1.abstractmethod
+    def ListStyles(
+        self,
+        request: _gateway_pb2.ListStylesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ListStylesResponse, _abc.Awaitable[_gateway_pb2.ListStylesResponse]]:
+        """The style presets GenerationParams.style can name (from the generator's styles file)."""
 
 def add_GatewayServicer_to_server(servicer: GatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

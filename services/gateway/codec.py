@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from philip.activity import Activity
 from philip.v1 import common_pb2, gateway_pb2, generator_pb2, refiner_pb2
 from services.gateway.session_events import (
@@ -21,8 +23,10 @@ from services.gateway.session_events import (
     SessionView,
     UpscaleProgress,
 )
+from services.gateway.session_index import SessionSummary
 from services.gateway.sessions import params_of
 from services.generator.codec import params_to_pb
+from services.generator.requests import Style
 from services.refiner.explore import RoundChoice
 
 _PHASES = {
@@ -127,7 +131,21 @@ def snapshot_to_pb(view: SessionView) -> gateway_pb2.SessionSnapshot:
         chosen_image_id=view.chosen,
         final=final_to_pb(view.final) if view.final is not None else None,
         running_round=view.running_round,
+        last_event_id=view.event_id,
     )
+
+
+def summary_to_pb(summary: SessionSummary) -> gateway_pb2.SessionSummary:
+    return gateway_pb2.SessionSummary(
+        session_id=summary.session_id, phase=_PHASES[summary.phase], prompt=summary.prompt,
+        created_ms=summary.created_ms, rounds=summary.rounds, cover_image_id=summary.cover_image_id,
+        final_image_id=summary.final_image_id)
+
+
+def styles_to_pb(styles: Mapping[str, Style]) -> gateway_pb2.ListStylesResponse:
+    return gateway_pb2.ListStylesResponse(styles=[
+        gateway_pb2.Style(name=name, prefix=s.prefix, suffix=s.suffix, negative=s.negative)
+        for name, s in sorted(styles.items())])
 
 
 def session_droppable(payload: bytes) -> bool:

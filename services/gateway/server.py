@@ -34,11 +34,14 @@ from philip.v1 import (
     refiner_pb2_grpc,
 )
 from services.gateway import codec
+from services.gateway.core import GatewayCore
 from services.gateway.fanout import buffered
+from services.gateway.generations import DetachedGenerations
 from services.gateway.personalization import PersonalizationProxy, abort_like
 from services.gateway.sessions import SessionManager
 from services.gateway.upstream import GrpcUpstream, metadata
 from services.generator.codec import error_from_code, params_from_pb
+from services.generator.requests import load_styles
 from services.refiner.weights import weights_from_pb
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
@@ -53,16 +56,19 @@ _END = object()
 
 
 class GatewayServicer(PersonalizationProxy, gateway_pb2_grpc.GatewayServicer):
-    """Validation happens in the generator; the gateway only routes (and later authenticates)."""
+    """The gRPC edge over :class:`GatewayCore` (the HTTP edge, ``http/routes.py``, is the other one).
 
-    def __init__(self, generator: generator_pb2_grpc.GeneratorServiceStub, sessions: SessionManager, *,
-                 personalizer: personalizer_pb2_grpc.PersonalizerServiceStub | None = None,
-                 subscriber_buffer: int = 16) -> None:
-        self.generator = generator
-        self.personalizer = personalizer
-        self.sessions = sessions
-        self.quotas: Quotas = sessions.quotas
-        self.activity: ActivityLog = sessions.activity
+    Sessions are the gateway's own domain; generation requests are validated by the generator and
+    personalization requests by the personalizer, whose statuses come back unchanged.
+    """
+
+    def __init__(self, core: GatewayCore, *, subscriber_buffer: int = 16) -> None:
+        self.core = core
+        self.generator = core.generator
+        self.personalizer = core.personalizer
+        self.sessions = core.sessions
+        self.quotas: Quotas = core.sessions.quotas
+        self.activity: ActivityLog = core.sessions.activity
         self.subscriber_buffer = subscriber_buffer
 
     async def Generate(
@@ -178,6 +184,16 @@ class GatewayServicer(PersonalizationProxy, gateway_pb2_grpc.GatewayServicer):
         return gateway_pb2.ListActivityResponse(entries=[codec.activity_to_pb(e) for e in entries],
                                                 next_page_token=token)
 
+    async def ListSessions(self, request: gateway_pb2.ListSessionsRequest,
+                           context: aio.ServicerContext) -> gateway_pb2.ListSessionsResponse:
+        summaries, token = await self.sessions.index.page(request.page_size, request.page_token)
+        return gateway_pb2.ListSessionsResponse(sessions=[codec.summary_to_pb(s) for s in summaries],
+                                                next_page_token=token)
+
+    async def ListStyles(self, request: gateway_pb2.ListStylesRequest,
+                         context: aio.ServicerContext) -> gateway_pb2.ListStylesResponse:
+        return codec.styles_to_pb(self.core.styles)
+
 
 async def _forward(source: AsyncIterator[bytes], out: asyncio.Queue[object]) -> None:
     try:
@@ -229,12 +245,18 @@ def open_sessions(settings: Settings, store: Store, generator_channel: aio.Chann
                           activity=ActivityLog.from_settings(store, settings), idle_s=settings.session_idle_s)
 
 
-def build(settings: Settings, generator_channel: aio.Channel, sessions: SessionManager,
-          personalizer_channel: aio.Channel | None = None) -> list[tuple[str, RegisterFn]]:
-    """Services for ``GrpcServer``; the caller owns (and closes) the channels and ``sessions``."""
+def open_core(settings: Settings, store: Store, generator_channel: aio.Channel, sessions: SessionManager,
+              personalizer_channel: aio.Channel | None = None) -> GatewayCore:
+    """The domain objects both edges call; the caller closes ``sessions``, ``generations`` and the channels."""
+    generator = generator_pb2_grpc.GeneratorServiceStub(generator_channel)
     personalizer = personalizer_pb2_grpc.PersonalizerServiceStub(personalizer_channel) if personalizer_channel else None
-    servicer = GatewayServicer(generator_pb2_grpc.GeneratorServiceStub(generator_channel), sessions,
-                               personalizer=personalizer)
+    return GatewayCore(store, sessions, generator, DetachedGenerations(generator, sessions.quotas),
+                       load_styles(settings.styles_path), personalizer)
+
+
+def build(core: GatewayCore) -> list[tuple[str, RegisterFn]]:
+    """Services for ``GrpcServer``."""
+    servicer = GatewayServicer(core)
 
     def register(server: aio.Server) -> None:
         gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, server)
@@ -244,5 +266,5 @@ def build(settings: Settings, generator_channel: aio.Channel, sessions: SessionM
 
 __all__ = [
     "GENERATOR_SERVICE", "PERSONALIZER_SERVICE", "REFINER_SERVICE", "SERVICE_NAME", "GatewayServicer", "build",
-    "open_sessions",
+    "open_core", "open_sessions",
 ]

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from philip.rpc.auth import owned_by_caller
 from philip.rpc.errors import FailedPrecondition, InvalidArgument, NotFound
 from philip.store import Store
+from philip.store.base import StreamEntry
 from services.gateway.session_events import (
     TERMINAL_PHASES,
     NoiseTrace,
@@ -22,6 +23,7 @@ from services.gateway.session_events import (
     SessionEvent,
     SessionImage,
 )
+from services.generator.jobs import JOB_KIND, job_stream
 from services.generator.requests import GenerationParams
 from services.refiner.explore import RoundChoice
 
@@ -55,6 +57,38 @@ class SessionStore:
         self.store = store
         self.encode_event = encode_event
         self.ttl_s = ttl_s
+
+    async def visible(self, session_id: str) -> None:
+        """NotFound unless the caller may see ``session_id`` (before a stream promises an answer)."""
+        await self._record(session_id)
+
+    async def job_visible(self, job_id: str) -> None:
+        """NotFound unless the caller may see generation job ``job_id``."""
+        job = await self.store.get_record(JOB_KIND, job_id) if job_id else None
+        if job is None or not owned_by_caller(job):  # another tenant's job reads as unknown
+            raise NotFound(f"no job {job_id!r} (unknown or expired)", field="job_id")
+
+    async def follow(self, session_id: str, after: str = "0-0") -> AsyncIterator[bytes]:
+        """The session's encoded events after ``after`` (replay, then live) until it ends."""
+        async for entry in self.follow_entries(session_id, after):
+            yield entry.payload
+
+    async def follow_entries(self, session_id: str, after: str = "0-0") -> AsyncIterator[StreamEntry]:
+        """As :meth:`follow`, with each event's store stream id (HTTP's SSE ``id:``)."""
+        await self._record(session_id)
+        async for entry in self.store.subscribe(session_stream(session_id), after=after):
+            yield entry
+
+    async def follow_job(self, job_id: str) -> AsyncIterator[bytes]:
+        """A generation job's encoded events from the start (replay, then live) until it ends."""
+        async for entry in self.follow_job_entries(job_id):
+            yield entry.payload
+
+    async def follow_job_entries(self, job_id: str, after: str = "0-0") -> AsyncIterator[StreamEntry]:
+        """As :meth:`follow_job`, after ``after``, with each event's store stream id."""
+        await self.job_visible(job_id)
+        async for entry in self.store.subscribe(job_stream(job_id), after=after):
+            yield entry
 
     async def _publish(self, session_id: str, event: SessionEvent, fields: dict[str, Any] | None = None) -> None:
         # State first, so a client reacting to the event finds the session already in its new phase;

@@ -26,18 +26,18 @@ import dataclasses
 import random
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from philip import metrics
 from philip.activity import ActivityLog
+from philip.image_owners import record_owner
 from philip.logs import bind_ids, get_logger
 from philip.quotas import GENERATIONS, SESSIONS, Quotas
-from philip.rpc.auth import current_tenant, owned_by_caller
+from philip.rpc.auth import current_tenant
 from philip.rpc.errors import (
     FailedPrecondition,
     InvalidArgument,
-    NotFound,
     PhilipError,
     ResourceExhausted,
     Unavailable,
@@ -64,6 +64,7 @@ from services.gateway.session_events import (
     UpscaleProgress,
     Upstream,
 )
+from services.gateway.session_index import SessionIndex
 from services.gateway.session_store import (
     SESSION_KIND,
     SessionEncoder,
@@ -71,9 +72,7 @@ from services.gateway.session_store import (
     now_ms,
     params_from_json,
     params_to_json,
-    session_stream,
 )
-from services.generator.jobs import JOB_KIND, job_stream
 from services.generator.requests import MAX_PROMPT_CHARS, MAX_SEED, GenerationParams
 from services.refiner.weights import parse_weights
 
@@ -100,6 +99,7 @@ class SessionManager(SessionStore):
         self.stale_after_s = stale_after_s
         self.max_references = max_references  # likes (and dislikes) a round conditions on: the most recent
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.index = SessionIndex(store)  # the gallery's newest-first list of each tenant's sessions
 
     # ---- commands ---------------------------------------------------------------------------------
 
@@ -125,6 +125,7 @@ class SessionManager(SessionStore):
             "heartbeat_ms": now_ms(), "tenant": current_tenant(),
         }
         await self.store.put_record(SESSION_KIND, session_id, record, ttl_s=self.ttl_s)
+        await self.index.add(session_id)
         log.info("session.started", session_id=session_id, prompt_chars=len(params.prompt))
         await self.activity.record("session.started", session_id, prompt=params.prompt)
         self._spawn(session_id, self._round(session_id, 1))
@@ -242,20 +243,6 @@ class SessionManager(SessionStore):
             running_round=int(record["running_round"]), event_id=record["event_id"], weights=record["weights"],
         )
 
-    async def follow(self, session_id: str, after: str = "0-0") -> AsyncIterator[bytes]:
-        """The session's encoded events after ``after`` (replay, then live) until it ends."""
-        await self._record(session_id)
-        async for entry in self.store.subscribe(session_stream(session_id), after=after):
-            yield entry.payload
-
-    async def follow_job(self, job_id: str) -> AsyncIterator[bytes]:
-        """A generation job's encoded events from the start (replay, then live) until it ends."""
-        job = await self.store.get_record(JOB_KIND, job_id) if job_id else None
-        if job is None or not owned_by_caller(job):
-            raise NotFound(f"no job {job_id!r} (unknown or expired)", field="job_id")
-        async for entry in self.store.subscribe(job_stream(job_id)):
-            yield entry.payload
-
     # ---- work -------------------------------------------------------------------------------------
 
     def _spawn(self, session_id: str, work: Any) -> None:
@@ -363,6 +350,7 @@ class SessionManager(SessionStore):
                         continue
                     final = Finalized(f"final_{uuid.uuid4().hex}", event, image.image_id)
                     await self.store.put_blob(final.image_id, event.png, self.ttl_s)
+                    await record_owner(self.store, final.image_id, self.ttl_s, session_id=session_id)
                     meta = {"image_id": final.image_id, "width": event.width, "height": event.height,
                             "source_image_id": image.image_id}
                     await self.quotas.release(SESSIONS, session_id)

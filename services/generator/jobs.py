@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from philip.image_owners import record_owner
 from philip.logs import bind_ids, get_logger
 from philip.rpc.auth import current_tenant, owned_by_caller
 from philip.rpc.errors import NotFound
@@ -198,6 +199,7 @@ class Generator:
             event = Result(tuple(dataclasses.replace(image, id=f"img_{uuid.uuid4().hex}") for image in event.images))
             for image in event.images:
                 await self.store.put_blob(image.id, image.png, self.blob_ttl_s)
+                await record_owner(self.store, image.id, self.blob_ttl_s, job_id=job_id)
         fields = _record_fields(event)
         if fields:
             await self.store.update_record(JOB_KIND, job_id, fields)

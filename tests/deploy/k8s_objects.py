@@ -87,3 +87,47 @@ def in_namespace_sources(r: Rendered, peers: list[dict[str, Any] | None]) -> set
     """Components of this namespace's pods allowed by ``peers`` (pod-selector peers only)."""
     return {component(w) for p in peers if p and "podSelector" in p and "namespaceSelector" not in p
             for w in selected(r, p["podSelector"])}
+
+
+def container_port(container: dict[str, Any], port: int | str) -> int:
+    """A probe's, Service's or policy's port as the container's number (names resolved)."""
+    if isinstance(port, int):
+        return port
+    named = {p["name"]: p["containerPort"] for p in container.get("ports", []) if "name" in p}
+    assert port in named, f"{container['name']}: no containerPort named {port!r}"
+    return named[port]
+
+
+def open_ingress_ports(r: Rendered, workload: dict[str, Any]) -> set[int] | None:
+    """Container ports that policies open to every source (rules without ``from``); None = all."""
+    container = main_container(workload)
+    ports: set[int] = set()
+    for policy in r.of_kind("NetworkPolicy"):
+        if not matches(policy["spec"]["podSelector"], pod_labels(workload)):
+            continue
+        for rule in policy["spec"].get("ingress", []):
+            if rule.get("from"):
+                continue
+            if not rule.get("ports"):
+                return None
+            ports |= {container_port(container, p["port"]) for p in rule["ports"]
+                      if p.get("protocol", "TCP") == "TCP"}
+    return ports
+
+
+def service_target(r: Rendered, service: dict[str, Any], port: int | str) -> int:
+    """The container port a Service port (by name or number) reaches on the pods behind it."""
+    found = [p for p in service["spec"]["ports"] if port in (p.get("name"), p["port"])]
+    assert len(found) == 1, f"Service {service['metadata']['name']}: no port {port!r}"
+    target = found[0].get("targetPort", found[0]["port"])
+    numbers = {container_port(main_container(w), target)
+               for w in selected(r, {"matchLabels": service["spec"]["selector"]})}
+    assert len(numbers) == 1, f"Service {service['metadata']['name']}: port {port!r} -> {numbers}"
+    return numbers.pop()
+
+
+def nginx_size_bytes(size: str) -> int:
+    """An nginx size (``client_max_body_size``: bytes, k, m or g; binary units); 0 = no limit."""
+    match = re.fullmatch(r"(\d+)([kKmMgG]?)", size)
+    assert match, f"not an nginx size: {size!r}"
+    return int(match.group(1)) * 1024 ** " kmg".index(match.group(2).lower() or " ")

@@ -91,6 +91,19 @@ def test_entrypoint_is_a_real_philip_command(dockerfile: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_exposes_the_ports_the_pods_open(dockerfile: Path, rendered: dict[str, Rendered]) -> None:
+    """EXPOSE lists gRPC (50051) and the HTTP edge (8080, docs/HTTP.md): every containerPort of a
+    `philip` container in the manifests, and nothing else."""
+    exposed = {int(word.split("/")[0]) for op, args in instructions(dockerfile) if op == "EXPOSE"
+               for word in args.split()}
+    assert {50051, 8080} <= exposed, f"{dockerfile.name}: EXPOSE {sorted(exposed)}"
+    for r in rendered.values():
+        ports = {p["containerPort"] for _, c in r.containers() if c["image"].split(":")[0].endswith("/philip")
+                 for p in c.get("ports", [])}
+        assert exposed == ports, f"{dockerfile.name}: EXPOSE {sorted(exposed)}, overlays/{r.overlay} {sorted(ports)}"
+
+
 def test_pod_args_are_real_philip_commands(rendered: dict[str, Rendered]) -> None:
     """The Deployments' args (`serve <role>`) are a command line of the image's entrypoint."""
     if not PHILIP.is_file():

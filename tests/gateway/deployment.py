@@ -37,7 +37,7 @@ async def deployed(folder: Path, tenants: tuple[str, ...], *, store: Store | Non
                    **settings: Any) -> AsyncIterator[Deployment]:
     """The services on loopback, a key per tenant in ``folder/keys.json``; stopped gracefully after."""
     keys = {tenant: add_key(folder / "keys.json", tenant) for tenant in tenants}
-    config = Settings(model_dir=str(MODEL), upscaler_path=str(UPSCALER), port=0, threads=1, grace_s=0.5,
+    config = Settings(model_dir=str(MODEL), upscaler_path=str(UPSCALER), port=0, http_port=0, threads=1, grace_s=0.5,
                       adapters_dir=str(folder / "adapters"), api_keys_file=str(folder / "keys.json"), **settings)
     stop = asyncio.Event()
     ready: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()

@@ -47,7 +47,7 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    settings_ = Settings(model_dir=str(MODEL), upscaler_path=str(UPSCALER), port=0, threads=1, max_queue=4,
+    settings_ = Settings(model_dir=str(MODEL), upscaler_path=str(UPSCALER), port=0, http_port=0, threads=1, max_queue=4,
                          adapters_dir=str(tmp_path_factory.mktemp("adapters")), grace_s=1.0, blob_ttl_s=120)
     loop = asyncio.new_event_loop()
     ready: dict[str, str] = {}

@@ -79,7 +79,7 @@ def redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Redis]:
 async def stub(redis: Redis, tmp_path: Path) -> AsyncIterator[gateway_pb2_grpc.GatewayStub]:
     store = RedisStore(f"redis://127.0.0.1:{redis.port}/0", prefix=f"philip-test:{uuid.uuid4().hex}:",
                        socket_timeout=1.0)
-    settings = Settings(model_dir=str(MODEL), upscaler_path=str(UPSCALER), port=0, threads=1, grace_s=0.5,
+    settings = Settings(model_dir=str(MODEL), upscaler_path=str(UPSCALER), port=0, http_port=0, threads=1, grace_s=0.5,
                         adapters_dir=str(tmp_path / "adapters"))
     try:
         async with gateway_stub(settings=settings, store=store) as gateway:

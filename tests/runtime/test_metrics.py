@@ -31,7 +31,7 @@ def scrape(address: str) -> dict[str, float]:
 
 
 async def test_metrics_port_serves_what_the_services_record(tmp_path: Path) -> None:
-    settings = Settings(model_dir=str(MODEL), port=0, metrics_port=0, threads=1, grace_s=0.5,
+    settings = Settings(model_dir=str(MODEL), port=0, http_port=0, metrics_port=0, threads=1, grace_s=0.5,
                         adapters_dir=str(tmp_path))
     stop = asyncio.Event()
     ready: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()

@@ -1,0 +1,33 @@
+"""What both edges of the gateway (gRPC servicer and HTTP routes) call: one set of domain objects."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from philip.rpc.errors import FailedPrecondition
+from philip.store import Store
+from philip.v1 import generator_pb2_grpc, personalizer_pb2_grpc
+from services.gateway.generations import DetachedGenerations
+from services.gateway.sessions import SessionManager
+from services.generator.requests import Style
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayCore:
+    """Sessions, generation jobs (held or passed through), personalization, styles."""
+
+    store: Store
+    sessions: SessionManager
+    generator: generator_pb2_grpc.GeneratorServiceStub
+    generations: DetachedGenerations
+    styles: Mapping[str, Style]
+    personalizer: personalizer_pb2_grpc.PersonalizerServiceStub | None = None
+
+    def personalization(self) -> personalizer_pb2_grpc.PersonalizerServiceStub:
+        if self.personalizer is None:
+            raise FailedPrecondition("personalization is not enabled on this gateway (set PHILIP_PERSONALIZER_ADDR)")
+        return self.personalizer
+
+
+__all__ = ["GatewayCore"]

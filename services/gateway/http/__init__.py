@@ -1,0 +1,21 @@
+"""The gateway's HTTP/JSON + Server-Sent Events edge and the studio (docs/HTTP.md)."""
+
+from __future__ import annotations
+
+from philip.rpc.auth import ApiKeys
+from philip.settings import Settings
+from services.gateway.core import GatewayCore
+from services.gateway.http.api import EdgeState
+from services.gateway.http.app import build_app
+from services.gateway.http.idempotency import Idempotency
+from services.gateway.http.server import HttpEdge
+
+
+def open_http_edge(settings: Settings, core: GatewayCore, keys: ApiKeys | None) -> HttpEdge:
+    """The edge on ``settings.host:settings.http_port``, over the same domain objects as the gRPC servicer."""
+    state = EdgeState(core, Idempotency(core.store), max_upload_bytes=settings.max_message_mb * 1024 * 1024)
+    app = build_app(state, keys, settings.http_cors_origins)
+    return HttpEdge(app, state, settings.host, settings.http_port, settings.grace_s)
+
+
+__all__ = ["HttpEdge", "open_http_edge"]
