@@ -48,9 +48,10 @@ bench: install
 	.venv/bin/philip bench generate --json
 	.venv/bin/philip bench refine --json
 
-# 1,000 random and mutated requests against a running gateway (make test runs 120 of them).
+# 1,000 random and mutated requests against a running gateway, over gRPC and over HTTP (make test runs
+# 120 of each).
 fuzz: install
-	PHILIP_FUZZ_EXAMPLES=1000 .venv/bin/pytest -q tests/hardening/test_fuzz_gateway.py
+	PHILIP_FUZZ_EXAMPLES=1000 .venv/bin/pytest -q tests/hardening/test_fuzz_gateway.py tests/http/test_http_fuzz.py
 
 # The shipped weights' two stages (models/README.md): from scratch, then continued at half the rate.
 train-tiny: install

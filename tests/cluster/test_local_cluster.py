@@ -26,13 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from philip.bench.server_process import free_port
 from philip.clients.generate import gateway_channel, stream_generation
 from philip.clients.session import SessionClient, SessionError
-from philip.v1 import common_pb2, gateway_pb2_grpc, generator_pb2
+from philip.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, generator_pb2
 
 pytestmark = pytest.mark.slow
 
@@ -130,7 +131,7 @@ def start_gateway(name: str, generators: list[Service], refiner: Service, logs: 
                   personalizers: list[Service] | None = None) -> Service:
     # Two replicas behind one target: gRPC's ipv4: resolver takes a comma-separated list.
     env = {"PHILIP_GENERATOR_ADDR": "ipv4:" + ",".join(g.address for g in generators),
-           "PHILIP_REFINER_ADDR": refiner.address}
+           "PHILIP_REFINER_ADDR": refiner.address, "PHILIP_HTTP_PORT": str(free_port())}
     if personalizers:
         env["PHILIP_PERSONALIZER_ADDR"] = "ipv4:" + ",".join(p.address for p in personalizers)
     gateway = Service(name, "gateway", free_port(), logs / f"{name}.log", env=env)
@@ -296,3 +297,43 @@ async def test_a_personalizer_killed_mid_training_is_finished_by_another(cluster
     assert steps == set(range(1, 31)), "every step is in the job's history, across both workers"
     assert survivor.events("worker.reclaimed")
     assert (cluster.logs / "adapters" / adapter_id / "adapter.json").is_file()
+
+
+async def sse_until(client: httpx.AsyncClient, path: str, last: str, wanted: str) -> tuple[str, dict[str, object]]:
+    """Read the SSE stream at ``path`` after event ``last`` until an event named ``wanted``: (its id, data)."""
+    event_id, name = last, ""
+    async with client.stream("GET", path, headers={"Last-Event-ID": last}, timeout=300) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        async for line in response.aiter_lines():
+            if line.startswith("id: "):
+                event_id = line[4:]
+            elif line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: ") and name == wanted:
+                return event_id, json.loads(line[6:])
+    raise AssertionError(f"the stream ended before {wanted}")
+
+
+async def test_a_session_over_http_on_the_split_gateway(cluster: Cluster) -> None:
+    """The gateway process's HTTP edge drives the same session domain over the split services:
+    round 1 on a generator replica, round 2 (a like) on the refiner, events resumed by Last-Event-ID."""
+    base = f"http://127.0.0.1:{cluster.gateway.env['PHILIP_HTTP_PORT']}"
+    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+        assert (await client.get("/readyz")).json() == {"status": "ok"}
+        started = await client.post("/v1/sessions", json={"params": {"prompt": "a red circle on a blue background",
+                                                                     "numImages": 2, "steps": 4, "seed": "7"}})
+        assert started.status_code == 201, started.text
+        session_id = started.json()["sessionId"]
+        last, first = await sse_until(client, f"/v1/sessions/{session_id}/events", "0-0", "round_images")
+        images = first["roundImages"]["images"]  # type: ignore[index]
+        liked = images[0]["image"]["id"]
+        reply = await client.post(f"/v1/sessions/{session_id}/feedback", json={"likedImageIds": [liked]})
+        assert reply.status_code == 200 and reply.json()["runningRound"] == 2, reply.text
+        _, second = await sse_until(client, f"/v1/sessions/{session_id}/events", last, "round_images")
+        assert second["round"] == 2 and len(second["roundImages"]["images"]) == 2  # type: ignore[index]
+        png = await client.get(f"/v1/images/{liked}.png")
+        assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+    async with gateway_channel(cluster.gateway.address) as channel:  # the same session over gRPC
+        snapshot = await gateway_pb2_grpc.GatewayStub(channel).GetSession(
+            gateway_pb2.GetSessionRequest(session_id=session_id))
+    assert [r.round for r in snapshot.rounds] == [1, 2]

@@ -20,9 +20,10 @@ from tests.personalizer.conftest import MODEL, UPSCALER
 
 
 class Deployment:
-    def __init__(self, address: str, keys: dict[str, str]) -> None:
+    def __init__(self, address: str, keys: dict[str, str], addresses: dict[str, str] | None = None) -> None:
         self.address = address
         self.keys = keys
+        self.addresses = addresses or {"gateway": address}  # every bound address ("http" with an HTTP port)
 
     def channel(self, tenant: str | None) -> aio.Channel:
         return gateway_channel(self.address, self.keys[tenant] if tenant else None)
@@ -37,14 +38,16 @@ async def deployed(folder: Path, tenants: tuple[str, ...], *, store: Store | Non
                    **settings: Any) -> AsyncIterator[Deployment]:
     """The services on loopback, a key per tenant in ``folder/keys.json``; stopped gracefully after."""
     keys = {tenant: add_key(folder / "keys.json", tenant) for tenant in tenants}
-    config = Settings(model_dir=str(MODEL), upscaler_path=str(UPSCALER), port=0, http_port=0, threads=1, grace_s=0.5,
-                      adapters_dir=str(folder / "adapters"), api_keys_file=str(folder / "keys.json"), **settings)
+    defaults: dict[str, Any] = dict(model_dir=str(MODEL), upscaler_path=str(UPSCALER), port=0, http_port=0, threads=1,
+                                    grace_s=0.5, adapters_dir=str(folder / "adapters"),
+                                    api_keys_file=str(folder / "keys.json"))
+    config = Settings(**{**defaults, **settings})  # ``settings`` may override a default (http_port=...)
     stop = asyncio.Event()
     ready: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(serve("all", config, store=store, stop=stop, on_ready=ready.set_result))
     addresses = await asyncio.wait_for(asyncio.shield(ready), 120)
     try:
-        yield Deployment(addresses["gateway"], keys)
+        yield Deployment(addresses["gateway"], keys, addresses)
     finally:
         stop.set()
         await asyncio.wait_for(task, 60)

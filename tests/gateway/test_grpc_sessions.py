@@ -54,8 +54,8 @@ async def deployment() -> AsyncIterator[Deployment]:
         pytest.skip(f"Redis not reachable at {REDIS_URL}")
     prefix = f"philip-test:{uuid.uuid4().hex}:"
     store = RedisStore(REDIS_URL, prefix=prefix, socket_timeout=2.0)
-    settings = Settings(model_dir=str(MODEL), upscaler_path=str(UPSCALER), port=0, http_port=0, max_queue=4, max_batch=8,
-                        batch_window_ms=5, blob_ttl_s=300, grace_s=1.0, threads=1)
+    settings = Settings(model_dir=str(MODEL), upscaler_path=str(UPSCALER), port=0, http_port=0, max_queue=4,
+                        max_batch=8, batch_window_ms=5, blob_ttl_s=300, grace_s=1.0, threads=1)
     stop = asyncio.Event()
     ready: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(serve("all", settings, store=store, stop=stop, on_ready=ready.set_result))

@@ -34,8 +34,8 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 
 
 def tls(certs: Certs, pair: Pair, **more: object) -> Settings:
-    return Settings(host="127.0.0.1", port=0, http_port=0, tls_cert=str(pair.cert), tls_key=str(pair.key), tls_ca=str(certs.ca),
-                    **more)  # type: ignore[arg-type]
+    return Settings(host="127.0.0.1", port=0, http_port=0, tls_cert=str(pair.cert), tls_key=str(pair.key),
+                    tls_ca=str(certs.ca), **more)  # type: ignore[arg-type]
 
 
 @pytest.fixture

@@ -45,8 +45,8 @@ async def deployment(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
         await store.close()
         pytest.skip(f"Redis not reachable at {REDIS_URL}")
     adapters = tmp_path_factory.mktemp("adapters")
-    settings = Settings(model_dir=str(MODEL), upscaler_path=str(UPSCALER), adapters_dir=str(adapters), port=0, http_port=0,
-                        max_batch=8, batch_window_ms=5, blob_ttl_s=300, grace_s=1.0, threads=1,
+    settings = Settings(model_dir=str(MODEL), upscaler_path=str(UPSCALER), adapters_dir=str(adapters), port=0,
+                        http_port=0, max_batch=8, batch_window_ms=5, blob_ttl_s=300, grace_s=1.0, threads=1,
                         train_checkpoint_every=5)
     stop = asyncio.Event()
     ready: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()

@@ -64,8 +64,8 @@ def build_app(state: EdgeState, keys: ApiKeys | None, cors_origins: tuple[str, .
         Mount("/static", StaticFiles(directory=STUDIO_DIR, check_dir=False), name="static"),
     ]
     middleware = [Middleware(EdgeMiddleware, keys=keys)]
-    if cors_origins:
-        middleware.append(Middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_credentials=False,
+    if cors_origins:  # outermost: a preflight carries no Authorization and must not meet the key check
+        middleware.insert(0, Middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_credentials=False,
                                      allow_methods=["GET", "POST", "DELETE"],
                                      allow_headers=["authorization", "content-type", "idempotency-key",
                                                     "last-event-id", "x-request-id"],
