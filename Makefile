@@ -2,7 +2,7 @@ PY ?= .venv/bin/python
 PIP ?= .venv/bin/pip
 PROTOS := $(wildcard protos/philip/v1/*.proto)
 
-.PHONY: install proto proto-check lint test test-fast demo bench eval train-tiny clean k8s-validate fuzz
+.PHONY: install proto proto-check lint test test-fast demo serve bench eval train-tiny clean k8s-validate fuzz
 
 .venv/bin/python:
 	python3 -m venv .venv
@@ -37,6 +37,10 @@ test: install proto-check lint
 demo: install
 	bash scripts/demo.sh
 
+# Every service in one process with the studio on http://127.0.0.1:8080/ (gRPC on 127.0.0.1:50051).
+serve: install
+	.venv/bin/philip serve all --http-port 8080
+
 eval: install
 	.venv/bin/philip eval model --json
 	.venv/bin/philip eval upscaler --json
@@ -47,6 +51,7 @@ bench: install
 	.venv/bin/philip bench model --json
 	.venv/bin/philip bench generate --json
 	.venv/bin/philip bench refine --json
+	.venv/bin/philip bench http --json
 
 # 1,000 random and mutated requests against a running gateway, over gRPC and over HTTP (make test runs
 # 120 of each).

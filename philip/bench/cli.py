@@ -46,6 +46,32 @@ def bench_generate_cmd(
     emit(result, as_json)
 
 
+@bench_app.command("http")
+def bench_http_cmd(
+    model_dir: Path = typer.Option(Path("models/philip-tiny"), help="Diffusers model folder of the server."),
+    images: int = typer.Option(4, help="Images per generation and per session round."),
+    steps: int = typer.Option(8, help="Denoising steps."),
+    preview_every: int = typer.Option(1, help="A preview every n steps (>= 1)."),
+    size: int = typer.Option(64, help="Width and height in pixels."),
+    repeats: int = typer.Option(5, help="Measurements per edge after one warm-up each; medians are reported."),
+    viewers: int = typer.Option(200, help="Concurrent SSE viewers of one session (1-2000)."),
+    threads: int | None = typer.Option(None, help="Torch threads of the server (PHILIP_THREADS, default: cores - 1)."),
+    port: int = typer.Option(0, help="gRPC port of the benchmarked server (0 = a free one)."),
+    http_port: int = typer.Option(0, help="HTTP port of the benchmarked server (0 = a free one)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object last."),
+) -> None:
+    """HTTP/JSON + SSE vs gRPC on one server: generation overhead, first preview, 200 SSE viewers' RSS."""
+    from philip.bench.generate import resolve_threads
+    from philip.bench.http_api import HttpBenchConfig, render_table, run_http_bench
+
+    cfg = HttpBenchConfig(model_dir=model_dir, images=images, steps=steps, preview_every=preview_every, size=size,
+                          repeats=repeats, viewers=viewers, threads=resolve_threads(threads), port=port,
+                          http_port=http_port)
+    result = run_http_bench(cfg, log=lambda msg: console.print(f"[dim]{msg}[/dim]"))
+    render_table(result, console)
+    emit(result, as_json)
+
+
 @bench_app.command("priority")
 def bench_priority_cmd(
     model_dir: Path = typer.Option(Path("models/philip-tiny"), help="Diffusers model folder."),

@@ -66,10 +66,17 @@ class ServerProcess:
 
     def peak_rss_mb(self) -> float:
         """High-water resident set size of the server process (Linux /proc)."""
+        return self._status_mb("VmHWM")
+
+    def rss_mb(self) -> float:
+        """Current resident set size of the server process (Linux /proc)."""
+        return self._status_mb("VmRSS")
+
+    def _status_mb(self, key: str) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmHWM in /proc status")
+        raise RuntimeError(f"no {key} in /proc status")
 
     def stop(self, grace_s: float = 30.0) -> None:
         """SIGTERM (graceful drain), then SIGKILL if it has not exited after ``grace_s``."""
