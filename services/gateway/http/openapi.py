@@ -156,7 +156,7 @@ def docs_page(doc: dict[str, Any]) -> str:
                         f"<td>{html.escape(op['summary'])}</td></tr>")
     codes = ", ".join(f"{name} {code}" for name, code in HTTP_STATUS.items() if name != "OK")
     return ("<!doctype html><html lang=en><head><meta charset=utf-8><title>PHiLIP HTTP API</title>"
-            "<link rel=stylesheet href=/static/docs.css></head><body><h1>PHiLIP HTTP API</h1>"
+            "<link rel=icon href=/static/favicon.svg><link rel=stylesheet href=/static/docs.css></head><body><h1>PHiLIP HTTP API</h1>"
             f"<p>Version {html.escape(doc['info']['version'])}. The machine-readable document: "
             "<a href=/openapi.json>/openapi.json</a> (OpenAPI 3.1). Bodies are protobuf's canonical JSON of "
             "<code>protos/philip/v1</code>; errors are <code>google.rpc.Status</code> "
