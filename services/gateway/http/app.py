@@ -14,7 +14,9 @@ from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import Any
 
+from google.protobuf import json_format
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -28,7 +30,7 @@ from philip.rpc.auth import ApiKeys, acting_as
 from philip.rpc.errors import Unauthenticated
 from services.gateway.http.adapter_routes import adapter_routes
 from services.gateway.http.api import ApiRoute, EdgeState, Handler, request_id
-from services.gateway.http.errors import error_response
+from services.gateway.http.errors import error_body, error_response
 from services.gateway.http.job_routes import job_routes
 from services.gateway.http.misc_routes import healthz, misc_routes, readyz
 from services.gateway.http.openapi import docs_page, document
@@ -70,7 +72,7 @@ def build_app(state: EdgeState, keys: ApiKeys | None, cors_origins: tuple[str, .
                                      allow_headers=["authorization", "content-type", "idempotency-key",
                                                     "last-event-id", "x-request-id"],
                                      expose_headers=["retry-after", "x-request-id", "idempotency-replayed"]))
-    app = Starlette(routes=routes, middleware=middleware)
+    app = Starlette(routes=routes, middleware=middleware, exception_handlers={HTTPException: _router_error})
     app.state.routes = table
     return app
 
@@ -85,6 +87,16 @@ def _guarded(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             return error_response(exc, request_id(request))
 
     return endpoint
+
+
+async def _router_error(request: Request, exc: Exception) -> Response:
+    """The router's own answers (no such route, another method) are google.rpc.Status bodies too."""
+    assert isinstance(exc, HTTPException)
+    code, message = {
+        404: ("NOT_FOUND", f"no route {request.url.path}; see /openapi.json"),
+        405: ("UNIMPLEMENTED", f"{request.method} is not allowed on {request.url.path}; see /openapi.json"),
+    }.get(exc.status_code, ("INVALID_ARGUMENT", str(exc.detail)))
+    return JSONResponse(json_format.MessageToDict(error_body(code, message)), exc.status_code, headers=exc.headers)
 
 
 def _constant(response: Response) -> Callable[[Request], Awaitable[Response]]:

@@ -75,10 +75,16 @@ def parse(body: bytes, message_type: type[M]) -> M:
 
 def _field_of(error: str) -> str:
     """The field protobuf's parser names ("Failed to parse params field: Failed to parse prompt field" ->
-    "params.prompt"; 'no field named "x"' -> "x"), else "body"."""
+    "params.prompt"; 'no field named "x"' -> "x"; "Couldn't parse float: x at SessionStart.weights.start"
+    -> "weights.start"), else "body"."""
     chain = re.findall(r"Failed to parse (\w+) field", error)
     unknown = re.search(r'no field named "([^"]+)"', error)
-    return ".".join([*chain, unknown.group(1)] if unknown else chain) or "body"
+    if unknown:
+        return ".".join([*chain, unknown.group(1)])
+    # Some scalar errors name only the message above the field in the chain, but the whole path after "at".
+    at = re.search(r' at "?\w+((?:\.\w+)+)', error)
+    path = re.sub(r"\[\d+\]", "", at.group(1))[1:].split(".") if at else []
+    return ".".join(path if len(path) > len(chain) else chain) or "body"
 
 
 __all__ = ["MAX_JSON_BYTES", "PayloadTooLarge", "ProtoResponse", "dumps", "parse", "read_body", "to_json"]
