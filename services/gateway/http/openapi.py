@@ -16,11 +16,13 @@ from google.rpc import status_pb2
 from services.gateway.http.api import ApiRoute
 from services.gateway.http.errors import HTTP_STATUS
 
+_NON_FINITE = {"type": "string", "enum": ["NaN", "Infinity", "-Infinity"]}
 _SCALARS: dict[int, dict[str, Any]] = {
     FieldDescriptor.TYPE_STRING: {"type": "string"},
     FieldDescriptor.TYPE_BOOL: {"type": "boolean"},
-    FieldDescriptor.TYPE_FLOAT: {"type": "number"},
-    FieldDescriptor.TYPE_DOUBLE: {"type": "number"},
+    # Canonical JSON writes the non-finite floats as strings (and the edge accepts them so).
+    FieldDescriptor.TYPE_FLOAT: {"oneOf": [{"type": "number"}, _NON_FINITE]},
+    FieldDescriptor.TYPE_DOUBLE: {"oneOf": [{"type": "number"}, _NON_FINITE]},
     FieldDescriptor.TYPE_INT32: {"type": "integer", "format": "int32"},
     FieldDescriptor.TYPE_SINT32: {"type": "integer", "format": "int32"},
     FieldDescriptor.TYPE_SFIXED32: {"type": "integer", "format": "int32"},
@@ -156,7 +158,8 @@ def docs_page(doc: dict[str, Any]) -> str:
                         f"<td>{html.escape(op['summary'])}</td></tr>")
     codes = ", ".join(f"{name} {code}" for name, code in HTTP_STATUS.items() if name != "OK")
     return ("<!doctype html><html lang=en><head><meta charset=utf-8><title>PHiLIP HTTP API</title>"
-            "<link rel=icon href=/static/favicon.svg><link rel=stylesheet href=/static/docs.css></head><body><h1>PHiLIP HTTP API</h1>"
+            "<link rel=icon href=/static/favicon.svg><link rel=stylesheet href=/static/docs.css></head>"
+            "<body><h1>PHiLIP HTTP API</h1>"
             f"<p>Version {html.escape(doc['info']['version'])}. The machine-readable document: "
             "<a href=/openapi.json>/openapi.json</a> (OpenAPI 3.1). Bodies are protobuf's canonical JSON of "
             "<code>protos/philip/v1</code>; errors are <code>google.rpc.Status</code> "
