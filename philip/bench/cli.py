@@ -62,7 +62,8 @@ def bench_http_cmd(
 ) -> None:
     """HTTP/JSON + SSE vs gRPC on one server: generation overhead, first preview, 200 SSE viewers' RSS."""
     from philip.bench.generate import resolve_threads
-    from philip.bench.http_api import HttpBenchConfig, render_table, run_http_bench
+    from philip.bench.http_api import HttpBenchConfig, run_http_bench
+    from philip.bench.http_report import render_table
 
     cfg = HttpBenchConfig(model_dir=model_dir, images=images, steps=steps, preview_every=preview_every, size=size,
                           repeats=repeats, viewers=viewers, threads=resolve_threads(threads), port=port,

@@ -29,32 +29,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
-import platform
-import statistics
 import tempfile
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 from google.protobuf import json_format
-from rich.console import Console
-from rich.table import Table
 
+from philip.bench.http_report import max_pixel_diff, summarize
 from philip.bench.server_process import ServerProcess, free_port
+from philip.bench.sse_client import (
+    HttpBenchError,
+    bounded,
+    checked,
+    http_client,
+    sse_events,
+    wait_http_ready,
+)
 
-# Goals from the issue: a ratio is "met" when it is at most this; sse_viewers_final must equal viewers.
-GOALS: dict[str, float] = {"http_overhead": 1.05, "first_preview_ratio": 1.1}
 RSS_SAMPLE_S = 0.05
-T = TypeVar("T")
-
-
-class HttpBenchError(RuntimeError):
-    """A call of the benchmark did not do what it should (an error status, an error event, a short result)."""
 
 
 @dataclass(frozen=True)
@@ -89,63 +85,6 @@ class HttpBenchConfig:
             raise ValueError("viewers must be 1-2000")
 
 
-# ---- SSE over httpx -----------------------------------------------------------------------------
-
-
-@dataclass
-class SseEvent:
-    """One Server-Sent Event: its name, id, data text and arrival time (perf_counter)."""
-
-    name: str
-    id: str
-    data: str
-    at: float
-
-    def json(self) -> dict[str, Any]:
-        value: dict[str, Any] = json.loads(self.data)
-        return value
-
-
-async def sse_events(client: Any, url: str) -> AsyncGenerator[SseEvent, None]:
-    """The events of an SSE response, as they arrive; ends with the response."""
-    async with client.stream("GET", url, headers={"Accept": "text/event-stream"}) as response:
-        if response.status_code != 200:
-            body = (await response.aread()).decode(errors="replace")
-            raise HttpBenchError(f"GET {url}: {response.status_code} {body[:300]}")
-        name, event_id, data = "", "", list[str]()
-        async for line in response.aiter_lines():
-            if not line:
-                if data:
-                    yield SseEvent(name or "message", event_id, "\n".join(data), time.perf_counter())
-                name, data = "", []
-                continue
-            if line.startswith(":"):
-                continue  # a comment: the heartbeat
-            key, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if key == "event":
-                name = value
-            elif key == "data":
-                data.append(value)
-            elif key == "id":
-                event_id = value
-
-
-def _checked(response: Any, expected: int) -> dict[str, Any]:
-    if response.status_code != expected:
-        raise HttpBenchError(f"{response.request.method} {response.request.url.path}: {response.status_code} "
-                             f"{response.text[:300]}")
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def _bounded(awaitable: Awaitable[T], timeout_s: float, what: str) -> T:
-    try:
-        return await asyncio.wait_for(awaitable, timeout_s)
-    except TimeoutError:
-        raise HttpBenchError(f"{what} took longer than {timeout_s:.0f} s") from None
-
-
 # ---- the two edges ------------------------------------------------------------------------------
 
 
@@ -177,7 +116,7 @@ class Edges:
         from philip.v1 import generator_pb2
 
         t0 = time.perf_counter()
-        job = _checked(await self.http.post("/v1/generations", json=self.params_json), 202)
+        job = checked(await self.http.post("/v1/generations", json=self.params_json), 202)
         async with contextlib.aclosing(sse_events(self.http, f"/v1/jobs/{job['jobId']}/events")) as events:
             async for event in events:
                 payload = event.json()  # what any client does with every event
@@ -208,7 +147,7 @@ class Edges:
 
     async def http_first_preview(self) -> float:
         t0 = time.perf_counter()
-        snapshot = _checked(await self.http.post("/v1/sessions", json={"params": self.params_json}), 201)
+        snapshot = checked(await self.http.post("/v1/sessions", json={"params": self.params_json}), 201)
         session_id = snapshot["sessionId"]
         first: float | None = None
         async with contextlib.aclosing(sse_events(self.http, f"/v1/sessions/{session_id}/events")) as events:
@@ -220,7 +159,7 @@ class Edges:
                     break
                 elif event.name in ("error", "cancelled", "final", "stream_error"):
                     raise HttpBenchError(f"session {session_id}: {event.name} {event.data[:300]}")
-        _checked(await self.http.post(f"/v1/sessions/{session_id}/cancel", json={}), 200)
+        checked(await self.http.post(f"/v1/sessions/{session_id}/cancel", json={}), 200)
         if first is None:
             raise HttpBenchError(f"session {session_id}: no preview over SSE")
         return first
@@ -286,7 +225,7 @@ async def watch_viewers(edges: Edges, server: ServerProcess, viewers: int) -> Vi
     sampler = asyncio.get_running_loop().create_task(sample(), name="rss-sampler")
     t0 = time.perf_counter()
     try:
-        snapshot = _checked(await http.post("/v1/sessions", json={"params": edges.params_json}), 201)
+        snapshot = checked(await http.post("/v1/sessions", json={"params": edges.params_json}), 201)
         session_id = snapshot["sessionId"]
         chosen: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
@@ -306,8 +245,8 @@ async def watch_viewers(edges: Edges, server: ServerProcess, viewers: int) -> Vi
 
         tasks = [asyncio.ensure_future(viewer()) for _ in range(viewers)]
         try:
-            image_id = await _bounded(asyncio.shield(chosen), cfg.call_timeout_s, "the viewers' round")
-            _checked(await http.post(f"/v1/sessions/{session_id}/finalize", json={"imageId": image_id}), 202)
+            image_id = await bounded(asyncio.shield(chosen), cfg.call_timeout_s, "the viewers' round")
+            checked(await http.post(f"/v1/sessions/{session_id}/finalize", json={"imageId": image_id}), 202)
             _done, pending = await asyncio.wait(tasks, timeout=cfg.call_timeout_s)
         finally:
             for task in tasks:
@@ -353,33 +292,6 @@ def run_http_bench(cfg: HttpBenchConfig, log: Callable[[str], None] | None = Non
             server.stop()
 
 
-async def _wait_http_ready(http: Any, server: ServerProcess, timeout_s: float) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        with contextlib.suppress(httpx.HTTPError):
-            if (await http.get("/readyz")).status_code == 200:
-                return
-        if server.proc.poll() is not None:
-            raise HttpBenchError(f"the server exited with {server.proc.returncode}:\n{server.log_tail()}")
-        if time.monotonic() >= deadline:
-            raise HttpBenchError(f"the HTTP edge was not ready after {timeout_s:.0f} s:\n{server.log_tail()}")
-        await asyncio.sleep(0.25)
-
-
-def http_client(base_url: str, connections: int, read_timeout_s: float) -> Any:
-    """An httpx client for 127.0.0.1 with room for ``connections`` open streams (PHILIP_API_KEY, if set)."""
-    import httpx
-
-    headers = {"Authorization": f"Bearer {key}"} if (key := os.environ.get("PHILIP_API_KEY")) else {}
-    return httpx.AsyncClient(
-        base_url=base_url, headers=headers, trust_env=False,  # no proxies: loopback only
-        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-        timeout=httpx.Timeout(30.0, read=read_timeout_s, pool=read_timeout_s),
-    )
-
-
 async def _measure(cfg: HttpBenchConfig, server: ServerProcess, say: Callable[[str], None]) -> dict[str, Any]:
     from philip.clients.generate import gateway_channel
     from philip.v1 import gateway_pb2_grpc
@@ -389,16 +301,16 @@ async def _measure(cfg: HttpBenchConfig, server: ServerProcess, say: Callable[[s
     # Heartbeats come every 15 s, so a read that waits longer than a minute has lost its stream.
     async with http_client(f"http://{server.http_address}", cfg.viewers + 8, 60.0) as http, \
             gateway_channel(server.address) as channel:
-        await _wait_http_ready(http, server, cfg.startup_timeout_s)
+        await wait_http_ready(http, server, cfg.startup_timeout_s)
         say(f"server ready in {time.perf_counter() - t0:.1f} s")
         edges = Edges(cfg, http, gateway_pb2_grpc.GatewayStub(channel))
         timeout = cfg.call_timeout_s
 
         say("warming up (one generation and one session on each edge)")
-        await _bounded(edges.grpc_generate(), timeout, "a gRPC generation")
-        await _bounded(edges.http_generate(), timeout, "an HTTP generation")
-        await _bounded(edges.grpc_first_preview(), timeout, "a gRPC session")
-        await _bounded(edges.http_first_preview(), timeout, "an HTTP session")
+        await bounded(edges.grpc_generate(), timeout, "a gRPC generation")
+        await bounded(edges.http_generate(), timeout, "an HTTP generation")
+        await bounded(edges.grpc_first_preview(), timeout, "a gRPC session")
+        await bounded(edges.http_first_preview(), timeout, "an HTTP session")
 
         http_s: list[float] = []
         grpc_s: list[float] = []
@@ -408,7 +320,7 @@ async def _measure(cfg: HttpBenchConfig, server: ServerProcess, say: Callable[[s
             runs: dict[str, GenerationRun] = {}
             for edge in (("grpc", "http") if r % 2 == 0 else ("http", "grpc")):
                 call = edges.grpc_generate() if edge == "grpc" else edges.http_generate()
-                runs[edge] = await _bounded(call, timeout, f"a {edge} generation")
+                runs[edge] = await bounded(call, timeout, f"a {edge} generation")
             grpc_s.append(runs["grpc"].total_s)
             http_s.append(runs["http"].total_s)
             diffs.append(max_pixel_diff(runs["grpc"].images, runs["http"].images))
@@ -419,9 +331,9 @@ async def _measure(cfg: HttpBenchConfig, server: ServerProcess, say: Callable[[s
             say(f"session {r + 1}/{cfg.repeats} on both edges (first preview)")
             for edge in (("grpc", "http") if r % 2 == 0 else ("http", "grpc")):
                 if edge == "grpc":
-                    grpc_preview_s.append(await _bounded(edges.grpc_first_preview(), timeout, "a gRPC session"))
+                    grpc_preview_s.append(await bounded(edges.grpc_first_preview(), timeout, "a gRPC session"))
                 else:
-                    http_preview_s.append(await _bounded(edges.http_first_preview(), timeout, "an HTTP session"))
+                    http_preview_s.append(await bounded(edges.http_first_preview(), timeout, "an HTTP session"))
 
         say("one SSE viewer of a finalized session (warm-up)")
         warm = await watch_viewers(edges, server, 1)
@@ -431,76 +343,3 @@ async def _measure(cfg: HttpBenchConfig, server: ServerProcess, say: Callable[[s
         viewers = await watch_viewers(edges, server, cfg.viewers)
     return summarize(cfg, http_s=http_s, grpc_s=grpc_s, http_preview_s=http_preview_s,
                      grpc_preview_s=grpc_preview_s, viewers=viewers, max_pixel_diff=max(diffs))
-
-
-def max_pixel_diff(a: list[np.ndarray], b: list[np.ndarray]) -> int:
-    """Largest absolute 8-bit difference between two equally long image lists."""
-    return max(int(np.abs(x.astype(np.int16) - y.astype(np.int16)).max()) for x, y in zip(a, b, strict=True))
-
-
-def machine_info(threads: int) -> dict[str, Any]:
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cores": os.cpu_count(), "usable_cores": affinity, "server_threads": threads,
-            "platform": platform.platform(), "python": platform.python_version()}
-
-
-def summarize(cfg: HttpBenchConfig, *, http_s: list[float], grpc_s: list[float], http_preview_s: list[float],
-              grpc_preview_s: list[float], viewers: ViewersRun, max_pixel_diff: int) -> dict[str, Any]:
-    """Medians, ratios, goals and the run's parameters (one JSON-ready object)."""
-    med = statistics.median
-    http_gen, grpc_gen = med(http_s), med(grpc_s)
-    http_first, grpc_first = med(http_preview_s), med(grpc_preview_s)
-    result: dict[str, Any] = {
-        "http_overhead": round(http_gen / grpc_gen, 4),
-        "http_generate_s": round(http_gen, 4),
-        "grpc_generate_s": round(grpc_gen, 4),
-        "max_pixel_diff": max_pixel_diff,
-        "first_preview_ratio": round(http_first / grpc_first, 4),
-        "http_first_preview_s": round(http_first, 4),
-        "grpc_first_preview_s": round(grpc_first, 4),
-        "sse_viewers": viewers.viewers,
-        "sse_viewers_final": viewers.received_final,
-        "sse_rss_before_mb": round(viewers.rss_before_mb, 1),
-        "sse_rss_peak_mb": round(viewers.rss_peak_mb, 1),
-        "sse_rss_growth_mb": round(viewers.rss_peak_mb - viewers.rss_before_mb, 1),
-        "sse_wall_s": round(viewers.wall_s, 2),
-        "sse_events_per_viewer": [viewers.events_min, viewers.events_max],
-        "sse_errors": viewers.errors,
-    }
-    goals: dict[str, Any] = {"http_overhead": f"<= {GOALS['http_overhead']}",
-                             "first_preview_ratio": f"<= {GOALS['first_preview_ratio']}",
-                             "sse_viewers_final": f"== {viewers.viewers}"}
-    met = {
-        "http_overhead": result["http_overhead"] <= GOALS["http_overhead"],
-        "first_preview_ratio": result["first_preview_ratio"] <= GOALS["first_preview_ratio"],
-        "sse_viewers_final": viewers.received_final == viewers.viewers,
-    }
-    params = asdict(cfg)
-    params["model_dir"] = str(cfg.model_dir)
-    for key in ("port", "http_port", "startup_timeout_s", "call_timeout_s"):
-        params.pop(key)
-    samples = {"http_generate_s": [round(s, 4) for s in http_s], "grpc_generate_s": [round(s, 4) for s in grpc_s],
-               "http_first_preview_s": [round(s, 4) for s in http_preview_s],
-               "grpc_first_preview_s": [round(s, 4) for s in grpc_preview_s]}
-    return {**result, "goals": goals, "met": met, "all_met": all(met.values()), "params": params,
-            "machine": machine_info(cfg.threads), "samples": samples}
-
-
-def render_table(result: dict[str, Any], console: Console) -> None:
-    """The headline numbers with their goals, for people (the JSON is for machines)."""
-    p = result["params"]
-    table = Table(title=f"philip bench http ({p['images']} images, {p['steps']} steps, {p['size']} px, "
-                        f"previews every {p['preview_every']}, median of {p['repeats']}, "
-                        f"{result['machine']['cores']} cores)")
-    for column, justify in (("metric", "left"), ("value", "right"), ("goal", "right"), ("met", "center")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    rows = ("http_overhead", "http_generate_s", "grpc_generate_s", "max_pixel_diff", "first_preview_ratio",
-            "http_first_preview_s", "grpc_first_preview_s", "sse_viewers", "sse_viewers_final",
-            "sse_rss_growth_mb", "sse_wall_s")
-    for key in rows:
-        value = result[key]
-        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
-        met = result["met"].get(key)
-        table.add_row(key, shown, result["goals"].get(key, ""),
-                      "" if met is None else ("[green]yes[/green]" if met else "[red]no[/red]"))
-    console.print(table)

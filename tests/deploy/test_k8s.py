@@ -15,19 +15,15 @@ from tests.deploy.k8s_objects import (
     ROLES,
     behind,
     component,
-    container_port,
     effective_env,
     in_namespace_sources,
     ingress_peers,
     main_container,
     matches,
-    nginx_size_bytes,
-    open_ingress_ports,
     philip_workloads,
     pod_labels,
     pod_spec,
     selected,
-    service_target,
     settings_of,
 )
 
@@ -42,12 +38,6 @@ CRDS = {("keda.sh/v1alpha1", "ScaledObject"), ("keda.sh/v1alpha1", "TriggerAuthe
 TRAIN_STREAM, TRAIN_GROUP = "philip:queue:train", "personalizers"
 SECRET = "philip-secrets"
 SETTINGS_VARS = {env_name(f.name) for f in dataclasses.fields(Settings)}
-# The gateway's HTTP edge (docs/HTTP.md): its port, the `: heartbeat` period of its SSE streams,
-# and its settings. Those names become Settings fields with the edge itself; until they are,
-# they are accepted by name (Settings.from_env ignores variables it has no field for).
-HTTP_PORT_NAME, HEARTBEAT_S = "http", 15
-HTTP_VARS = {"PHILIP_HTTP_PORT", "PHILIP_HTTP_CORS_ORIGINS"}
-NGINX = "nginx.ingress.kubernetes.io/"
 
 
 # ---- schema ---------------------------------------------------------------------------------
@@ -136,21 +126,6 @@ def test_probes_use_grpc_health_on_the_served_port(each: Rendered) -> None:
             assert budget >= needed, f"{workload['metadata']['name']}: startup budget {budget}s < {needed}s"
 
 
-def test_gateway_probes_use_the_http_edge(each: Rendered) -> None:
-    """Readiness on /readyz (503 while starting or draining), liveness and startup on /healthz
-    (200 while the process runs), all on the container's http port (docs/HTTP.md)."""
-    container = main_container(each.get("Deployment", "philip-gateway"))
-    http = container_port(container, HTTP_PORT_NAME)
-    expected = {"startupProbe": "/healthz", "readinessProbe": "/readyz", "livenessProbe": "/healthz"}
-    for kind, path in expected.items():
-        probe = container.get(kind, {}).get("httpGet")
-        assert probe, f"gateway.{kind}: an httpGet probe"
-        assert probe["path"] == path and container_port(container, probe["port"]) == http, f"gateway.{kind}"
-        assert probe.get("scheme", "HTTP") == "HTTP", f"gateway.{kind}: the edge serves plain HTTP"
-    startup = container["startupProbe"]
-    assert startup.get("periodSeconds", 10) * startup.get("failureThreshold", 3) >= 30, "startup budget"
-
-
 def test_termination_grace_covers_prestop_and_drain(each: Rendered) -> None:
     for workload in philip_workloads(each):
         container, role = main_container(workload), component(workload)
@@ -237,70 +212,6 @@ def test_network_policies_allow_only_the_intended_paths(each: Rendered) -> None:
             assert in_namespace_sources(each, peers) == redis_clients, "exactly the store's users reach Redis"
 
 
-def test_network_policy_admits_every_gateway_port(each: Rendered) -> None:
-    """gRPC and the HTTP edge are both open to every source (clients, the ingress controller)."""
-    gateway = each.get("Deployment", "philip-gateway")
-    opened = open_ingress_ports(each, gateway)
-    declared = {p["containerPort"] for p in main_container(gateway)["ports"]}
-    assert opened is None or declared <= opened, f"gateway ports {sorted(declared)}, open {sorted(opened)}"
-    assert {50051, 8080} <= declared
-
-
-# ---- the HTTP edge and its Ingress ----------------------------------------------------------
-
-def test_gateway_serves_http_on_its_exposed_port(each: Rendered) -> None:
-    """PHILIP_HTTP_PORT is the `http` containerPort, and the Service routes `http` to it."""
-    container = main_container(each.get("Deployment", "philip-gateway"))
-    env = effective_env(each, container)
-    assert "PHILIP_HTTP_PORT" in env, "set PHILIP_HTTP_PORT explicitly: the probes and the Service use it"
-    http = container_port(container, HTTP_PORT_NAME)
-    assert int(env["PHILIP_HTTP_PORT"]) == http == 8080, f"PHILIP_HTTP_PORT={env['PHILIP_HTTP_PORT']}, port {http}"
-    settings = settings_of(each, container)
-    if hasattr(settings, "http_port"):  # once Settings reads it, it must read the same number
-        assert settings.http_port == http
-    assert http != settings.port, "HTTP beside gRPC, on a port of its own"
-    service = each.get("Service", "philip-gateway")
-    assert service_target(each, service, HTTP_PORT_NAME) == http
-    assert service_target(each, service, "grpc") == settings.port, "gRPC stays on the Service"
-    for var in ("PHILIP_HTTP_PORT", "PHILIP_HTTP_CORS_ORIGINS"):
-        for workload in philip_workloads(each):
-            if component(workload) != "gateway":
-                assert var not in effective_env(each, main_container(workload)), f"{var}: gateway only"
-
-
-def test_ingress_streams_the_gateways_http_port(each: Rendered) -> None:
-    """The overlays' Ingress reaches the gateway's HTTP port with SSE-safe ingress-nginx settings:
-    no response buffering, timeouts beyond the heartbeat, uploads up to PHILIP_MAX_MESSAGE_MB."""
-    ingresses = each.of_kind("Ingress")
-    assert ingresses, f"overlays/{each.overlay}: an Ingress for the HTTP edge"
-    gateway = main_container(each.get("Deployment", "philip-gateway"))
-    http, settings = container_port(gateway, HTTP_PORT_NAME), settings_of(each, gateway)
-    for ingress in ingresses:
-        name, spec = ingress["metadata"]["name"], ingress["spec"]
-        assert ingress["apiVersion"] == "networking.k8s.io/v1" and spec.get("ingressClassName") == "nginx", name
-        assert "defaultBackend" not in spec, name
-        notes = ingress["metadata"].get("annotations", {})
-        assert notes.get(NGINX + "proxy-buffering") == "off", f"{name}: SSE needs proxy-buffering off"
-        for timeout in ("proxy-read-timeout", "proxy-send-timeout"):
-            assert int(notes.get(NGINX + timeout, "60")) > HEARTBEAT_S, f"{name}: {timeout} <= the heartbeat"
-        body = nginx_size_bytes(notes.get(NGINX + "proxy-body-size", "1m"))
-        assert body == 0 or body >= settings.max_message_mb * 2**20, f"{name}: proxy-body-size < PHILIP_MAX_MESSAGE_MB"
-        hosts = [rule.get("host") for rule in spec["rules"]]
-        assert hosts and all(hosts), f"{name}: every rule names its host"
-        for rule in spec["rules"]:
-            for path in rule["http"]["paths"]:
-                backend = path["backend"]["service"]
-                service = each.get("Service", backend["name"])
-                assert behind(each, service) == ["gateway"], f"{name}: {backend['name']} is not the gateway"
-                port = backend["port"].get("name") or backend["port"]["number"]
-                assert service_target(each, service, port) == http, f"{name}: not the gateway's HTTP port"
-            assert [p["path"] for p in rule["http"]["paths"]] == ["/"], f"{name}: the API and the studio"
-        if each.overlay == "amd":
-            tls = spec.get("tls", [])
-            assert tls and all(t.get("secretName") for t in tls), f"{name}: TLS with a referenced secret"
-            assert set(hosts) <= {h for t in tls for h in t.get("hosts", [])}, f"{name}: TLS covers every host"
-
-
 def test_gateway_dials_headless_services_by_dns(each: Rendered) -> None:
     gateway = main_container(each.get("Deployment", "philip-gateway"))
     settings = settings_of(each, gateway)
@@ -350,7 +261,7 @@ def test_images_are_pinned(each: Rendered) -> None:
 
 def test_philip_env_names_are_settings_fields(each: Rendered) -> None:
     """Every PHILIP_* name is a real Settings field, and each container's values parse."""
-    known = SETTINGS_VARS | HTTP_VARS
+    known = SETTINGS_VARS
     for config_map in each.of_kind("ConfigMap"):
         unknown = {k for k in config_map["data"] if k.startswith("PHILIP_")} - known
         assert not unknown, f"ConfigMap {config_map['metadata']['name']}: not Settings fields: {sorted(unknown)}"
