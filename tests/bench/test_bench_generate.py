@@ -9,30 +9,13 @@ import json
 import math
 from pathlib import Path
 
-import pytest
-import torch
-
 from philip.bench.generate import GenerateBenchConfig, run_generate_bench
-from philip.tiny.train import TinyTrainConfig, train_tiny
 
 ISSUE_KEYS = (
     "direct_s", "grpc_s", "overhead_ratio", "batch8_s", "concurrent8_s", "batching_ratio", "first_preview_s",
     "step_s", "first_preview_ratio", "preview_cost_ratio", "peak_rss_mb",
 )
 RATIOS = ("overhead_ratio", "batching_ratio", "first_preview_ratio", "preview_cost_ratio")
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """philip-tiny's architecture at toy sizes with (nearly) random weights."""
-    root = tmp_path_factory.mktemp("bench-model")
-    cfg = TinyTrainConfig(
-        out_dir=root / "model", work_dir=root / "work", vae_steps=2, vae_batch=4, pool_size=32, steps=2, batch=4,
-        unet_channels=(32, 32, 32), text_hidden=32, text_layers=1, threads=1,
-    )
-    train_tiny(cfg)
-    torch.set_num_threads(1)
-    return cfg.out_dir
 
 
 def test_bench_generate_reports_every_key(tiny_model_dir: Path) -> None:

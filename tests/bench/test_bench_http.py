@@ -11,29 +11,14 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 from philip.bench.http_api import HttpBenchConfig, run_http_bench
-from philip.tiny.train import TinyTrainConfig, train_tiny
 
 pytestmark = pytest.mark.slow  # a server child, a toy model and a dozen rounds: ~50 s on 2 cores
 
 REPO = Path(__file__).resolve().parents[2]
 TIMES = ("http_generate_s", "grpc_generate_s", "http_first_preview_s", "grpc_first_preview_s", "sse_wall_s")
 RATIOS = ("http_overhead", "first_preview_ratio")
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """philip-tiny's architecture at toy sizes with (nearly) random weights."""
-    root = tmp_path_factory.mktemp("bench-http-model")
-    cfg = TinyTrainConfig(
-        out_dir=root / "model", work_dir=root / "work", vae_steps=2, vae_batch=4, pool_size=32, steps=2, batch=4,
-        unet_channels=(32, 32, 32), text_hidden=32, text_layers=1, threads=1,
-    )
-    train_tiny(cfg)
-    torch.set_num_threads(1)
-    return cfg.out_dir
 
 
 def test_bench_http_reports_every_key(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
