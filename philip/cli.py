@@ -228,7 +228,8 @@ def eval_feedback_cmd(
 
     from rich.progress import Progress
 
-    from philip.evals.feedback import FeedbackConfig, evaluate_feedback, parse_weight_options, trial_record
+    from philip.evals.feedback import FeedbackConfig, evaluate_feedback, trial_record
+    from philip.feedback_weights import parse_weight_options
     from philip.logs import configure_logging
 
     configure_logging("console", "warning")  # the in-process services' logs would drown the progress
@@ -321,6 +322,27 @@ def eval_personalize_cmd(
 
         result = asyncio.run(evaluate_in_process(cfg, model_dir, save_dir, on_progress))
     emit(result, as_json)
+
+
+@eval_app.command("references")
+def eval_references_cmd(
+    model_dir: Path = typer.Option(Path("models/philip-tiny"), help="Diffusers model folder."),
+    seeds: int = typer.Option(6, help="Images per background colour, with and without the references."),
+    references: int = typer.Option(5, min=1, max=7, help="Uploaded reference images of the subject."),
+    weight: list[str] = typer.Option([], help="A FABRIC weight NAME=VALUE (default: the paper's), repeatable."),
+    save_dir: Path | None = typer.Option(None, help="Also write contact sheets (references, with, without) here."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object last."),
+) -> None:
+    """The held-out star from uploaded references and FABRIC alone (no training): subject rate with and without."""
+    from philip.evals.references import evaluate_references
+    from philip.feedback_weights import parse_weight_options
+
+    try:
+        weights = parse_weight_options(weight)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--weight") from None
+    emit(evaluate_references(model_dir, references=references, seeds_per_colour=seeds, weights=weights,
+                             save_dir=save_dir), as_json)
 
 
 @eval_app.command("upscaler")

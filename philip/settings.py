@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 ENV_PREFIX = "PHILIP_"
 DEFAULT_HTTP_PORT = 8080
+DEFAULT_VOCABULARY_PATH = "config/vocabulary.toml"
+DEFAULT_SESSION_DEFAULTS_PATH = "config/session_defaults.toml"
 
 LogFormat = Literal["json", "console"]
 _LOG_FORMATS = ("json", "console")
@@ -40,6 +42,10 @@ class Settings:
     upscaler_path: str = "models/philip-tiny-x4.onnx"
     adapters_dir: str = "adapters"
     styles_path: str = "config/styles.toml"
+    # Prompt exploration's modifier vocabulary for model folders without a prompt_vocabulary.json ("" = none).
+    vocabulary_path: str = DEFAULT_VOCABULARY_PATH
+    # The feedback weights a session without any gets, for model folders without a philip_defaults.json.
+    session_defaults_path: str = DEFAULT_SESSION_DEFAULTS_PATH
     # Addresses the gateway dials; None => that service runs in-process.
     generator_addr: str | None = None
     refiner_addr: str | None = None

@@ -39,10 +39,11 @@ class Round:
     images: list[refiner_pb2.RoundImage]
     compute: refiner_pb2.RoundCompute
     previews: int = 0  # preview events seen for this round
+    learned: list[refiner_pb2.SlotBelief] = field(default_factory=list)  # what exploration believed, per slot
 
     @classmethod
     def from_pb(cls, done: gateway_pb2.RoundImages) -> Round:
-        return cls(done.round, list(done.images), done.compute)
+        return cls(done.round, list(done.images), done.compute, learned=list(done.learned))
 
 
 @dataclass
@@ -91,15 +92,20 @@ class SessionClient:
             if kind == "preview":
                 previews += 1
             elif kind == "round_images":
-                done = Round(event.round, list(event.round_images.images), event.round_images.compute, previews)
+                done = Round(event.round, list(event.round_images.images), event.round_images.compute, previews,
+                             list(event.round_images.learned))
                 self.rounds.append(done)
                 return done
 
-    async def feedback(self, liked: Sequence[str], disliked: Sequence[str], prompt: str | None = None) -> Round:
-        """Like/dislike image ids (of any round so far) and wait for the next round."""
+    async def feedback(self, liked: Sequence[str], disliked: Sequence[str], prompt: str | None = None,
+                       constraints: refiner_pb2.SlotConstraints | None = None) -> Round:
+        """Like/dislike image ids (of any round so far) and wait for the next round; ``constraints`` replace the
+        session's pins and bans (None keeps them)."""
         message = gateway_pb2.SessionFeedback(liked_image_ids=list(liked), disliked_image_ids=list(disliked))
         if prompt is not None:
             message.prompt = prompt
+        if constraints is not None:
+            message.constraints.CopyFrom(constraints)
         await self.call.write(Msg(feedback=message))
         return await self.next_round()
 

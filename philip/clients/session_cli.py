@@ -9,12 +9,12 @@ with ``--finalize best|N`` (``best``: the first image you liked in the last roun
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from philip.clients.session import Round, SessionClient, SessionError
 from philip.images import contact_sheet, decode_png
-from philip.v1 import gateway_pb2
+from philip.v1 import gateway_pb2, refiner_pb2
 
 
 @dataclass(frozen=True)
@@ -57,23 +57,89 @@ def save_round(out_dir: Path, session_id: str, done: Round) -> Path:
     return sheet
 
 
-QUESTION = "like (e.g. 1,3), then '/' and dislikes (e.g. 1,3/2); 'f N' finalizes; 'q' quits"
+QUESTION = ("like (e.g. 1,3), then '/' and dislikes (e.g. 1,3/2); 'f N' finalizes; 'q' quits; "
+            "'pin SLOT=VALUE', 'ban SLOT=VALUE', 'unpin SLOT', 'clear' steer exploration")
+
+
+@dataclass
+class Constraints:
+    """The person's pins (slot -> value) and bans for prompt exploration, sent with the next feedback."""
+
+    pinned: dict[str, str] = field(default_factory=dict)
+    banned: set[tuple[str, str]] = field(default_factory=set)
+    changed: bool = False
+
+    @classmethod
+    def from_options(cls, pins: Sequence[str], bans: Sequence[str]) -> Constraints:
+        out = cls()
+        for verb, options in (("pin", pins), ("ban", bans)):
+            for option in options:
+                out.apply(verb, *_slot_value(option, f"--{verb}"))
+        return out
+
+    def apply(self, verb: str, slot: str, value: str = "") -> str:
+        """Change the constraints; returns what to tell the person."""
+        self.changed = True
+        if verb == "pin":
+            self.pinned[slot] = value
+            self.banned.discard((slot, value))
+            return f"pinned {slot}={value} from the next round"
+        if verb == "ban":
+            self.banned.add((slot, value))
+            if self.pinned.get(slot) == value:
+                del self.pinned[slot]
+            return f"banned {slot}={value} from the next round"
+        if verb == "unpin":
+            self.pinned.pop(slot, None)
+            return f"{slot} is explored again"
+        self.pinned.clear()
+        self.banned.clear()
+        return "no pins or bans"
+
+    def to_pb(self) -> refiner_pb2.SlotConstraints:
+        return refiner_pb2.SlotConstraints(
+            pinned=[refiner_pb2.SlotValue(slot=s, value=v) for s, v in sorted(self.pinned.items())],
+            banned=[refiner_pb2.SlotValue(slot=s, value=v) for s, v in sorted(self.banned)])
+
+
+def _slot_value(text: str, what: str) -> tuple[str, str]:
+    slot, eq, value = text.partition("=")
+    if not eq or not slot.strip() or not value.strip():
+        raise ValueError(f"{what}: write SLOT=VALUE (e.g. bg=blue), got {text!r}")
+    return slot.strip(), value.strip()
+
+
+def describe_learned(done: Round) -> str:
+    """``"learned: bg: blue 0.71, red 0.12 | fg: ..."``; empty when the round did not explore."""
+    if not done.learned:
+        return ""
+    parts = [f"{b.slot}: " + ", ".join(f"{v.value} {v.probability:.2f}" for v in b.values) for b in done.learned]
+    return "learned: " + " | ".join(parts)
 
 
 @dataclass(frozen=True)
 class Answer:
-    """What a person typed at the prompt: picks for the next round, an image to finalize, or quit."""
+    """What a person typed at the prompt: picks for the next round, an image to finalize, quit, or a pin/ban."""
 
     picks: Picks | None = None
     finalize: int | None = None  # 1-based
     quit: bool = False
+    constraint: tuple[str, str, str] | None = None  # (pin | ban | unpin | clear, slot, value)
 
 
 def parse_answer(text: str, count: int) -> Answer:
-    """``1,3/2`` -> like 1 and 3, dislike 2; ``f 2`` -> finalize image 2; ``q`` -> quit."""
+    """``1,3/2`` -> like 1 and 3, dislike 2; ``f 2`` -> finalize image 2; ``q`` -> quit; ``pin bg=blue``,
+    ``ban fg=red``, ``unpin bg``, ``clear``."""
     text = text.strip()
     if text == "q":
         return Answer(quit=True)
+    verb, _, rest = text.partition(" ")
+    if verb in ("pin", "ban"):
+        return Answer(constraint=(verb, *_slot_value(rest, verb)))
+    if verb == "unpin" and rest.strip():
+        return Answer(constraint=("unpin", rest.strip(), ""))
+    if text == "clear":
+        return Answer(constraint=("clear", "", ""))
     if text.startswith("f"):
         return Answer(finalize=parse_one(text[1:], count, "f"))
     like, _, dislike = text.partition("/")
@@ -87,18 +153,25 @@ def parse_one(text: str, count: int, what: str) -> int:
     return numbers[0]
 
 
-def ask_until_valid(ask: Callable[[str], str], say: Callable[[str], None], count: int) -> Answer:
-    """Ask again after a typo: a bad answer must not end (or lose) the session."""
+def ask_until_valid(ask: Callable[[str], str], say: Callable[[str], None], count: int,
+                    constraints: Constraints | None = None) -> Answer:
+    """Ask again after a typo (a bad answer must not end or lose the session) and after a pin or ban."""
     while True:
         try:
-            return parse_answer(ask(QUESTION), count)
+            answer = parse_answer(ask(QUESTION), count)
         except ValueError as err:
             say(f"{err}; try again")
+            continue
+        if answer.constraint is None:
+            return answer
+        if constraints is not None:
+            say(constraints.apply(*answer.constraint))
 
 
 async def run_session(session: SessionClient, *, out_dir: Path, rounds: int | None, likes: Sequence[str],
                       dislikes: Sequence[str], finalize: str, scale: int, ask: Callable[[str], str] | None,
-                      say: Callable[[str], None], current: Round | None = None) -> Path | None:
+                      say: Callable[[str], None], current: Round | None = None,
+                      constraints: Constraints | None = None) -> Path | None:
     """Drive one session to its final image (path returned) or until the user quits (None).
 
     ``current``: a finished round to continue from (a resumed session); else wait for the running one.
@@ -113,13 +186,15 @@ async def run_session(session: SessionClient, *, out_dir: Path, rounds: int | No
         if len({i.prompt for i in current.images}) > 1:  # exploration asked for captions: say which is which
             for k, image in enumerate(current.images, start=1):
                 say(f"  {k}: {image.prompt}")
+        if learned := describe_learned(current):
+            say(f"  {learned}")
         picks: Picks | None = None
         index = current.number - 1
         if ask is None or index < len(likes) or index < len(dislikes):
             picks = scripted_picks(likes, dislikes, index, len(current.images))
         last = rounds is not None and current.number >= rounds
         if ask is not None and picks is None and not last:
-            answer = ask_until_valid(ask, say, len(current.images))
+            answer = ask_until_valid(ask, say, len(current.images), constraints)
             if answer.quit:
                 say(f"left session {session.session_id} as it is; continue it with --resume {session.session_id}")
                 return None
@@ -129,7 +204,17 @@ async def run_session(session: SessionClient, *, out_dir: Path, rounds: int | No
         if last or picks is None:
             return await _finalize(session, current, choose_final(finalize, current, picks), scale, out_dir, say)
         ids = [i.image.id for i in current.images]
-        current = await session.feedback([ids[k - 1] for k in picks.liked], [ids[k - 1] for k in picks.disliked])
+        sent = None
+        if constraints is not None and constraints.changed:
+            sent, constraints.changed = constraints.to_pb(), False
+        try:
+            current = await session.feedback([ids[k - 1] for k in picks.liked],
+                                             [ids[k - 1] for k in picks.disliked], constraints=sent)
+        except SessionError as err:
+            if sent is None or ask is None or constraints is None or err.code != "INVALID_ARGUMENT":
+                raise
+            say(f"{err.message}; your pins and bans are cleared, answer again")
+            constraints.apply("clear", "")
 
 
 async def _finalize(session: SessionClient, last: Round, number: int, scale: int, out_dir: Path,

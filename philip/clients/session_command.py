@@ -23,8 +23,14 @@ def session_cmd(
     rounds: int | None = typer.Option(None, help="Stop after this round and finalize (scripted use)."),
     finalize: str = typer.Option("best", help="Image of the last round to upscale: best | N."),
     scale: int = typer.Option(0, help="Upscale factor; 0 = the upscaler's own (x4)."),
-    explore: float = typer.Option(0.0, min=0.0, max=1.0, help="Share of each round's images drawn from captions the "
-                                  "refiner asks for, learned from your picks (needs the model's prompt vocabulary)."),
+    explore: float | None = typer.Option(None, min=0.0, max=1.0, help="Share of each round's images drawn from "
+                                         "prompts the refiner asks for, learned from your picks (needs a vocabulary); "
+                                         "absent = the served model's default."),
+    weight: list[str] = typer.Option([], help="A feedback weight NAME=VALUE (start, end, min_weight, max_weight, "
+                                     "neg_scale, diversity, explore), repeatable; unset ones take the served model's "
+                                     "defaults."),
+    pin: list[str] = typer.Option([], help="Exploration: always ask for SLOT=VALUE (e.g. bg=blue), repeatable."),
+    ban: list[str] = typer.Option([], help="Exploration: never ask for SLOT=VALUE, repeatable."),
     out: Path = typer.Option(Path("out/session"), help="Folder for contact sheets and the final image."),
     timeout: float = typer.Option(1800.0, help="Deadline for the whole session, seconds."),
 ) -> None:
@@ -37,7 +43,8 @@ def session_cmd(
 
     from philip.clients.generate import gateway_channel
     from philip.clients.session import SessionClient, SessionError
-    from philip.clients.session_cli import resume_point, run_session
+    from philip.clients.session_cli import Constraints, resume_point, run_session
+    from philip.feedback_weights import parse_weight_options
     from philip.v1 import common_pb2, gateway_pb2_grpc, refiner_pb2
 
     if (prompt is None) == (resume is None):
@@ -50,6 +57,12 @@ def session_cmd(
                                              guidance=guidance)
         if seed is not None:
             params.seed = seed
+    try:
+        weights = parse_weight_options(weight) | ({"explore": explore} if explore is not None else {})
+        constraints = Constraints.from_options(pin, ban)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
     session_id = ""  # set once the gateway has started or resumed the session
 
     def say(text: str) -> None:
@@ -69,18 +82,22 @@ def session_cmd(
         async with gateway_channel(gateway) as channel:
             stub = gateway_pb2_grpc.GatewayStub(channel)
             if params is not None:
-                weights = refiner_pb2.FeedbackWeights(explore=explore) if explore else None
-                session = await SessionClient.start(stub, params, timeout_s=timeout, weights=weights)
+                session = await SessionClient.start(stub, params, timeout_s=timeout, weights=(
+                    refiner_pb2.FeedbackWeights(**weights) if weights else None))
             else:
                 session = await SessionClient.resume(stub, resume or "", timeout_s=timeout)
             session_id = session.session_id
             say(f"session {session_id}")
+            if session.snapshot is not None and session.snapshot.HasField("weights"):
+                w = session.snapshot.weights
+                say("weights: " + ", ".join(f"{f.name} {v:g}" for f, v in w.ListFields())
+                    + ("" if weight or explore is not None else " (the served model's defaults)"))
             try:
                 start = await resume_point(session, out, say) if params is None else None
                 final = start if isinstance(start, Path) else await run_session(
                     session, out_dir=out, rounds=rounds if rounds is not None else (None if interactive else 1),
                     likes=like, dislikes=dislike, finalize=finalize, scale=scale,
-                    ask=ask if interactive else None, say=say, current=start)
+                    ask=ask if interactive else None, say=say, current=start, constraints=constraints)
             finally:
                 await session.close()
             if final is not None:

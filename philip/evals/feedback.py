@@ -29,10 +29,11 @@ from typing import Any
 from PIL import Image
 
 from philip.clients.session import SessionClient
+from philip.feedback_weights import parse_weight_options as parse_weight_options  # re-exported: the CLI and tests
+from philip.feedback_weights import weights_from_pb
 from philip.tiny.dataset import COLOR_NAMES, COLORS, TRAIN_SHAPES
 from philip.tiny.measure import Measurement, measure, target_distance
 from philip.v1 import common_pb2, gateway_pb2_grpc, refiner_pb2
-from services.refiner.weights import WEIGHT_FIELDS
 
 PROMPTS = (*(f"a {shape}" for shape in TRAIN_SHAPES), "a shape")
 
@@ -118,6 +119,7 @@ class TrialResult:
     inherited: dict[str, list[int]] = field(default_factory=_tally)
     unrelated: dict[str, list[int]] = field(default_factory=_tally)
     liked_right: dict[str, list[int]] = field(default_factory=_tally)
+    weights: dict[str, float] = field(default_factory=dict)  # the feedback session's effective weights
 
 
 @dataclass
@@ -128,20 +130,7 @@ class _Session:
     compute: int = 0
     pairs: dict[str, list[int]] = field(default_factory=_tally)  # parent-child (feedback) or unrelated (re-roll)
     liked_right: dict[str, list[int]] = field(default_factory=_tally)
-
-
-def parse_weight_options(options: list[str]) -> dict[str, float]:
-    """``["end=0.5", "min_weight=0"]`` -> ``{"end": 0.5, "min_weight": 0.0}``; the refiner checks the ranges."""
-    weights: dict[str, float] = {}
-    for option in options:
-        name, sep, value = option.partition("=")
-        if not sep or name.strip() not in WEIGHT_FIELDS:
-            raise ValueError(f"{option!r} is not NAME=VALUE with NAME one of {', '.join(WEIGHT_FIELDS)}")
-        try:
-            weights[name.strip()] = float(value)
-        except ValueError:
-            raise ValueError(f"{option!r}: {value!r} is not a number") from None
-    return weights
+    weights: dict[str, float] = field(default_factory=dict)
 
 
 def draw_trial(rng: random.Random) -> tuple[str, Target]:
@@ -187,9 +176,13 @@ async def _run_session(stub: gateway_pb2_grpc.GatewayStub, cfg: FeedbackConfig, 
     Keeps per-round match rates and mean distances of the first ``cfg.rounds`` rounds, images up to and including
     the first match (cap + 1 if none) and UNet evaluations of the rounds up to that match (or all).
     """
-    weights = refiner_pb2.FeedbackWeights(**cfg.weights) if cfg.weights and with_feedback else None
+    if with_feedback:  # no weights given: the served model's defaults, what any client without flags gets
+        weights = refiner_pb2.FeedbackWeights(**cfg.weights) if cfg.weights else None
+    else:  # blind re-rolling: fresh batches of the person's prompt, never an explored one
+        weights = refiner_pb2.FeedbackWeights(explore=0.0)
     session = await SessionClient.start(stub, _params(cfg, prompt, seed, cfg.num_images), weights=weights)
-    out = _Session()
+    assert session.snapshot is not None
+    out = _Session(weights=weights_from_pb(session.snapshot.weights))
     measured: dict[str, Measurement] = {}
     seen, first_match = 0, 0
     try:
@@ -241,7 +234,8 @@ async def run_trials(stub: gateway_pb2_grpc.GatewayStub, cfg: FeedbackConfig,
         base = await _run_session(stub, cfg, prompt, target, seed + 7_919, with_feedback=False)
         result = TrialResult(prompt, target, fb.rates, base.rates, fb.distances, base.distances,
                              fb.images_to_match, base.images_to_match, fb.compute, base.compute,
-                             inherited=fb.pairs, unrelated=base.pairs, liked_right=fb.liked_right)
+                             inherited=fb.pairs, unrelated=base.pairs, liked_right=fb.liked_right,
+                             weights=fb.weights)
         results.append(result)
         if on_trial is not None:
             on_trial(t, result)
@@ -293,7 +287,8 @@ def summarize(results: list[TrialResult], cfg: FeedbackConfig, seconds: float) -
         "cap_images": cfg.cap,
         "likes_per_round": cfg.likes_per_round,
         "user": cfg.user,
-        "weights": cfg.weights,
+        "weights": cfg.weights,  # as given (empty: the served model's defaults)
+        "effective_weights": results[0].weights if results else {},
         "baseline_match_rate_by_round": [round(x, 4) for x in baseline_by_round],
         # Attributes of the target missed per image (0-3), mean per round: does feedback move toward it?
         "distance_by_round": [round(sum(r.feedback_distance[k] for r in results) / n, 3) for k in range(cfg.rounds)],

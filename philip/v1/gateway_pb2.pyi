@@ -64,6 +64,7 @@ class SessionStart(_message.Message):
 
     PARAMS_FIELD_NUMBER: _builtins.int
     WEIGHTS_FIELD_NUMBER: _builtins.int
+    REFERENCE_IMAGES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def params(self) -> _common_pb2.GenerationParams:
         """Round parameters: prompt (required), negative prompt, num_images (1-8, default 4), size,
@@ -73,17 +74,28 @@ class SessionStart(_message.Message):
 
     @_builtins.property
     def weights(self) -> _refiner_pb2.FeedbackWeights:
-        """Feedback strength schedule and seed-steering diversity for every round; absent = defaults."""
+        """Feedback strength schedule, seed-steering diversity and prompt exploration for every round.
+        Fields left unset take the served model's best measured defaults (RefinerService.GetDefaults);
+        the snapshot reports the effective weights.
+        """
+
+    @_builtins.property
+    def reference_images(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """0-7 images of what the person wants (PNG or JPEG, each <= 16 megapixels): liked references that
+        FABRIC conditions on from round 1, without training an adapter. Weights the client leaves unset
+        then take the served model's reference defaults (RefinerDefaults.reference_weights).
+        """
 
     def __init__(
         self,
         *,
         params: _common_pb2.GenerationParams | None = ...,
         weights: _refiner_pb2.FeedbackWeights | None = ...,
+        reference_images: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "weights", b"weights"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "weights", b"weights"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "reference_images", b"reference_images", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -120,6 +132,8 @@ class SessionFeedback(_message.Message):
     LIKED_IMAGE_IDS_FIELD_NUMBER: _builtins.int
     DISLIKED_IMAGE_IDS_FIELD_NUMBER: _builtins.int
     PROMPT_FIELD_NUMBER: _builtins.int
+    CONSTRAINTS_FIELD_NUMBER: _builtins.int
+    REFERENCE_IMAGES_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """New prompt for this and later rounds (1-500 characters); absent keeps the prompt."""
     @_builtins.property
@@ -130,19 +144,36 @@ class SessionFeedback(_message.Message):
     def disliked_image_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Ids of images of this session to move away from, 0-8."""
 
+    @_builtins.property
+    def constraints(self) -> _refiner_pb2.SlotConstraints:
+        """Pins and bans for prompt exploration from this round on (replacing earlier ones); absent keeps
+        them. Slots and values must be the vocabulary's (INVALID_ARGUMENT otherwise).
+        """
+
+    @_builtins.property
+    def reference_images(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """More uploaded references (as in SessionStart; at most 7 per session in all), liked from this round on."""
+
     def __init__(
         self,
         *,
         liked_image_ids: _abc.Iterable[_builtins.str] | None = ...,
         disliked_image_ids: _abc.Iterable[_builtins.str] | None = ...,
         prompt: _builtins.str | None = ...,
+        constraints: _refiner_pb2.SlotConstraints | None = ...,
+        reference_images: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_prompt", b"_prompt", "prompt", b"prompt"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_constraints", b"_constraints", "_prompt", b"_prompt", "constraints", b"constraints", "prompt", b"prompt"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_prompt", b"_prompt", "disliked_image_ids", b"disliked_image_ids", "liked_image_ids", b"liked_image_ids", "prompt", b"prompt"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_constraints", b"_constraints", "_prompt", b"_prompt", "constraints", b"constraints", "disliked_image_ids", b"disliked_image_ids", "liked_image_ids", b"liked_image_ids", "prompt", b"prompt", "reference_images", b"reference_images"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__constraints: _TypeAlias = _typing.Literal["constraints"]  # noqa: Y015
+    _WhichOneofArgType__constraints: _TypeAlias = _typing.Literal["_constraints", b"_constraints"]  # noqa: Y015
     _WhichOneofReturnType__prompt: _TypeAlias = _typing.Literal["prompt"]  # noqa: Y015
     _WhichOneofArgType__prompt: _TypeAlias = _typing.Literal["_prompt", b"_prompt"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__constraints) -> _WhichOneofReturnType__constraints | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__prompt) -> _WhichOneofReturnType__prompt | None: ...
 
 Global___SessionFeedback: _TypeAlias = SessionFeedback  # noqa: Y015
@@ -286,6 +317,7 @@ class RoundImages(_message.Message):
     ROUND_FIELD_NUMBER: _builtins.int
     IMAGES_FIELD_NUMBER: _builtins.int
     COMPUTE_FIELD_NUMBER: _builtins.int
+    LEARNED_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     """Round number, from 1."""
     @_builtins.property
@@ -296,16 +328,23 @@ class RoundImages(_message.Message):
     def compute(self) -> _refiner_pb2.RoundCompute:
         """UNet work of the round."""
 
+    @_builtins.property
+    def learned(self) -> _containers.RepeatedCompositeFieldContainer[_refiner_pb2.SlotBelief]:
+        """What prompt exploration had learned from the choices before this round, per slot (empty when
+        the round did not explore).
+        """
+
     def __init__(
         self,
         *,
         round: _builtins.int = ...,
         images: _abc.Iterable[_refiner_pb2.RoundImage] | None = ...,
         compute: _refiner_pb2.RoundCompute | None = ...,
+        learned: _abc.Iterable[_refiner_pb2.SlotBelief] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["compute", b"compute"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute", b"compute", "images", b"images", "round", b"round"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute", b"compute", "images", b"images", "learned", b"learned", "round", b"round"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -355,6 +394,9 @@ class SessionSnapshot(_message.Message):
     FINAL_FIELD_NUMBER: _builtins.int
     RUNNING_ROUND_FIELD_NUMBER: _builtins.int
     LAST_EVENT_ID_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FIELD_NUMBER: _builtins.int
+    LEARNED_FIELD_NUMBER: _builtins.int
+    CONSTRAINTS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     phase: Global___SessionPhase.ValueType
     chosen_image_id: _builtins.str
@@ -383,6 +425,18 @@ class SessionSnapshot(_message.Message):
     def final(self) -> Global___SessionFinal:
         """The final image, once done."""
 
+    @_builtins.property
+    def weights(self) -> _refiner_pb2.FeedbackWeights:
+        """The weights every round uses, every field set: the client's, the rest the served model's defaults."""
+
+    @_builtins.property
+    def learned(self) -> _containers.RepeatedCompositeFieldContainer[_refiner_pb2.SlotBelief]:
+        """What prompt exploration has learned so far (the last exploring round's), per slot."""
+
+    @_builtins.property
+    def constraints(self) -> _refiner_pb2.SlotConstraints:
+        """The person's pins and bans for prompt exploration."""
+
     def __init__(
         self,
         *,
@@ -396,10 +450,13 @@ class SessionSnapshot(_message.Message):
         final: Global___SessionFinal | None = ...,
         running_round: _builtins.int = ...,
         last_event_id: _builtins.str = ...,
+        weights: _refiner_pb2.FeedbackWeights | None = ...,
+        learned: _abc.Iterable[_refiner_pb2.SlotBelief] | None = ...,
+        constraints: _refiner_pb2.SlotConstraints | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["final", b"final", "params", b"params"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["constraints", b"constraints", "final", b"final", "params", b"params", "weights", b"weights"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chosen_image_id", b"chosen_image_id", "disliked_image_ids", b"disliked_image_ids", "final", b"final", "last_event_id", b"last_event_id", "liked_image_ids", b"liked_image_ids", "params", b"params", "phase", b"phase", "rounds", b"rounds", "running_round", b"running_round", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chosen_image_id", b"chosen_image_id", "constraints", b"constraints", "disliked_image_ids", b"disliked_image_ids", "final", b"final", "last_event_id", b"last_event_id", "learned", b"learned", "liked_image_ids", b"liked_image_ids", "params", b"params", "phase", b"phase", "rounds", b"rounds", "running_round", b"running_round", "session_id", b"session_id", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

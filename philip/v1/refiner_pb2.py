@@ -26,39 +26,53 @@ from philip.v1 import common_pb2 as philip_dot_v1_dot_common__pb2
 from philip.v1 import generator_pb2 as philip_dot_v1_dot_generator__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17philip/v1/refiner.proto\x12\tphilip.v1\x1a\x16philip/v1/common.proto\x1a\x19philip/v1/generator.proto\",\n\tSteerStep\x12\x0c\n\x04seed\x18\x01 \x01(\x04\x12\x11\n\tdiversity\x18\x02 \x01(\x02\"@\n\x0bNoiseOrigin\x12\x0c\n\x04seed\x18\x01 \x01(\x04\x12#\n\x05steps\x18\x02 \x03(\x0b\x32\x14.philip.v1.SteerStep\"X\n\rFeedbackImage\x12\x1f\n\x05image\x18\x01 \x01(\x0b\x32\x10.philip.v1.Image\x12&\n\x06origin\x18\x02 \x01(\x0b\x32\x16.philip.v1.NoiseOrigin\"\xf9\x01\n\rRefineRequest\x12+\n\x06params\x18\x01 \x01(\x0b\x32\x1b.philip.v1.GenerationParams\x12\'\n\x05liked\x18\x02 \x03(\x0b\x32\x18.philip.v1.FeedbackImage\x12*\n\x08\x64isliked\x18\x03 \x03(\x0b\x32\x18.philip.v1.FeedbackImage\x12+\n\x07weights\x18\x04 \x01(\x0b\x32\x1a.philip.v1.FeedbackWeights\x12\x10\n\x08round_id\x18\x05 \x01(\t\x12\'\n\x07history\x18\x06 \x03(\x0b\x32\x16.philip.v1.RoundChoice\"?\n\x0bRoundChoice\x12\x0f\n\x07prompts\x18\x01 \x03(\t\x12\r\n\x05liked\x18\x02 \x01(\x05\x12\x10\n\x08\x64isliked\x18\x03 \x01(\x05\"V\n\x0cRoundCompute\x12\r\n\x05steps\x18\x01 \x01(\r\x12\x18\n\x10main_image_evals\x18\x02 \x01(\x04\x12\x1d\n\x15reference_image_evals\x18\x03 \x01(\x04\"{\n\nRoundImage\x12\x1f\n\x05image\x18\x01 \x01(\x0b\x32\x10.philip.v1.Image\x12&\n\x06origin\x18\x02 \x01(\x0b\x32\x16.philip.v1.NoiseOrigin\x12\x14\n\x0csteered_from\x18\x03 \x01(\t\x12\x0e\n\x06prompt\x18\x04 \x01(\t\"^\n\x0bRoundResult\x12%\n\x06images\x18\x01 \x03(\x0b\x32\x15.philip.v1.RoundImage\x12(\n\x07\x63ompute\x18\x02 \x01(\x0b\x32\x17.philip.v1.RoundCompute\"\xb7\x01\n\x0bRefineEvent\x12%\n\x07started\x18\x01 \x01(\x0b\x32\x12.philip.v1.StartedH\x00\x12\'\n\x08progress\x18\x02 \x01(\x0b\x32\x13.philip.v1.ProgressH\x00\x12%\n\x07preview\x18\x03 \x01(\x0b\x32\x12.philip.v1.PreviewH\x00\x12(\n\x06result\x18\x04 \x01(\x0b\x32\x16.philip.v1.RoundResultH\x00\x42\x07\n\x05\x65vent\"\x87\x02\n\x0f\x46\x65\x65\x64\x62\x61\x63kWeights\x12\x12\n\x05start\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x10\n\x03\x65nd\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x17\n\nmin_weight\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x17\n\nmax_weight\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x16\n\tneg_scale\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12\x16\n\tdiversity\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12\x14\n\x07\x65xplore\x18\x07 \x01(\x02H\x06\x88\x01\x01\x42\x08\n\x06_startB\x06\n\x04_endB\r\n\x0b_min_weightB\r\n\x0b_max_weightB\x0c\n\n_neg_scaleB\x0c\n\n_diversityB\n\n\x08_explore\"@\n\x0eUpscaleRequest\x12\x1f\n\x05image\x18\x01 \x01(\x0b\x32\x10.philip.v1.Image\x12\r\n\x05scale\x18\x02 \x01(\r\".\n\x0fUpscaleProgress\x12\x0c\n\x04\x64one\x18\x01 \x01(\r\x12\r\n\x05total\x18\x02 \x01(\r\"j\n\x0cUpscaleEvent\x12.\n\x08progress\x18\x01 \x01(\x0b\x32\x1a.philip.v1.UpscaleProgressH\x00\x12!\n\x05image\x18\x02 \x01(\x0b\x32\x10.philip.v1.ImageH\x00\x42\x07\n\x05\x65vent2\x8f\x01\n\x0eRefinerService\x12<\n\x06Refine\x12\x18.philip.v1.RefineRequest\x1a\x16.philip.v1.RefineEvent0\x01\x12?\n\x07Upscale\x12\x19.philip.v1.UpscaleRequest\x1a\x17.philip.v1.UpscaleEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17philip/v1/refiner.proto\x12\tphilip.v1\x1a\x16philip/v1/common.proto\x1a\x19philip/v1/generator.proto\"\x14\n\x12GetDefaultsRequest\"\xd2\x01\n\x0fRefinerDefaults\x12+\n\x07weights\x18\x01 \x01(\x0b\x32\x1a.philip.v1.FeedbackWeights\x12\x16\n\x0eweights_source\x18\x02 \x01(\t\x12(\n\x05slots\x18\x03 \x03(\x0b\x32\x19.philip.v1.VocabularySlot\x12\x19\n\x11vocabulary_source\x18\x04 \x01(\t\x12\x35\n\x11reference_weights\x18\x05 \x01(\x0b\x32\x1a.philip.v1.FeedbackWeights\".\n\x0eVocabularySlot\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\t\"(\n\tSlotValue\x12\x0c\n\x04slot\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"]\n\x0fSlotConstraints\x12$\n\x06pinned\x18\x01 \x03(\x0b\x32\x14.philip.v1.SlotValue\x12$\n\x06\x62\x61nned\x18\x02 \x03(\x0b\x32\x14.philip.v1.SlotValue\"G\n\nSlotBelief\x12\x0c\n\x04slot\x18\x01 \x01(\t\x12+\n\x06values\x18\x02 \x03(\x0b\x32\x1b.philip.v1.ValueProbability\"6\n\x10ValueProbability\x12\r\n\x05value\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\",\n\tSteerStep\x12\x0c\n\x04seed\x18\x01 \x01(\x04\x12\x11\n\tdiversity\x18\x02 \x01(\x02\"@\n\x0bNoiseOrigin\x12\x0c\n\x04seed\x18\x01 \x01(\x04\x12#\n\x05steps\x18\x02 \x03(\x0b\x32\x14.philip.v1.SteerStep\"k\n\rFeedbackImage\x12\x1f\n\x05image\x18\x01 \x01(\x0b\x32\x10.philip.v1.Image\x12&\n\x06origin\x18\x02 \x01(\x0b\x32\x16.philip.v1.NoiseOrigin\x12\x11\n\treference\x18\x03 \x01(\x08\"\xaa\x02\n\rRefineRequest\x12+\n\x06params\x18\x01 \x01(\x0b\x32\x1b.philip.v1.GenerationParams\x12\'\n\x05liked\x18\x02 \x03(\x0b\x32\x18.philip.v1.FeedbackImage\x12*\n\x08\x64isliked\x18\x03 \x03(\x0b\x32\x18.philip.v1.FeedbackImage\x12+\n\x07weights\x18\x04 \x01(\x0b\x32\x1a.philip.v1.FeedbackWeights\x12\x10\n\x08round_id\x18\x05 \x01(\t\x12\'\n\x07history\x18\x06 \x03(\x0b\x32\x16.philip.v1.RoundChoice\x12/\n\x0b\x63onstraints\x18\x07 \x01(\x0b\x32\x1a.philip.v1.SlotConstraints\"?\n\x0bRoundChoice\x12\x0f\n\x07prompts\x18\x01 \x03(\t\x12\r\n\x05liked\x18\x02 \x01(\x05\x12\x10\n\x08\x64isliked\x18\x03 \x01(\x05\"V\n\x0cRoundCompute\x12\r\n\x05steps\x18\x01 \x01(\r\x12\x18\n\x10main_image_evals\x18\x02 \x01(\x04\x12\x1d\n\x15reference_image_evals\x18\x03 \x01(\x04\"{\n\nRoundImage\x12\x1f\n\x05image\x18\x01 \x01(\x0b\x32\x10.philip.v1.Image\x12&\n\x06origin\x18\x02 \x01(\x0b\x32\x16.philip.v1.NoiseOrigin\x12\x14\n\x0csteered_from\x18\x03 \x01(\t\x12\x0e\n\x06prompt\x18\x04 \x01(\t\"\x86\x01\n\x0bRoundResult\x12%\n\x06images\x18\x01 \x03(\x0b\x32\x15.philip.v1.RoundImage\x12(\n\x07\x63ompute\x18\x02 \x01(\x0b\x32\x17.philip.v1.RoundCompute\x12&\n\x07learned\x18\x03 \x03(\x0b\x32\x15.philip.v1.SlotBelief\"\xb7\x01\n\x0bRefineEvent\x12%\n\x07started\x18\x01 \x01(\x0b\x32\x12.philip.v1.StartedH\x00\x12\'\n\x08progress\x18\x02 \x01(\x0b\x32\x13.philip.v1.ProgressH\x00\x12%\n\x07preview\x18\x03 \x01(\x0b\x32\x12.philip.v1.PreviewH\x00\x12(\n\x06result\x18\x04 \x01(\x0b\x32\x16.philip.v1.RoundResultH\x00\x42\x07\n\x05\x65vent\"\x87\x02\n\x0f\x46\x65\x65\x64\x62\x61\x63kWeights\x12\x12\n\x05start\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x10\n\x03\x65nd\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x17\n\nmin_weight\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x17\n\nmax_weight\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x16\n\tneg_scale\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12\x16\n\tdiversity\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12\x14\n\x07\x65xplore\x18\x07 \x01(\x02H\x06\x88\x01\x01\x42\x08\n\x06_startB\x06\n\x04_endB\r\n\x0b_min_weightB\r\n\x0b_max_weightB\x0c\n\n_neg_scaleB\x0c\n\n_diversityB\n\n\x08_explore\"@\n\x0eUpscaleRequest\x12\x1f\n\x05image\x18\x01 \x01(\x0b\x32\x10.philip.v1.Image\x12\r\n\x05scale\x18\x02 \x01(\r\".\n\x0fUpscaleProgress\x12\x0c\n\x04\x64one\x18\x01 \x01(\r\x12\r\n\x05total\x18\x02 \x01(\r\"j\n\x0cUpscaleEvent\x12.\n\x08progress\x18\x01 \x01(\x0b\x32\x1a.philip.v1.UpscaleProgressH\x00\x12!\n\x05image\x18\x02 \x01(\x0b\x32\x10.philip.v1.ImageH\x00\x42\x07\n\x05\x65vent2\xd9\x01\n\x0eRefinerService\x12<\n\x06Refine\x12\x18.philip.v1.RefineRequest\x1a\x16.philip.v1.RefineEvent0\x01\x12?\n\x07Upscale\x12\x19.philip.v1.UpscaleRequest\x1a\x17.philip.v1.UpscaleEvent0\x01\x12H\n\x0bGetDefaults\x12\x1d.philip.v1.GetDefaultsRequest\x1a\x1a.philip.v1.RefinerDefaultsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'philip.v1.refiner_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STEERSTEP']._serialized_start=89
-  _globals['_STEERSTEP']._serialized_end=133
-  _globals['_NOISEORIGIN']._serialized_start=135
-  _globals['_NOISEORIGIN']._serialized_end=199
-  _globals['_FEEDBACKIMAGE']._serialized_start=201
-  _globals['_FEEDBACKIMAGE']._serialized_end=289
-  _globals['_REFINEREQUEST']._serialized_start=292
-  _globals['_REFINEREQUEST']._serialized_end=541
-  _globals['_ROUNDCHOICE']._serialized_start=543
-  _globals['_ROUNDCHOICE']._serialized_end=606
-  _globals['_ROUNDCOMPUTE']._serialized_start=608
-  _globals['_ROUNDCOMPUTE']._serialized_end=694
-  _globals['_ROUNDIMAGE']._serialized_start=696
-  _globals['_ROUNDIMAGE']._serialized_end=819
-  _globals['_ROUNDRESULT']._serialized_start=821
-  _globals['_ROUNDRESULT']._serialized_end=915
-  _globals['_REFINEEVENT']._serialized_start=918
-  _globals['_REFINEEVENT']._serialized_end=1101
-  _globals['_FEEDBACKWEIGHTS']._serialized_start=1104
-  _globals['_FEEDBACKWEIGHTS']._serialized_end=1367
-  _globals['_UPSCALEREQUEST']._serialized_start=1369
-  _globals['_UPSCALEREQUEST']._serialized_end=1433
-  _globals['_UPSCALEPROGRESS']._serialized_start=1435
-  _globals['_UPSCALEPROGRESS']._serialized_end=1481
-  _globals['_UPSCALEEVENT']._serialized_start=1483
-  _globals['_UPSCALEEVENT']._serialized_end=1589
-  _globals['_REFINERSERVICE']._serialized_start=1592
-  _globals['_REFINERSERVICE']._serialized_end=1735
+  _globals['_GETDEFAULTSREQUEST']._serialized_start=89
+  _globals['_GETDEFAULTSREQUEST']._serialized_end=109
+  _globals['_REFINERDEFAULTS']._serialized_start=112
+  _globals['_REFINERDEFAULTS']._serialized_end=322
+  _globals['_VOCABULARYSLOT']._serialized_start=324
+  _globals['_VOCABULARYSLOT']._serialized_end=370
+  _globals['_SLOTVALUE']._serialized_start=372
+  _globals['_SLOTVALUE']._serialized_end=412
+  _globals['_SLOTCONSTRAINTS']._serialized_start=414
+  _globals['_SLOTCONSTRAINTS']._serialized_end=507
+  _globals['_SLOTBELIEF']._serialized_start=509
+  _globals['_SLOTBELIEF']._serialized_end=580
+  _globals['_VALUEPROBABILITY']._serialized_start=582
+  _globals['_VALUEPROBABILITY']._serialized_end=636
+  _globals['_STEERSTEP']._serialized_start=638
+  _globals['_STEERSTEP']._serialized_end=682
+  _globals['_NOISEORIGIN']._serialized_start=684
+  _globals['_NOISEORIGIN']._serialized_end=748
+  _globals['_FEEDBACKIMAGE']._serialized_start=750
+  _globals['_FEEDBACKIMAGE']._serialized_end=857
+  _globals['_REFINEREQUEST']._serialized_start=860
+  _globals['_REFINEREQUEST']._serialized_end=1158
+  _globals['_ROUNDCHOICE']._serialized_start=1160
+  _globals['_ROUNDCHOICE']._serialized_end=1223
+  _globals['_ROUNDCOMPUTE']._serialized_start=1225
+  _globals['_ROUNDCOMPUTE']._serialized_end=1311
+  _globals['_ROUNDIMAGE']._serialized_start=1313
+  _globals['_ROUNDIMAGE']._serialized_end=1436
+  _globals['_ROUNDRESULT']._serialized_start=1439
+  _globals['_ROUNDRESULT']._serialized_end=1573
+  _globals['_REFINEEVENT']._serialized_start=1576
+  _globals['_REFINEEVENT']._serialized_end=1759
+  _globals['_FEEDBACKWEIGHTS']._serialized_start=1762
+  _globals['_FEEDBACKWEIGHTS']._serialized_end=2025
+  _globals['_UPSCALEREQUEST']._serialized_start=2027
+  _globals['_UPSCALEREQUEST']._serialized_end=2091
+  _globals['_UPSCALEPROGRESS']._serialized_start=2093
+  _globals['_UPSCALEPROGRESS']._serialized_end=2139
+  _globals['_UPSCALEEVENT']._serialized_start=2141
+  _globals['_UPSCALEEVENT']._serialized_end=2247
+  _globals['_REFINERSERVICE']._serialized_start=2250
+  _globals['_REFINERSERVICE']._serialized_end=2467
 # @@protoc_insertion_point(module_scope)

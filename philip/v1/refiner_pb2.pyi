@@ -23,6 +23,199 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class GetDefaultsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDefaultsRequest: _TypeAlias = GetDefaultsRequest  # noqa: Y015
+
+@_typing.final
+class RefinerDefaults(_message.Message):
+    """The served model's session defaults and exploration vocabulary."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEIGHTS_FIELD_NUMBER: _builtins.int
+    WEIGHTS_SOURCE_FIELD_NUMBER: _builtins.int
+    SLOTS_FIELD_NUMBER: _builtins.int
+    VOCABULARY_SOURCE_FIELD_NUMBER: _builtins.int
+    REFERENCE_WEIGHTS_FIELD_NUMBER: _builtins.int
+    weights_source: _builtins.str
+    """Where the weights came from (a file path and its section), for people reading a snapshot."""
+    vocabulary_source: _builtins.str
+    """Where the vocabulary came from: the model folder's prompt_vocabulary.json or PHILIP_VOCABULARY_PATH."""
+    @_builtins.property
+    def weights(self) -> Global___FeedbackWeights:
+        """Every field set."""
+
+    @_builtins.property
+    def slots(self) -> _containers.RepeatedCompositeFieldContainer[Global___VocabularySlot]:
+        """The slots prompt exploration can fill, each with its values; empty = exploration unavailable."""
+
+    @_builtins.property
+    def reference_weights(self) -> Global___FeedbackWeights:
+        """Laid over `weights` for a session with uploaded reference images (only the fields it sets), so
+        FABRIC conditions on them.
+        """
+
+    def __init__(
+        self,
+        *,
+        weights: Global___FeedbackWeights | None = ...,
+        weights_source: _builtins.str = ...,
+        slots: _abc.Iterable[Global___VocabularySlot] | None = ...,
+        vocabulary_source: _builtins.str = ...,
+        reference_weights: Global___FeedbackWeights | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reference_weights", b"reference_weights", "weights", b"weights"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reference_weights", b"reference_weights", "slots", b"slots", "vocabulary_source", b"vocabulary_source", "weights", b"weights", "weights_source", b"weights_source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefinerDefaults: _TypeAlias = RefinerDefaults  # noqa: Y015
+
+@_typing.final
+class VocabularySlot(_message.Message):
+    """One slot of an exploration vocabulary ("lighting": "golden hour", "studio", ...)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        values: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VocabularySlot: _TypeAlias = VocabularySlot  # noqa: Y015
+
+@_typing.final
+class SlotValue(_message.Message):
+    """A value of a slot."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SLOT_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    slot: _builtins.str
+    value: _builtins.str
+    def __init__(
+        self,
+        *,
+        slot: _builtins.str = ...,
+        value: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["slot", b"slot", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SlotValue: _TypeAlias = SlotValue  # noqa: Y015
+
+@_typing.final
+class SlotConstraints(_message.Message):
+    """Hard constraints on prompt exploration, from the person: a pinned slot always takes its value, a
+    banned value is never asked for. At most one pin per slot; a slot keeps at least one value.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PINNED_FIELD_NUMBER: _builtins.int
+    BANNED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def pinned(self) -> _containers.RepeatedCompositeFieldContainer[Global___SlotValue]:
+        """0-16."""
+
+    @_builtins.property
+    def banned(self) -> _containers.RepeatedCompositeFieldContainer[Global___SlotValue]:
+        """0-64."""
+
+    def __init__(
+        self,
+        *,
+        pinned: _abc.Iterable[Global___SlotValue] | None = ...,
+        banned: _abc.Iterable[Global___SlotValue] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["banned", b"banned", "pinned", b"pinned"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SlotConstraints: _TypeAlias = SlotConstraints  # noqa: Y015
+
+@_typing.final
+class SlotBelief(_message.Message):
+    """What prompt exploration has learned about one slot from the person's likes and dislikes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SLOT_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    slot: _builtins.str
+    @_builtins.property
+    def values(self) -> _containers.RepeatedCompositeFieldContainer[Global___ValueProbability]:
+        """The most probable values (up to 3), most probable first."""
+
+    def __init__(
+        self,
+        *,
+        slot: _builtins.str = ...,
+        values: _abc.Iterable[Global___ValueProbability] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["slot", b"slot", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SlotBelief: _TypeAlias = SlotBelief  # noqa: Y015
+
+@_typing.final
+class ValueProbability(_message.Message):
+    """A value and its posterior probability (0-1)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUE_FIELD_NUMBER: _builtins.int
+    PROBABILITY_FIELD_NUMBER: _builtins.int
+    value: _builtins.str
+    probability: _builtins.float
+    def __init__(
+        self,
+        *,
+        value: _builtins.str = ...,
+        probability: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["probability", b"probability", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ValueProbability: _TypeAlias = ValueProbability  # noqa: Y015
+
+@_typing.final
 class SteerStep(_message.Message):
     """One steering step of an image's initial noise: slerp toward fresh noise drawn from `seed`."""
 
@@ -84,6 +277,11 @@ class FeedbackImage(_message.Message):
 
     IMAGE_FIELD_NUMBER: _builtins.int
     ORIGIN_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    reference: _builtins.bool
+    """An uploaded reference, not a round image: it has no noise of its own, so it conditions
+    attention (FABRIC) only and steers no seeds.
+    """
     @_builtins.property
     def image(self) -> _common_pb2.Image:
         """The image; `id` (1-128 characters) keys the refiner's latent cache, `png` <= 4 megapixels."""
@@ -97,10 +295,11 @@ class FeedbackImage(_message.Message):
         *,
         image: _common_pb2.Image | None = ...,
         origin: Global___NoiseOrigin | None = ...,
+        reference: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "origin", b"origin"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "origin", b"origin"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "origin", b"origin", "reference", b"reference"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -118,6 +317,7 @@ class RefineRequest(_message.Message):
     WEIGHTS_FIELD_NUMBER: _builtins.int
     ROUND_ID_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
+    CONSTRAINTS_FIELD_NUMBER: _builtins.int
     round_id: _builtins.str
     """Caller's id for the round (for logs and image ids), 0-128 characters; empty = generated."""
     @_builtins.property
@@ -144,6 +344,10 @@ class RefineRequest(_message.Message):
         (0-100). Only prompt exploration (weights.explore > 0) reads it.
         """
 
+    @_builtins.property
+    def constraints(self) -> Global___SlotConstraints:
+        """The person's pins and bans for prompt exploration (only explored images read them)."""
+
     def __init__(
         self,
         *,
@@ -153,10 +357,11 @@ class RefineRequest(_message.Message):
         weights: Global___FeedbackWeights | None = ...,
         round_id: _builtins.str = ...,
         history: _abc.Iterable[Global___RoundChoice] | None = ...,
+        constraints: Global___SlotConstraints | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "weights", b"weights"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["constraints", b"constraints", "params", b"params", "weights", b"weights"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["disliked", b"disliked", "history", b"history", "liked", b"liked", "params", b"params", "round_id", b"round_id", "weights", b"weights"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["constraints", b"constraints", "disliked", b"disliked", "history", b"history", "liked", b"liked", "params", b"params", "round_id", b"round_id", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -270,6 +475,7 @@ class RoundResult(_message.Message):
 
     IMAGES_FIELD_NUMBER: _builtins.int
     COMPUTE_FIELD_NUMBER: _builtins.int
+    LEARNED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def images(self) -> _containers.RepeatedCompositeFieldContainer[Global___RoundImage]:
         """In batch order."""
@@ -278,15 +484,20 @@ class RoundResult(_message.Message):
     def compute(self) -> Global___RoundCompute:
         """What the round cost."""
 
+    @_builtins.property
+    def learned(self) -> _containers.RepeatedCompositeFieldContainer[Global___SlotBelief]:
+        """What prompt exploration believed when it asked for this round's captions (empty when it did not explore)."""
+
     def __init__(
         self,
         *,
         images: _abc.Iterable[Global___RoundImage] | None = ...,
         compute: Global___RoundCompute | None = ...,
+        learned: _abc.Iterable[Global___SlotBelief] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["compute", b"compute"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute", b"compute", "images", b"images"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute", b"compute", "images", b"images", "learned", b"learned"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -366,7 +577,8 @@ class FeedbackWeights(_message.Message):
     explore: _builtins.float
     """0-1: share of a round's images drawn from a full caption the refiner asks for, chosen from
     a posterior over what the person wants that their earlier choices feed (prompt exploration;
-    needs the model folder's prompt_vocabulary.json). Default 0 (off).
+    needs a vocabulary: the model folder's prompt_vocabulary.json or PHILIP_VOCABULARY_PATH).
+    Default: the served model's (RefinerService.GetDefaults).
     """
     def __init__(
         self,

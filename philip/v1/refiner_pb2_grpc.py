@@ -45,6 +45,11 @@ class RefinerServiceStub:
                 request_serializer=philip_dot_v1_dot_refiner__pb2.UpscaleRequest.SerializeToString,
                 response_deserializer=philip_dot_v1_dot_refiner__pb2.UpscaleEvent.FromString,
                 _registered_method=True)
+        self.GetDefaults = channel.unary_unary(
+                '/philip.v1.RefinerService/GetDefaults',
+                request_serializer=philip_dot_v1_dot_refiner__pb2.GetDefaultsRequest.SerializeToString,
+                response_deserializer=philip_dot_v1_dot_refiner__pb2.RefinerDefaults.FromString,
+                _registered_method=True)
 
 
 class RefinerServiceServicer:
@@ -68,6 +73,15 @@ class RefinerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDefaults(self, request, context):
+        """What a session gets when it names no weights: the served model's best measured feedback
+        weights (its folder's philip_defaults.json, else the deployment's session defaults file) and the
+        vocabulary prompt exploration asks from (empty when there is none).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RefinerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -80,6 +94,11 @@ def add_RefinerServiceServicer_to_server(servicer, server):
                     servicer.Upscale,
                     request_deserializer=philip_dot_v1_dot_refiner__pb2.UpscaleRequest.FromString,
                     response_serializer=philip_dot_v1_dot_refiner__pb2.UpscaleEvent.SerializeToString,
+            ),
+            'GetDefaults': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDefaults,
+                    request_deserializer=philip_dot_v1_dot_refiner__pb2.GetDefaultsRequest.FromString,
+                    response_serializer=philip_dot_v1_dot_refiner__pb2.RefinerDefaults.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,6 +156,33 @@ class RefinerService:
             '/philip.v1.RefinerService/Upscale',
             philip_dot_v1_dot_refiner__pb2.UpscaleRequest.SerializeToString,
             philip_dot_v1_dot_refiner__pb2.UpscaleEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDefaults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/philip.v1.RefinerService/GetDefaults',
+            philip_dot_v1_dot_refiner__pb2.GetDefaultsRequest.SerializeToString,
+            philip_dot_v1_dot_refiner__pb2.RefinerDefaults.FromString,
             options,
             channel_credentials,
             insecure,

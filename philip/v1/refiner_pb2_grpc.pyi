@@ -43,6 +43,11 @@ class RefinerServiceStub:
     """
     Upscale: _grpc.UnaryStreamMultiCallable[_refiner_pb2.UpscaleRequest, _refiner_pb2.UpscaleEvent]
     """Upscales one image: `progress` per tile, then the high-resolution `image` (last)."""
+    GetDefaults: _grpc.UnaryUnaryMultiCallable[_refiner_pb2.GetDefaultsRequest, _refiner_pb2.RefinerDefaults]
+    """What a session gets when it names no weights: the served model's best measured feedback
+    weights (its folder's philip_defaults.json, else the deployment's session defaults file) and the
+    vocabulary prompt exploration asks from (empty when there is none).
+    """
 
 @_typing.type_check_only
 class RefinerServiceAsyncStub(RefinerServiceStub):
@@ -57,6 +62,11 @@ class RefinerServiceAsyncStub(RefinerServiceStub):
     """
     Upscale: _aio.UnaryStreamMultiCallable[_refiner_pb2.UpscaleRequest, _refiner_pb2.UpscaleEvent]  # type: ignore[assignment]
     """Upscales one image: `progress` per tile, then the high-resolution `image` (last)."""
+    GetDefaults: _aio.UnaryUnaryMultiCallable[_refiner_pb2.GetDefaultsRequest, _refiner_pb2.RefinerDefaults]  # type: ignore[assignment]
+    """What a session gets when it names no weights: the served model's best measured feedback
+    weights (its folder's philip_defaults.json, else the deployment's session defaults file) and the
+    vocabulary prompt exploration asks from (empty when there is none).
+    """
 
 class RefinerServiceServicer(metaclass=_abc_1.ABCMeta):
     """Runs feedback rounds and upscales chosen images."""
@@ -80,5 +90,16 @@ class RefinerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_refiner_pb2.UpscaleEvent], _abc.AsyncIterator[_refiner_pb2.UpscaleEvent]]:
         """Upscales one image: `progress` per tile, then the high-resolution `image` (last)."""
+
+    @_abc_1.abstractmethod
+    def GetDefaults(
+        self,
+        request: _refiner_pb2.GetDefaultsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_refiner_pb2.RefinerDefaults, _abc.Awaitable[_refiner_pb2.RefinerDefaults]]:
+        """What a session gets when it names no weights: the served model's best measured feedback
+        weights (its folder's philip_defaults.json, else the deployment's session defaults file) and the
+        vocabulary prompt exploration asks from (empty when there is none).
+        """
 
 def add_RefinerServiceServicer_to_server(servicer: RefinerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from philip.activity import Activity
+from philip.exploration import beliefs_to_pb, constraints_from_pb, constraints_to_pb
+from philip.feedback_weights import weights_from_pb, weights_to_pb
 from philip.v1 import common_pb2, gateway_pb2, generator_pb2, refiner_pb2
+from services.gateway.references import decode_references
 from services.gateway.session_events import (
     Compute,
     Finalized,
@@ -25,7 +29,7 @@ from services.gateway.session_events import (
 )
 from services.gateway.session_index import SessionSummary
 from services.gateway.sessions import params_of
-from services.generator.codec import params_to_pb
+from services.generator.codec import params_from_pb, params_to_pb
 from services.generator.requests import Style
 from services.refiner.explore import RoundChoice
 
@@ -78,7 +82,7 @@ def compute_to_pb(compute: Compute) -> refiner_pb2.RoundCompute:
 
 def round_images_to_pb(event: RoundImages) -> gateway_pb2.RoundImages:
     return gateway_pb2.RoundImages(round=event.round, images=[image_to_pb(i) for i in event.images],
-                                   compute=compute_to_pb(event.compute))
+                                   compute=compute_to_pb(event.compute), learned=beliefs_to_pb(event.learned))
 
 
 def final_to_pb(final: Finalized) -> gateway_pb2.SessionFinal:
@@ -132,7 +136,24 @@ def snapshot_to_pb(view: SessionView) -> gateway_pb2.SessionSnapshot:
         final=final_to_pb(view.final) if view.final is not None else None,
         running_round=view.running_round,
         last_event_id=view.event_id,
+        weights=weights_to_pb(view.weights),
+        learned=beliefs_to_pb(view.learned),
+        constraints=constraints_to_pb(view.constraints),
     )
+
+
+async def feedback_from_pb(fb: gateway_pb2.SessionFeedback) -> dict[str, Any]:
+    """SessionManager.feedback's arguments from a SessionFeedback (both edges; uploads decoded off the loop)."""
+    return {"liked": list(fb.liked_image_ids), "disliked": list(fb.disliked_image_ids),
+            "prompt": fb.prompt if fb.HasField("prompt") else None,
+            "constraints": constraints_from_pb(fb.constraints) if fb.HasField("constraints") else None,
+            "references": await decode_references(list(fb.reference_images))}
+
+
+async def start_from_pb(start: gateway_pb2.SessionStart) -> dict[str, Any]:
+    """SessionManager.start's arguments from a SessionStart (both edges)."""
+    return {"params": params_from_pb(start.params), "weights": weights_from_pb(start.weights),
+            "references": await decode_references(list(start.reference_images))}
 
 
 def summary_to_pb(summary: SessionSummary) -> gateway_pb2.SessionSummary:

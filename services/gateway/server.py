@@ -40,9 +40,8 @@ from services.gateway.generations import DetachedGenerations
 from services.gateway.personalization import PersonalizationProxy, abort_like
 from services.gateway.sessions import SessionManager
 from services.gateway.upstream import GrpcUpstream, metadata
-from services.generator.codec import error_from_code, params_from_pb
+from services.generator.codec import error_from_code
 from services.generator.requests import load_styles
-from services.refiner.weights import weights_from_pb
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 GENERATOR_SERVICE = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"].full_name
@@ -107,8 +106,7 @@ class GatewayServicer(PersonalizationProxy, gateway_pb2_grpc.GatewayServicer):
         kind = first.WhichOneof("message") if first is not None else None
         mine: set[int] = set()  # rounds this connection asked for (0: its finalize)
         if first is not None and kind == "start":
-            session_id = await self.sessions.start(params_from_pb(first.start.params),
-                                                   weights_from_pb(first.start.weights))
+            session_id = await self.sessions.start(**await codec.start_from_pb(first.start))
             mine.add(1)
         elif first is not None and kind == "resume":
             session_id = first.resume.session_id
@@ -143,10 +141,7 @@ class GatewayServicer(PersonalizationProxy, gateway_pb2_grpc.GatewayServicer):
             async for message in messages:
                 kind = message.WhichOneof("message")
                 if kind == "feedback":
-                    fb = message.feedback
-                    mine.add(await self.sessions.feedback(session_id, list(fb.liked_image_ids),
-                                                          list(fb.disliked_image_ids),
-                                                          fb.prompt if fb.HasField("prompt") else None))
+                    mine.add(await self.sessions.feedback(session_id, **await codec.feedback_from_pb(message.feedback)))
                 elif kind == "finalize":
                     mine.add(0)
                     await self.sessions.finalize(session_id, message.finalize.image_id, message.finalize.scale)

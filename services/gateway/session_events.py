@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
+from philip.exploration import SessionDefaults, SlotBelief, SlotConstraints
 from services.generator.requests import GenerationParams
 from services.refiner.explore import RoundChoice
 
@@ -62,6 +63,11 @@ class SessionImage:
     steered_from: str = ""
     prompt: str = ""  # what it was drawn from: the round's prompt or a caption prompt exploration asked for
 
+    @property
+    def is_reference(self) -> bool:
+        """An uploaded reference (kept as round 0), not a drawn image: it has no noise of its own."""
+        return self.round == 0
+
 
 @dataclass(frozen=True, slots=True)
 class Compute:
@@ -96,6 +102,7 @@ class RoundOutput:
 
     images: tuple[SessionImage, ...]
     compute: Compute
+    learned: tuple[SlotBelief, ...] = ()  # what prompt exploration believed when it asked for these
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +145,7 @@ class RoundImages:
     round: int
     images: tuple[SessionImage, ...]
     compute: Compute
+    learned: tuple[SlotBelief, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +193,9 @@ class SessionView:
     final: Finalized | None = None
     running_round: int = 0
     event_id: str = "0-0"
-    weights: dict[str, float] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)  # effective: every field set
+    learned: tuple[SlotBelief, ...] = ()  # the last exploring round's beliefs
+    constraints: SlotConstraints = field(default_factory=SlotConstraints)
 
 
 class Upstream(Protocol):
@@ -195,6 +205,11 @@ class Upstream(Protocol):
 
     def feedback_round(self, params: GenerationParams, round_id: str, liked: Sequence[SessionImage],
                        disliked: Sequence[SessionImage], weights: dict[str, float],
-                       history: Sequence[RoundChoice] = ()) -> AsyncGenerator[RoundEvent, None]: ...
+                       history: Sequence[RoundChoice] = (),
+                       constraints: SlotConstraints = SlotConstraints()) -> AsyncGenerator[RoundEvent, None]: ...
+
+    async def defaults(self) -> SessionDefaults:
+        """The served model's session defaults and exploration vocabulary (the refiner's)."""
+        ...
 
     def upscale(self, picture: Picture, scale: int) -> AsyncIterator[UpscaleEvent]: ...

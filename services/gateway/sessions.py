@@ -31,6 +31,8 @@ from typing import Any
 
 from philip import metrics
 from philip.activity import ActivityLog
+from philip.exploration import SlotConstraints, beliefs_from_json, beliefs_to_json
+from philip.feedback_weights import parse_weights
 from philip.image_owners import record_owner
 from philip.logs import bind_ids, get_logger
 from philip.quotas import GENERATIONS, SESSIONS, Quotas
@@ -43,10 +45,12 @@ from philip.rpc.errors import (
     Unavailable,
 )
 from philip.store import Store
+from services.gateway.references import MAX_SESSION_REFERENCES
 from services.gateway.session_events import (
     TERMINAL_PHASES,
     Compute,
     Finalized,
+    NoiseTrace,
     Phase,
     Picture,
     PreviewPictures,
@@ -74,7 +78,6 @@ from services.gateway.session_store import (
     params_to_json,
 )
 from services.generator.requests import MAX_PROMPT_CHARS, MAX_SEED, GenerationParams
-from services.refiner.weights import parse_weights
 
 log = get_logger("services.gateway.sessions")
 
@@ -103,14 +106,21 @@ class SessionManager(SessionStore):
 
     # ---- commands ---------------------------------------------------------------------------------
 
-    async def start(self, params: GenerationParams, weights: dict[str, float]) -> str:
-        """Create a session and start round 1; returns the session id."""
+    async def start(self, params: GenerationParams, weights: dict[str, float],
+                    references: Sequence[Picture] = ()) -> str:
+        """Create a session and start round 1 (conditioned on uploaded ``references``); returns the session id."""
         if not params.prompt.strip() or len(params.prompt) > MAX_PROMPT_CHARS:
             raise InvalidArgument(f"prompt is required (1-{MAX_PROMPT_CHARS} characters)", field="params.prompt")
         if params.num_images > 8:
             raise InvalidArgument(f"num_images must be 1-8 (0 = default 4), got {params.num_images}",
                                   field="params.num_images")
         parse_weights(weights)  # a bad one fails the start, not round 2
+        _check_references(references, 0)
+        # Unset fields take the served model's best measured defaults; the record keeps the effective weights,
+        # so a session's rounds do not change when a refiner restarts with other defaults.
+        client_weights = dict(weights)
+        weights = (await self.upstream.defaults()).for_session(client_weights, bool(references))
+        parse_weights(weights)
         base = params.seed if params.seed is not None else secrets.randbelow(MAX_SEED // 2)
         if not 0 <= base <= MAX_SEED - self.max_rounds * ROUND_SEED_STRIDE:
             raise InvalidArgument(f"seed must be in 0-{MAX_SEED - self.max_rounds * ROUND_SEED_STRIDE} "
@@ -118,9 +128,11 @@ class SessionManager(SessionStore):
                                   field="params.seed")
         session_id = f"ses_{uuid.uuid4().hex}"
         await self.quotas.acquire(SESSIONS, session_id, self.idle_s)
+        refs = await self._save_references(session_id, references, 0)
         record = {
             "phase": Phase.GENERATING.value, "params": params_to_json(dataclasses.replace(params, seed=None)),
-            "base_seed": base, "weights": dict(weights), "rounds": [], "liked": [], "disliked": [], "chosen": "",
+            "base_seed": base, "weights": dict(weights), "client_weights": client_weights, "references": refs,
+            "rounds": [], "liked": list(refs), "disliked": [], "chosen": "",
             "final": None, "running_round": 1, "event_id": "0-0", "created_ms": now_ms(),
             "heartbeat_ms": now_ms(), "tenant": current_tenant(),
         }
@@ -132,8 +144,10 @@ class SessionManager(SessionStore):
         return session_id
 
     async def feedback(self, session_id: str, liked: Sequence[str], disliked: Sequence[str],
-                       prompt: str | None = None) -> int:
-        """Record likes/dislikes (and a prompt edit) and start the next round; returns its number."""
+                       prompt: str | None = None, constraints: SlotConstraints | None = None,
+                       references: Sequence[Picture] = ()) -> int:
+        """Record likes/dislikes (and a prompt edit, exploration's pins and bans: None keeps them, and more uploaded
+        references) and start the next round; returns its number."""
         record = await self._ready(session_id, "send feedback")
         for name, ids in (("liked_image_ids", liked), ("disliked_image_ids", disliked)):
             if len(ids) > MAX_FEEDBACK_IDS:
@@ -145,6 +159,10 @@ class SessionManager(SessionStore):
             await self._own_image(session_id, image_id)
         if prompt is not None and not (prompt.strip() and len(prompt) <= MAX_PROMPT_CHARS):
             raise InvalidArgument(f"prompt must be 1-{MAX_PROMPT_CHARS} characters", field="prompt")
+        if constraints:  # checked here: stored bad ones would fail every later round
+            constraints.check((await self.upstream.defaults()).slots)
+        earlier_refs = list(record.get("references", []))
+        _check_references(references, len(earlier_refs))
         rounds = len(record["rounds"])
         if rounds >= self.max_rounds:
             raise FailedPrecondition(f"session has reached {self.max_rounds} rounds; finalize or start a new one")
@@ -153,12 +171,21 @@ class SessionManager(SessionStore):
                         + [i for i in disliked if i not in record["disliked"]])
         number = rounds + 1
         await self.quotas.acquire(SESSIONS, session_id, self.idle_s, tenant=record.get("tenant", ""))
+        refs = await self._save_references(session_id, references, len(earlier_refs))
+        new_liked += refs
         # Per round, what this message liked and disliked: prompt exploration learns from each round's choice.
         choices = [*record.get("choices", []), {"round": rounds, "liked": list(liked), "disliked": list(disliked)}]
         fields: dict[str, Any] = {"liked": new_liked, "disliked": new_disliked, "phase": Phase.GENERATING.value,
                                   "running_round": number, "heartbeat_ms": now_ms(), "choices": choices}
         if prompt is not None:
             fields["params"] = {**record["params"], "prompt": prompt}
+        if constraints is not None:
+            fields["constraints"] = constraints.to_json()
+        if refs:
+            fields["references"] = earlier_refs + refs
+            if not earlier_refs:  # the first references: unset weights take the model's reference defaults
+                fields["weights"] = (await self.upstream.defaults()).for_session(
+                    record.get("client_weights", record["weights"]), True)
         await self.store.update_record(SESSION_KIND, session_id, fields)
         self._spawn(session_id, self._round(session_id, number))
         await self.activity.record("session.feedback", session_id, round=number, liked=liked, disliked=disliked,
@@ -229,7 +256,8 @@ class SessionManager(SessionStore):
         rounds = []
         for entry in record["rounds"]:
             images = [img for img in [await self._load_image(i) for i in entry["image_ids"]] if img is not None]
-            rounds.append(RoundImages(entry["round"], tuple(images), Compute(**entry["compute"])))
+            rounds.append(RoundImages(entry["round"], tuple(images), Compute(**entry["compute"]),
+                                      beliefs_from_json(entry.get("learned"))))
         final = None
         if record["final"]:
             png = await self.store.get_blob(record["final"]["image_id"])
@@ -241,6 +269,8 @@ class SessionManager(SessionStore):
             session_id=session_id, phase=Phase(record["phase"]), params=record["params"], rounds=tuple(rounds),
             liked=tuple(record["liked"]), disliked=tuple(record["disliked"]), chosen=record["chosen"], final=final,
             running_round=int(record["running_round"]), event_id=record["event_id"], weights=record["weights"],
+            learned=next((r.learned for r in reversed(rounds) if r.learned), ()),
+            constraints=SlotConstraints.from_json(record.get("constraints")),
         )
 
     # ---- work -------------------------------------------------------------------------------------
@@ -311,7 +341,10 @@ class SessionManager(SessionStore):
         explores = number > 1 and record["weights"].get("explore", 0.0) > 0
         if liked or disliked or explores:
             history = await self._history(record) if explores else []
-            events = self.upstream.feedback_round(params, round_id, liked, disliked, record["weights"], history)
+            # Round 1 (with references) has no choices to explore from: every image follows the references.
+            weights = record["weights"] if explores else {**record["weights"], "explore": 0.0}
+            events = self.upstream.feedback_round(params, round_id, liked, disliked, weights, history,
+                                                  SlotConstraints.from_json(record.get("constraints")))
         else:
             events = self.upstream.plain_round(params, round_id)
         # aclosing: a cancel that lands between events (e.g. in a store write) still closes the
@@ -334,11 +367,21 @@ class SessionManager(SessionStore):
         for image in images:
             await self._save_image(session_id, image)
         entry = {"round": number, "image_ids": [i.image_id for i in images],
-                 "compute": dataclasses.asdict(output.compute)}
+                 "compute": dataclasses.asdict(output.compute), "learned": beliefs_to_json(output.learned)}
         rounds = (await self._record(session_id))["rounds"]
-        await self._publish(session_id, RoundImages(number, images, output.compute),
+        await self._publish(session_id, RoundImages(number, images, output.compute, output.learned),
                             {"rounds": [*rounds, entry], "phase": Phase.AWAITING_FEEDBACK.value, "running_round": 0})
         log.info("session.round_done", round=number, images=len(images), unet_evals=output.compute.total)
+
+    async def _save_references(self, session_id: str, pictures: Sequence[Picture], first: int) -> list[str]:
+        """Store uploaded references as images of the session (round 0); returns their ids."""
+        ids = []
+        for k, picture in enumerate(pictures, start=first):
+            image = SessionImage(f"ref_{uuid.uuid4().hex}", 0, k, 0, picture, NoiseTrace(0), prompt="(reference)")
+            await self._save_image(session_id, image)
+            await record_owner(self.store, image.image_id, self.ttl_s, session_id=session_id)
+            ids.append(image.image_id)
+        return ids
 
     async def _finalize(self, session_id: str, image: SessionImage, scale: int) -> None:
         with bind_ids(session_id=session_id):
@@ -382,6 +425,12 @@ async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
         await asyncio.wait({task}, timeout=0.2)
     with contextlib.suppress(asyncio.CancelledError, Exception):
         task.result()
+
+
+def _check_references(pictures: Sequence[Picture], earlier: int) -> None:
+    if earlier + len(pictures) > MAX_SESSION_REFERENCES:
+        raise InvalidArgument(f"a session takes at most {MAX_SESSION_REFERENCES} reference images; it has {earlier}, "
+                              f"this message adds {len(pictures)}", field="reference_images")
 
 
 def params_of(view: SessionView) -> GenerationParams:

@@ -8,11 +8,20 @@ within one denoising step.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 import structlog
 from grpc import aio
 
+from philip.exploration import (
+    SessionDefaults,
+    SlotConstraints,
+    beliefs_from_pb,
+    constraints_to_pb,
+    defaults_from_pb,
+)
+from philip.feedback_weights import weights_to_pb
 from philip.rpc.auth import tenant_metadata
 from philip.rpc.errors import Cancelled, PhilipError
 from philip.rpc.interceptor import REQUEST_ID_KEY
@@ -33,7 +42,8 @@ from services.gateway.session_events import (
 from services.generator.codec import error_from_code, params_to_pb
 from services.generator.requests import DEFAULT_GUIDANCE, DEFAULT_STEPS, GenerationParams
 from services.refiner.explore import RoundChoice
-from services.refiner.weights import weights_to_pb
+
+DEFAULTS_TTL_S = 30.0
 
 
 def metadata() -> tuple[tuple[str, str], ...]:
@@ -50,6 +60,7 @@ class GrpcUpstream:
         self.generator = generator
         self.refiner = refiner
         self.timeout_s = timeout_s
+        self._defaults: tuple[float, SessionDefaults] | None = None
 
     async def plain_round(self, params: GenerationParams, round_id: str) -> AsyncGenerator[RoundEvent, None]:
         call = self.generator.Generate(timeout=self.timeout_s, metadata=metadata())
@@ -80,11 +91,12 @@ class GrpcUpstream:
 
     async def feedback_round(self, params: GenerationParams, round_id: str, liked: Sequence[SessionImage],
                              disliked: Sequence[SessionImage], weights: dict[str, float],
-                             history: Sequence[RoundChoice] = ()) -> AsyncGenerator[RoundEvent, None]:
+                             history: Sequence[RoundChoice] = (),
+                             constraints: SlotConstraints = SlotConstraints()) -> AsyncGenerator[RoundEvent, None]:
         request = refiner_pb2.RefineRequest(
             params=params_to_pb(params), liked=[_feedback_image(i) for i in liked],
             disliked=[_feedback_image(i) for i in disliked], weights=weights_to_pb(weights), round_id=round_id,
-            history=[history_to_pb(h) for h in history],
+            history=[history_to_pb(h) for h in history], constraints=constraints_to_pb(constraints),
         )
         call = self.refiner.Refine(request, timeout=self.timeout_s, metadata=metadata())
         try:
@@ -98,13 +110,26 @@ class GrpcUpstream:
                 elif kind == "result":
                     c = event.result.compute
                     yield RoundOutput(tuple(image_from_pb(i) for i in event.result.images),
-                                      Compute(c.steps, c.main_image_evals, c.reference_image_evals))
+                                      Compute(c.steps, c.main_image_evals, c.reference_image_evals),
+                                      beliefs_from_pb(event.result.learned))
                     return
             raise PhilipError("the refiner ended the round without a result")
         except aio.AioRpcError as exc:
             raise _from_rpc(exc, "refiner") from None
         finally:
             call.cancel()
+
+    async def defaults(self) -> SessionDefaults:
+        """The refiner's, cached for ``DEFAULTS_TTL_S`` (they change only when a refiner restarts with new files)."""
+        now = time.monotonic()
+        if self._defaults is None or now - self._defaults[0] > DEFAULTS_TTL_S:
+            try:
+                pb = await self.refiner.GetDefaults(refiner_pb2.GetDefaultsRequest(), timeout=10.0,
+                                                    metadata=metadata())
+            except aio.AioRpcError as exc:
+                raise _from_rpc(exc, "refiner") from None
+            self._defaults = (now, defaults_from_pb(pb))
+        return self._defaults[1]
 
     async def upscale(self, picture: Picture, scale: int) -> AsyncIterator[UpscaleEvent]:
         request = refiner_pb2.UpscaleRequest(image=picture_to_pb(picture), scale=scale)
@@ -138,7 +163,7 @@ def _plain_compute(params: GenerationParams, num_images: int) -> Compute:
 
 def _feedback_image(image: SessionImage) -> refiner_pb2.FeedbackImage:
     return refiner_pb2.FeedbackImage(image=picture_to_pb(image.picture, image.image_id, image.seed, image.index),
-                                     origin=trace_to_pb(image.origin))
+                                     origin=trace_to_pb(image.origin), reference=image.is_reference)
 
 
 def _from_rpc(exc: aio.AioRpcError, who: str) -> PhilipError:

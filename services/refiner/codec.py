@@ -6,6 +6,7 @@ import uuid
 
 from PIL import Image
 
+from philip.exploration import beliefs_to_pb
 from philip.images import png_bytes
 from philip.rpc.errors import InvalidArgument
 from philip.v1 import common_pb2, generator_pb2, refiner_pb2
@@ -40,7 +41,7 @@ def feedback_from_pb(images: list[refiner_pb2.FeedbackImage], name: str) -> list
             raise InvalidArgument(f"{field}.image.id is required (it keys the reference cache)",
                                   field=f"{field}.image.id")
         picture = decode_png(pb.image.png, max_pixels=MAX_FEEDBACK_PIXELS, field=f"{field}.image.png")
-        out.append(FeedbackImage(pb.image.id, picture, origin_from_pb(pb.origin, f"{field}.origin")))
+        out.append(FeedbackImage(pb.image.id, picture, origin_from_pb(pb.origin, f"{field}.origin"), pb.reference))
     return out
 
 
@@ -92,6 +93,7 @@ def result_to_pb(result: FeedbackRound) -> refiner_pb2.RoundResult:
                 for i in result.images],
         compute=refiner_pb2.RoundCompute(steps=c.steps, main_image_evals=c.main_image_evals,
                                          reference_image_evals=c.reference_image_evals),
+        learned=beliefs_to_pb(result.learned),
     )
 
 

@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0
 from PIL import Image
 
+from philip.feedback_weights import FeedbackWeights
 from philip.models.pipelines import native_size
-from services.refiner.weights import FeedbackWeights
 
 Mode = Literal["off", "record", "inject"]
 _ATTN1 = "attn1.processor"

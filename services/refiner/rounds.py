@@ -6,7 +6,7 @@ A round is one plain ``StableDiffusionPipeline`` call with these plugged in:
 * the initial latents are steered (:func:`~services.refiner.seeds.steer_noise`) from the liked
   images' own initial noise, so liked compositions are revisited with ``diversity`` of variation;
 * with ``explore`` > 0, that share of the images is drawn from full captions prompt exploration
-  asks for (:func:`~services.refiner.explore.explored_prompts`), the rest from the round's prompt.
+  asks for (:func:`~services.refiner.explore.explore_round`), the rest from the round's prompt.
 
 Every image's initial noise is recorded as a :class:`NoiseOrigin` (a seed plus the chain of
 steering steps that led to it), from which :meth:`NoiseOrigin.noise` redraws it exactly, so a
@@ -39,12 +39,13 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from philip.exploration import SlotBelief, SlotConstraints
 from philip.models.adapters import AdapterSwitch, activate_adapters
 from philip.models.pipelines import SCHEDULERS, make_scheduler
 from philip.previews import PreviewEncoder, UNetCapture, decode_latents, x0_estimate
 from philip.priority import DEVICE
 from philip.rpc.errors import Cancelled, FailedPrecondition, InvalidArgument
-from services.refiner.explore import VOCABULARY_FILE, PromptVocabulary, RoundChoice, explored_prompts
+from services.refiner.explore import RoundChoice, SlotVocabulary, explore_round
 from services.refiner.fabric import FabricConditioner, FeedbackWeights, encode_images
 from services.refiner.seeds import steer_noise
 
@@ -99,6 +100,7 @@ class FeedbackImage:
     image_id: str
     image: Image.Image
     origin: NoiseOrigin
+    reference: bool = False  # an uploaded image: conditions attention only, has no noise to steer from
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,7 @@ class Feedback:
     # Share of the images drawn from captions prompt exploration asks for, from the session's history.
     explore: float = 0.0
     history: tuple[RoundChoice, ...] = ()
+    constraints: SlotConstraints = field(default_factory=SlotConstraints)  # the person's pins and bans
 
     def __post_init__(self) -> None:
         for name in ("diversity", "explore"):
@@ -166,15 +169,16 @@ class RoundCompute:
 class FeedbackRound:
     images: tuple[RoundImage, ...]
     compute: RoundCompute
+    learned: tuple[SlotBelief, ...] = ()  # what exploration believed when it asked for this round's prompts
 
 
 class RoundRunner:
     """Runs feedback rounds on one pipeline; caches reference latents by image id."""
 
     def __init__(self, pipe: Any, *, previews: PreviewEncoder | None = None, cache_size: int = 256,
-                 adapters: AdapterSwitch | None = None, vocabulary: PromptVocabulary | None = None) -> None:
+                 adapters: AdapterSwitch | None = None, vocabulary: SlotVocabulary | None = None) -> None:
         self.pipe = pipe
-        self.vocabulary = vocabulary  # the model's prompt vocabulary: prompt exploration needs one
+        self.vocabulary = vocabulary  # prompt exploration needs one (the model's own or the deployment's)
         self.previews = previews
         self.adapters = adapters
         self.cache_size = cache_size
@@ -252,8 +256,7 @@ class RoundRunner:
                  params.height // int(pipe.vae_scale_factor), params.width // int(pipe.vae_scale_factor))
         plan = self._plan(params, feedback, shape)
         noise = torch.cat([n for _, n, _ in plan]).to(device=pipe.device, dtype=pipe.unet.dtype)
-        explored = round(feedback.explore * params.num_images)
-        prompts = self._prompts(params, feedback, explored)
+        prompts, learned, explored = self._prompts(params, feedback, round(feedback.explore * params.num_images))
         # Explored images show what their caption asks for: FABRIC would pull them toward the likes.
         liked = self._encode(feedback.liked, params) if explored < params.num_images else None
         disliked = self._encode(feedback.disliked, params) if explored < params.num_images else None
@@ -307,23 +310,28 @@ class RoundRunner:
             for i, (image, (origin, _, _), parent, prompt) in enumerate(
                 zip(pil_images, plan, self._parents(params, feedback), prompts, strict=True))
         )
-        return FeedbackRound(images=images, compute=compute)
+        return FeedbackRound(images=images, compute=compute, learned=tuple(learned))
 
     # ---- helpers ----------------------------------------------------------------------------------
 
     @staticmethod
     def _likes_newest_first(feedback: Feedback) -> list[FeedbackImage]:
-        return list(reversed(feedback.liked))
+        """The liked round images seeds are steered from (uploaded references have no noise of their own)."""
+        return [f for f in reversed(feedback.liked) if not f.reference]
 
-    def _prompts(self, params: RoundParams, feedback: Feedback, n: int) -> list[str]:
-        """The first ``n`` images ask for explored captions; the rest take the round's prompt."""
+    def _prompts(self, params: RoundParams, feedback: Feedback,
+                 n: int) -> tuple[list[str], list[SlotBelief], int]:
+        """The first ``n`` images ask for explored prompts (fewer when the prompt and the pins leave fewer distinct
+        targets); the rest take the round's prompt. Returns the prompts, the beliefs and how many explore."""
         if n == 0:
-            return [params.prompt] * params.num_images
+            return [params.prompt] * params.num_images, [], 0
         if self.vocabulary is None:
-            raise FailedPrecondition(f"weights.explore needs the model folder's {VOCABULARY_FILE}; the served model "
-                                     "has none (leave explore at 0)", field="weights.explore")
-        explored = explored_prompts(self.vocabulary, params.prompt, feedback.history, n, params.seed)
-        return explored + [params.prompt] * (params.num_images - len(explored))
+            raise FailedPrecondition("weights.explore needs a vocabulary (the model folder's prompt_vocabulary.json "
+                                     "or PHILIP_VOCABULARY_PATH); the served model has none (leave explore at 0)",
+                                     field="weights.explore")
+        explored, learned = explore_round(self.vocabulary, params.prompt, feedback.history, n, params.seed,
+                                          feedback.constraints)
+        return explored + [params.prompt] * (params.num_images - len(explored)), learned, len(explored)
 
     def _parents(self, params: RoundParams, feedback: Feedback) -> list[str | None]:
         likes = self._likes_newest_first(feedback)

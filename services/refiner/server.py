@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from grpc import aio
 
-from philip.logs import bind_ids
+from philip.exploration import SessionDefaults, constraints_from_pb, defaults_to_pb
+from philip.feedback_weights import weights_from_pb
+from philip.logs import bind_ids, get_logger
 from philip.rpc.server import RegisterFn
-from philip.settings import Settings
+from philip.settings import DEFAULT_SESSION_DEFAULTS_PATH, DEFAULT_VOCABULARY_PATH, Settings
 from philip.v1 import refiner_pb2, refiner_pb2_grpc
 from services.generator.codec import params_from_pb
 from services.generator.requests import RequestResolver, load_styles
 from services.refiner import codec
+from services.refiner.defaults import load_defaults
+from services.refiner.explore import PromptVocabulary, SlotVocabulary
+from services.refiner.modifiers import load_vocabulary
 from services.refiner.service import Refiner
-from services.refiner.weights import weights_from_pb
 
+log = get_logger("services.refiner.server")
 SERVICE_NAME = refiner_pb2.DESCRIPTOR.services_by_name["RefinerService"].full_name
 
 
@@ -32,13 +38,18 @@ class RefinerServicer(refiner_pb2_grpc.RefinerServiceServicer):
             job = self.refiner.job(params_from_pb(request.params), codec.feedback_from_pb(list(request.liked), "liked"),
                                    codec.feedback_from_pb(list(request.disliked), "disliked"),
                                    weights_from_pb(request.weights), round_id,
-                                   codec.history_from_pb(list(request.history)))
+                                   codec.history_from_pb(list(request.history)),
+                                   constraints_from_pb(request.constraints))
             events = self.refiner.refine(job)
             try:
                 async for event in events:
                     yield codec.event_to_pb(event, job.params.num_images)
             finally:
                 await events.aclose()  # the client left or the deadline passed: stop within one step
+
+    async def GetDefaults(self, request: refiner_pb2.GetDefaultsRequest,
+                          context: aio.ServicerContext) -> refiner_pb2.RefinerDefaults:
+        return defaults_to_pb(self.refiner.defaults)
 
     async def Upscale(self, request: refiner_pb2.UpscaleRequest,
                       context: aio.ServicerContext) -> AsyncIterator[refiner_pb2.UpscaleEvent]:
@@ -54,19 +65,38 @@ def open_refiner(settings: Settings) -> Refiner:
     from philip.models.pipelines import SCHEDULERS, load_pipeline, native_size
     from philip.models.upscaler import OnnxUpscaler
     from philip.previews import PreviewEncoder
-    from services.refiner.explore import PromptVocabulary
     from services.refiner.rounds import RoundRunner
     from services.refiner.upscale import Upscaler
 
     torch.set_num_threads(settings.torch_threads)
+    defaults, vocabulary = session_defaults(settings)
     pipe = load_pipeline(settings.model_dir, settings.device)
     runner = RoundRunner(pipe, previews=PreviewEncoder.for_pipeline(pipe, settings.model_dir),
                          adapters=AdapterSwitch(pipe, settings.adapters_dir, settings.adapter_cache),
-                         vocabulary=PromptVocabulary.load(settings.model_dir))
+                         vocabulary=vocabulary)
     resolver = RequestResolver(native_size=native_size(pipe), schedulers=tuple(SCHEDULERS),
                                styles=load_styles(settings.styles_path), adapters_dir=settings.adapters_dir)
     upscaler = Upscaler(OnnxUpscaler(settings.upscaler_path, providers=settings.onnx_providers))
-    return Refiner(runner, upscaler, resolver, max_queue=settings.max_queue)
+    return Refiner(runner, upscaler, resolver, max_queue=settings.max_queue, defaults=defaults)
+
+
+def session_defaults(settings: Settings) -> tuple[SessionDefaults, SlotVocabulary | None]:
+    """The served model's vocabulary and the weights a session without any gets; ValueError (at start-up) for a
+    bad file. The shipped files missing (a process started outside the project folder) mean none."""
+    vocabulary_path = settings.vocabulary_path
+    if vocabulary_path == DEFAULT_VOCABULARY_PATH and not Path(vocabulary_path).is_file():
+        log.warning("vocabulary.missing", path=vocabulary_path)
+        vocabulary_path = ""
+    vocabulary, vocabulary_source = load_vocabulary(settings.model_dir, vocabulary_path)
+    section = ("no_vocabulary" if vocabulary is None else
+               "model_vocabulary" if isinstance(vocabulary, PromptVocabulary) else "modifier_vocabulary")
+    defaults_path = settings.session_defaults_path
+    if defaults_path == DEFAULT_SESSION_DEFAULTS_PATH and not Path(defaults_path).is_file():
+        log.warning("session_defaults.missing", path=defaults_path)
+        defaults_path = ""
+    weights, reference_weights, source = load_defaults(settings.model_dir, defaults_path, section)
+    slots = vocabulary.slots if vocabulary is not None else ()
+    return SessionDefaults(weights, source, slots, vocabulary_source, reference_weights), vocabulary
 
 
 def build(settings: Settings, *, refiner: Refiner | None = None) -> list[tuple[str, RegisterFn]]:

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from philip.exploration import SessionDefaults, SlotConstraints
+from philip.feedback_weights import parse_weights
 from philip.rpc.errors import InvalidArgument, ResourceExhausted
 from services.generator.requests import GenerationParams, RequestResolver
 from services.refiner.explore import RoundChoice
 from services.refiner.rounds import Feedback, FeedbackImage, FeedbackRound, RoundParams, RoundRunner
 from services.refiner.upscale import UpscaleEvent, Upscaler
-from services.refiner.weights import parse_weights
 
 MAX_REFERENCES = 16  # liked (and disliked) images per round: each costs a reference pass per step
 
@@ -65,8 +66,10 @@ class Refiner:
     """Validates requests (as the generator does) and runs them on one :class:`RoundRunner`."""
 
     def __init__(self, runner: RoundRunner, upscaler: Upscaler | None, resolver: RequestResolver, *,
-                 max_queue: int = 8) -> None:
+                 max_queue: int = 8, defaults: SessionDefaults | None = None) -> None:
         self.runner = runner
+        # What a session without weights gets (GetDefaults); the vocabulary is the runner's.
+        self.defaults = defaults or SessionDefaults({}, slots=runner.vocabulary.slots if runner.vocabulary else ())
         self.upscaler = upscaler
         self.resolver = resolver
         self.max_queue = max_queue
@@ -77,7 +80,8 @@ class Refiner:
         self.runner.close()
 
     def job(self, params: GenerationParams, liked: Sequence[FeedbackImage], disliked: Sequence[FeedbackImage],
-            weights: dict[str, float], round_id: str = "", history: Sequence[RoundChoice] = ()) -> RefineJob:
+            weights: dict[str, float], round_id: str = "", history: Sequence[RoundChoice] = (),
+            constraints: SlotConstraints = SlotConstraints()) -> RefineJob:
         """Resolve ``params`` with the generator's rules and check the feedback."""
         request = self.resolver.resolve(params)
         for name, refs in (("liked", liked), ("disliked", disliked)):
@@ -85,8 +89,10 @@ class Refiner:
                 raise InvalidArgument(f"{name} takes 0-{MAX_REFERENCES} images (the most recent), got {len(refs)}",
                                       field=name)
         schedule, diversity, explore = parse_weights(weights)
+        if constraints:
+            constraints.check(self.defaults.slots)
         feedback = Feedback(liked=tuple(liked), disliked=tuple(disliked), weights=schedule, diversity=diversity,
-                            explore=explore, history=tuple(history))
+                            explore=explore, history=tuple(history), constraints=constraints)
         round_params = RoundParams(
             prompt=request.prompt, negative_prompt=request.negative_prompt, width=request.width,
             height=request.height, steps=request.steps, guidance=request.guidance, scheduler=request.scheduler,

@@ -33,7 +33,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from philip.bench.server_process import free_port
 from philip.clients.generate import gateway_channel, stream_generation
 from philip.clients.session import SessionClient, SessionError
-from philip.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, generator_pb2
+from philip.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, generator_pb2, refiner_pb2
 
 pytestmark = pytest.mark.slow
 
@@ -230,7 +230,9 @@ async def test_sigterm_drains_an_in_flight_stream_before_the_gateway_exits(clust
 async def test_session_continues_on_the_other_replica_when_one_dies(cluster: Cluster) -> None:
     async with gateway_channel(cluster.gateway.address) as channel:
         stub = gateway_pb2_grpc.GatewayStub(channel)
-        session = await SessionClient.start(stub, params(steps=30), timeout_s=600)
+        # explore=0: rounds with nothing liked stay plain generator rounds (philip-tiny's default explores).
+        session = await SessionClient.start(stub, params(steps=30), timeout_s=600,
+                                            weights=refiner_pb2.FeedbackWeights(explore=0.0))
         async with session:
             first = await session.next_round()  # a plain round: a generator replica
             before = cluster.submitted()

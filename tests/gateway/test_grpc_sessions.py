@@ -75,10 +75,16 @@ async def deployment() -> AsyncIterator[Deployment]:
         await raw.aclose()
 
 
-def start(prompt: str = "a red circle on a blue background", **fields: Any) -> Msg:
+# FABRIC at the paper's weights, no exploration: what these tests of FABRIC rounds were written for
+# (philip-tiny's own defaults explore instead; a session without weights gets those).
+FABRIC = refiner_pb2.FeedbackWeights(explore=0.0, max_weight=0.8, min_weight=0.1)
+
+
+def start(prompt: str = "a red circle on a blue background", weights: refiner_pb2.FeedbackWeights | None = FABRIC,
+          **fields: Any) -> Msg:
     params = common_pb2.GenerationParams(prompt=prompt, **{"num_images": 4, "steps": 6, "seed": 11,
                                                            "preview_every": 3, **fields})
-    return Msg(start=gateway_pb2.SessionStart(params=params))
+    return Msg(start=gateway_pb2.SessionStart(params=params, weights=weights))
 
 
 async def read_until(call: Any, kind: str, *, round_number: int | None = None, timeout: float = 60.0) -> list[Event]:
@@ -178,8 +184,10 @@ async def test_prompt_exploration_asks_for_captions_from_the_choices(deployment:
     await run_session(session, out_dir=tmp_path, rounds=2, likes=["1"], dislikes=["2"], finalize="1", scale=0,
                       ask=None, say=said.append)
     await session.close()
-    captions = [line for line in said if line.startswith("  ")]  # round 1 is all "a circle": no lines
+    captions = [line for line in said if re.match(r"  \d: ", line)]  # round 1 is all "a circle": no lines
     assert len(captions) == 4 and captions[2:] == ["  3: a circle", "  4: a circle"]
+    learned = [line for line in said if line.startswith("  learned: ")]  # under round 2's sheet
+    assert len(learned) == 1 and re.fullmatch(r"  learned: fg: (\w+ [01]\.\d\d(, )?){1,3} \| bg: .+", learned[0])
     assert re.fullmatch(r"  1: a \w+ circle on a \w+ background", captions[0])
 
 
@@ -323,7 +331,7 @@ async def test_a_scripted_cli_session_runs_two_feedback_rounds(deployment: Deplo
     from philip.clients.session_cli import run_session
 
     said: list[str] = []
-    session = await SessionClient.start(deployment.stub, start(seed=61).start.params)
+    session = await SessionClient.start(deployment.stub, start(seed=61).start.params, weights=FABRIC)
     final = await run_session(session, out_dir=tmp_path, rounds=3, likes=["1", "2"], dislikes=["2", "4"],
                               finalize="best", scale=0, ask=None, say=said.append)
     await session.close()
@@ -393,3 +401,84 @@ async def test_the_feedback_evaluation_runs_its_protocol(deployment: Deployment)
         assert r.feedback_compute > 0 and r.reroll_compute > 0
     assert list(out)[-6:] == ["match_rate_by_round", "baseline_match_rate", "images_to_first_match_feedback",
                               "images_to_first_match_reroll", "compute_ratio", "trials"]
+
+
+async def test_a_session_without_weights_explores_says_what_it_learned_and_honours_a_pin(
+        deployment: Deployment) -> None:
+    defaults = await deployment.refiner.GetDefaults(refiner_pb2.GetDefaultsRequest())
+    assert (defaults.weights.explore, defaults.weights.max_weight, defaults.weights.min_weight) == (1.0, 0.0, 0.0)
+    assert defaults.weights_source.endswith("philip-tiny/philip_defaults.json")
+    assert [s.name for s in defaults.slots] == ["fg", "shape", "bg"]
+
+    call = deployment.stub.Session()
+    await call.write(start("a circle", None, seed=31, steps=4, preview_every=0))  # no weights: the model's defaults
+    first = await read_until(call, "round_images", round_number=1)
+    snapshot, round1 = first[0].snapshot, first[-1].round_images
+    assert snapshot.weights.explore == 1.0 and snapshot.weights.max_weight == 0.0  # the effective weights
+    assert snapshot.weights.HasField("diversity") and not round1.learned  # round 1: the person's prompt
+    await call.write(Msg(feedback=gateway_pb2.SessionFeedback(liked_image_ids=[round1.images[0].image.id],
+                                                              disliked_image_ids=[round1.images[3].image.id])))
+    round2 = (await read_until(call, "round_images", round_number=2))[-1].round_images
+    assert all(re.fullmatch(r"a \w+ circle on a \w+ background", i.prompt) for i in round2.images)
+    assert round2.compute.reference_image_evals == 0
+    learned = {b.slot: [(v.value, v.probability) for v in b.values] for b in round2.learned}
+    assert set(learned) == {"fg", "bg"}  # the prompt names the shape: nothing to learn there
+    for values in learned.values():
+        probabilities = [p for _, p in values]
+        assert 1 <= len(values) <= 3 and probabilities == sorted(probabilities, reverse=True)
+        assert 0 < sum(probabilities) <= 1.0001
+
+    # A bad pin is refused before it is stored (the call ends with the status); the session stays usable.
+    await call.write(Msg(feedback=gateway_pb2.SessionFeedback(
+        liked_image_ids=[round2.images[1].image.id],
+        constraints=refiner_pb2.SlotConstraints(pinned=[refiner_pb2.SlotValue(slot="bg", value="teal")]))))
+    with pytest.raises(aio.AioRpcError) as bad:
+        await read_until(call, "round_started")
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'teal' is not a value of 'bg'" in (bad.value.details() or "")
+    call = deployment.stub.Session()
+    await call.write(Msg(resume=gateway_pb2.SessionResume(session_id=first[0].session_id)))
+    assert (await read_until(call, "snapshot"))[0].snapshot.phase == gateway_pb2.SESSION_PHASE_AWAITING_FEEDBACK
+    pin = refiner_pb2.SlotConstraints(pinned=[refiner_pb2.SlotValue(slot="bg", value="blue")],
+                                      banned=[refiner_pb2.SlotValue(slot="fg", value="red")])
+    await call.write(Msg(feedback=gateway_pb2.SessionFeedback(liked_image_ids=[round2.images[1].image.id],
+                                                              constraints=pin)))
+    round3 = (await read_until(call, "round_images", round_number=3))[-1].round_images
+    assert all(re.fullmatch(r"a (?!red)\w+ circle on a blue background", i.prompt) for i in round3.images)
+    assert {b.slot: b.values[0].value for b in round3.learned}["bg"] == "blue"
+    session = await deployment.stub.GetSession(gateway_pb2.GetSessionRequest(session_id=first[0].session_id))
+    assert session.constraints == pin and list(session.learned) == list(round3.learned)
+    assert list(session.rounds[1].learned) == list(round2.learned)
+    # Feedback without constraints keeps them.
+    await call.write(Msg(feedback=gateway_pb2.SessionFeedback(liked_image_ids=[round3.images[0].image.id])))
+    round4 = (await read_until(call, "round_images", round_number=4))[-1].round_images
+    assert all(i.prompt.endswith("on a blue background") for i in round4.images)
+    await call.write(Msg(cancel=gateway_pb2.SessionCancel()))
+    await call.done_writing()
+
+
+async def test_uploaded_reference_images_condition_round_one_without_training(deployment: Deployment) -> None:
+    from philip.evals.personalize import reference_images
+    from philip.images import png_bytes
+
+    refs = [png_bytes(img) for img in reference_images(5)]
+    params = common_pb2.GenerationParams(prompt="a shape on a white background", num_images=2, steps=4, seed=41)
+    call = deployment.stub.Session()
+    await call.write(Msg(start=gateway_pb2.SessionStart(params=params, reference_images=refs)))
+    events = await read_until(call, "round_images", round_number=1)
+    snapshot, round1 = events[0].snapshot, events[-1].round_images
+    # philip-tiny's reference defaults: FABRIC on at the paper's weights, no exploration.
+    assert (snapshot.weights.explore, snapshot.weights.max_weight, snapshot.weights.min_weight) == (0.0,
+                                                                                                     pytest.approx(0.8),
+                                                                                                     pytest.approx(0.1))
+    assert len(snapshot.liked_image_ids) == 5 and all(i.startswith("ref_") for i in snapshot.liked_image_ids)
+    assert round1.compute.reference_image_evals > 0  # FABRIC attended to the uploads in round 1
+    assert all(i.steered_from == "" for i in round1.images)  # an upload has no noise to steer from
+    await call.write(Msg(cancel=gateway_pb2.SessionCancel()))
+    await call.done_writing()
+
+    for bad, message in (([b"not an image"], "reference_images[0]"), ([refs[0]] * 8, "0-7 images")):
+        call = deployment.stub.Session()
+        await call.write(Msg(start=gateway_pb2.SessionStart(params=params, reference_images=bad)))
+        err = await _read_error(call)
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and message in (err.details() or "")

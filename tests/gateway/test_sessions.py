@@ -10,6 +10,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 import pytest
 from PIL import Image
 
+from philip.exploration import SessionDefaults, SlotConstraints
+from philip.feedback_weights import builtin_weights
 from philip.quotas import GENERATIONS, SESSIONS, Quotas
 from philip.rpc.auth import acting_as
 from philip.rpc.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
@@ -53,6 +55,8 @@ class ScriptedUpstream:
         self.full_for = 0  # the next this many rounds find the queue full
         self.cancelled = 0
         self.histories: list[list[RoundChoice]] = []  # what each feedback round was told of earlier rounds
+        self.session_defaults = SessionDefaults(builtin_weights(), slots=(("bg", ("red", "blue", "green")),))
+        self.constraints: list[SlotConstraints] = []  # what each feedback round was told to honour
 
     async def _round(self, kind: str, params: GenerationParams, round_id: str, liked: Sequence[SessionImage],
                      disliked: Sequence[SessionImage]) -> AsyncGenerator[RoundEvent, None]:
@@ -83,9 +87,14 @@ class ScriptedUpstream:
 
     def feedback_round(self, params: GenerationParams, round_id: str, liked: Sequence[SessionImage],
                        disliked: Sequence[SessionImage], weights: dict[str, float],
-                       history: Sequence[RoundChoice] = ()) -> AsyncGenerator[RoundEvent, None]:
+                       history: Sequence[RoundChoice] = (),
+                       constraints: SlotConstraints = SlotConstraints()) -> AsyncGenerator[RoundEvent, None]:
         self.histories.append(list(history))
+        self.constraints.append(constraints)
         return self._round("feedback", params, round_id, liked, disliked)
+
+    async def defaults(self) -> SessionDefaults:
+        return self.session_defaults
 
     async def upscale(self, picture: Picture, scale: int) -> AsyncIterator[UpscaleEvent]:
         yield TileProgress(1, 1)

@@ -14,8 +14,6 @@ from services.gateway.fanout import buffered
 from services.gateway.http.api import ApiRoute, EdgeState, last_event_id, page_query, request_id
 from services.gateway.http.protojson import ProtoResponse, parse, read_body
 from services.gateway.http.sse import event_frames, sse_response
-from services.generator.codec import params_from_pb
-from services.refiner.weights import weights_from_pb
 
 SUBSCRIBER_BUFFER = 16
 
@@ -31,7 +29,7 @@ def session_routes(state: EdgeState) -> list[ApiRoute]:
 
         async def work() -> Response:
             message = parse(body, gateway_pb2.SessionStart)
-            session_id = await sessions.start(params_from_pb(message.params), weights_from_pb(message.weights))
+            session_id = await sessions.start(**await codec.start_from_pb(message))
             return await snapshot(session_id, 201, {"Location": f"/v1/sessions/{session_id}"})
 
         return await state.idempotency.run(request.headers.get("idempotency-key"), "sessions", body, work)
@@ -47,8 +45,7 @@ def session_routes(state: EdgeState) -> list[ApiRoute]:
     async def feedback(request: Request) -> Response:
         session_id = request.path_params["session_id"]
         fb = parse(await read_body(request), gateway_pb2.SessionFeedback)
-        await sessions.feedback(session_id, list(fb.liked_image_ids), list(fb.disliked_image_ids),
-                                fb.prompt if fb.HasField("prompt") else None)
+        await sessions.feedback(session_id, **await codec.feedback_from_pb(fb))
         return await snapshot(session_id)
 
     async def finalize(request: Request) -> Response:

@@ -6,6 +6,7 @@ fields a client set as a plain dict and check it with :func:`parse_weights`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -79,3 +80,33 @@ def weights_from_pb(pb: refiner_pb2.FeedbackWeights) -> dict[str, float]:
 
 def weights_to_pb(weights: dict[str, float]) -> refiner_pb2.FeedbackWeights:
     return refiner_pb2.FeedbackWeights(**{k: v for k, v in weights.items() if k in WEIGHT_FIELDS})
+
+
+def builtin_weights() -> dict[str, float]:
+    """Every field at its built-in value: FABRIC's paper schedule, diversity 0.5, no exploration."""
+    schedule = {f.name: float(getattr(FeedbackWeights(), f.name)) for f in dataclasses.fields(FeedbackWeights)}
+    return schedule | {"diversity": DEFAULT_DIVERSITY, "explore": 0.0}
+
+
+def complete(weights: dict[str, float]) -> dict[str, float]:
+    """``weights`` over the built-in values, checked (ValueError naming the bad field)."""
+    out = builtin_weights() | {k: float(v) for k, v in weights.items()}
+    try:
+        parse_weights(out)
+    except Exception as exc:  # InvalidArgument: the message names the field
+        raise ValueError(str(exc)) from None
+    return out
+
+
+def parse_weight_options(options: list[str]) -> dict[str, float]:
+    """``["end=0.5", "min_weight=0"]`` -> ``{"end": 0.5, "min_weight": 0.0}``; the refiner checks the ranges."""
+    weights: dict[str, float] = {}
+    for option in options:
+        name, sep, value = option.partition("=")
+        if not sep or name.strip() not in WEIGHT_FIELDS:
+            raise ValueError(f"{option!r} is not NAME=VALUE with NAME one of {', '.join(WEIGHT_FIELDS)}")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"{option!r}: {value!r} is not a number") from None
+    return weights
