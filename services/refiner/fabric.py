@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal
 
@@ -59,21 +60,34 @@ class FabricAttnProcessor:
         self.base: Any = base if base is not None else AttnProcessor2_0()
         self.mode: Mode = "off"
         self.recorded: torch.Tensor | None = None
-        self.n_liked = 0
-        self.n_disliked = 0
-        self.pos_weight = 0.0
-        self.neg_weight = 0.0
+        # Per main-batch row (or one row for all) and recorded reference: the log-weight its attention adds to
+        # that reference's tokens, -inf where the row may not see it (another request's, or an exempt row).
+        self.pos_bias: torch.Tensor | None = None  # conditional half (or the whole batch without CFG): likes
+        self.neg_bias: torch.Tensor | None = None  # unconditional half: dislikes
         self.split_cfg = False
         self.exempt = 0
+        self.pos_weight = self.neg_weight = 0.0  # the last single-request weights, for introspection
 
     def inject(self, n_liked: int, n_disliked: int, pos_weight: float, neg_weight: float, split_cfg: bool,
                exempt: int = 0) -> None:
-        """Switch to ``inject``: the first ``n_liked`` recorded rows are likes, the next ``n_disliked`` dislikes."""
-        if self.recorded is None or self.recorded.shape[0] < n_liked + n_disliked:
+        """Switch to ``inject`` for one request: the first ``n_liked`` recorded rows are likes, the next
+        ``n_disliked`` dislikes, shared by every image but the first ``exempt`` (of each half)."""
+        n = n_liked + n_disliked
+        if self.recorded is None or self.recorded.shape[0] < n:
+            raise RuntimeError("inject needs a reference pass recorded first")
+        pos = torch.full((1, n), -math.inf)
+        neg = torch.full((1, n), -math.inf)
+        pos[:, :n_liked] = _log_weight(pos_weight)
+        neg[:, n_liked:] = _log_weight(neg_weight)
+        self.pos_weight, self.neg_weight = pos_weight, neg_weight
+        self.inject_rows(pos, neg, split_cfg, exempt)
+
+    def inject_rows(self, pos_bias: torch.Tensor, neg_bias: torch.Tensor, split_cfg: bool, exempt: int = 0) -> None:
+        """Switch to ``inject`` with per-row reference biases (rows x recorded references; one row = every row)."""
+        if self.recorded is None or self.recorded.shape[0] < pos_bias.shape[1]:
             raise RuntimeError("inject needs a reference pass recorded first")
         self.mode = "inject"
-        self.n_liked, self.n_disliked = n_liked, n_disliked
-        self.pos_weight, self.neg_weight = pos_weight, neg_weight
+        self.pos_bias, self.neg_bias = pos_bias, neg_bias
         self.split_cfg = split_cfg
         self.exempt = exempt
 
@@ -81,6 +95,7 @@ class FabricAttnProcessor:
         """Back to ``off`` and drop the recorded tokens."""
         self.mode = "off"
         self.recorded = None
+        self.pos_bias = self.neg_bias = None
 
     def __call__(
         self,
@@ -103,38 +118,45 @@ class FabricAttnProcessor:
         return self._inject(attn, hidden_states)
 
     def _inject(self, attn: Any, x: torch.Tensor) -> torch.Tensor:
-        assert self.recorded is not None  # checked in inject()
-        channels = self.recorded.shape[-1]
+        assert self.recorded is not None and self.pos_bias is not None and self.neg_bias is not None
         refs = self.recorded.to(dtype=x.dtype)
-        liked = refs[: self.n_liked].reshape(1, -1, channels)
-        disliked = refs[self.n_liked : self.n_liked + self.n_disliked].reshape(1, -1, channels)
         if self.split_cfg:
             half = x.shape[0] // 2
-            out = torch.cat(
-                [_attend(attn, x[:half], disliked, self.neg_weight, self.exempt),
-                 _attend(attn, x[half:], liked, self.pos_weight, self.exempt)]
-            )
+            out = torch.cat([_attend(attn, x[:half], refs, self.neg_bias, self.exempt),
+                             _attend(attn, x[half:], refs, self.pos_bias, self.exempt)])
         else:
-            out = _attend(attn, x, liked, self.pos_weight, self.exempt)
+            out = _attend(attn, x, refs, self.pos_bias, self.exempt)
         out = attn.to_out[1](attn.to_out[0](out))  # projection, dropout
         if attn.residual_connection:
             out = out + x
         return out / attn.rescale_output_factor
 
 
-def _attend(attn: Any, x: torch.Tensor, refs: torch.Tensor, weight: float, exempt: int = 0) -> torch.Tensor:
-    """Multi-head attention of ``x``'s tokens over themselves plus ``refs`` (1, M, C) weighted by ``weight``;
-    the first ``exempt`` images do not see ``refs``."""
+def _log_weight(weight: float) -> float:
+    return math.log(weight) if weight > 0 else -math.inf  # p_ref *= w, renormalised
+
+
+def _attend(attn: Any, x: torch.Tensor, refs: torch.Tensor, ref_bias: torch.Tensor, exempt: int = 0) -> torch.Tensor:
+    """Multi-head attention of ``x``'s tokens over themselves plus the recorded ``refs`` (R, T, C), reference r
+    weighted for row i by ``exp(ref_bias[i, r])`` (one row of ``ref_bias``: the same for all); the first ``exempt``
+    rows do not see any reference. References no row may see are left out of the keys."""
     batch, own = x.shape[:2]
     query, key, value = attn.to_q(x), attn.to_k(x), attn.to_v(x)
+    ref_bias = ref_bias.to(device=x.device, dtype=query.dtype)
+    if exempt:
+        ref_bias = ref_bias.expand(batch, -1).clone()
+        ref_bias[:exempt] = -math.inf
+    seen = torch.isfinite(ref_bias).any(dim=0)
     bias = None
-    if refs.shape[1] > 0:
-        # Project the shared references once, then broadcast over the images.
-        key = torch.cat([key, attn.to_k(refs).expand(batch, -1, -1)], dim=1)
-        value = torch.cat([value, attn.to_v(refs).expand(batch, -1, -1)], dim=1)
-        bias = torch.zeros(1 if not exempt else batch, 1, 1, key.shape[1], dtype=query.dtype, device=query.device)
-        bias[..., own:] = math.log(weight) if weight > 0 else -math.inf  # p_ref *= w, renormalised
-        bias[:exempt, ..., own:] = -math.inf
+    if bool(seen.any()):
+        ref_bias, used = ref_bias[:, seen], refs[: len(seen)][seen.to(refs.device)]
+        tokens = used.reshape(1, -1, used.shape[-1])
+        # Project the references once, then broadcast over the images.
+        key = torch.cat([key, attn.to_k(tokens).expand(batch, -1, -1)], dim=1)
+        value = torch.cat([value, attn.to_v(tokens).expand(batch, -1, -1)], dim=1)
+        per_token = ref_bias.repeat_interleave(used.shape[1], dim=1)
+        own_bias = torch.zeros(per_token.shape[0], own, dtype=query.dtype, device=query.device)
+        bias = torch.cat([own_bias, per_token], dim=1)[:, None, None, :]
     head_dim = key.shape[-1] // attn.heads
     query, key, value = (t.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for t in (query, key, value))
     if attn.norm_q is not None:
@@ -145,11 +167,28 @@ def _attend(attn: Any, x: torch.Tensor, refs: torch.Tensor, weight: float, exemp
     return out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
 
 
+@dataclass
+class ReferenceGroup:
+    """One request's part of a batch shared with others: its ``images`` (rows of each CFG half, in batch order),
+    its references, its weight schedule and the seed of its reference noise; its first ``exempt`` images are not
+    conditioned. Each image attends only to its own request's references (the others' keys are masked)."""
+
+    images: int
+    liked: torch.Tensor | None = None
+    disliked: torch.Tensor | None = None
+    weights: FeedbackWeights = field(default_factory=FeedbackWeights)
+    seed: int = 0
+    exempt: int = 0
+    reference_evals: int = 0  # reference images through the UNet, counted by the conditioner
+
+
 class FabricConditioner:
     """Installs FABRIC on a pipeline's UNet until :meth:`remove` (or the end of a ``with``).
 
     ``liked``/``disliked`` are clean latents (N x C x h x w, scaled by the VAE's scaling factor,
-    see :func:`encode_images`). ``seed`` seeds the noise added to the references each step.
+    see :func:`encode_images`). ``seed`` seeds the noise added to the references each step. A batch
+    of several requests passes ``groups`` instead (one :class:`ReferenceGroup` each, in batch order):
+    one reference pass per step serves them all.
     """
 
     def __init__(
@@ -161,19 +200,27 @@ class FabricConditioner:
         empty_prompt_embeds: torch.Tensor | None = None,
         seed: int = 0,
         exempt: int = 0,
+        groups: Sequence[ReferenceGroup] | None = None,
     ) -> None:
         self.pipe = pipe
-        self.exempt = exempt  # the first images of the batch (explored captions) are not conditioned
         self.unet: Any = pipe.unet
         channels = int(self.unet.config.in_channels)
-        self.liked = _references("liked", liked, channels)
-        self.disliked = _references("disliked", disliked, channels)
-        if len(self.liked) and len(self.disliked) and self.liked.shape[1:] != self.disliked.shape[1:]:
-            raise ValueError(f"liked {tuple(self.liked.shape[1:])} and disliked {tuple(self.disliked.shape[1:])} "
-                             "latents must have the same shape")
-        self.weights = weights if weights is not None else FeedbackWeights()
+        self.single = groups is None  # one request: the batch is all its images
+        self.groups = list(groups) if groups is not None else [
+            ReferenceGroup(0, liked, disliked, weights if weights is not None else FeedbackWeights(), seed, exempt)]
+        self._refs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        shapes = set()
+        for group in self.groups:
+            pair = (_references("liked", group.liked, channels), _references("disliked", group.disliked, channels))
+            shapes |= {tuple(r.shape[1:]) for r in pair if len(r)}
+            self._refs.append(pair)
+        if len(shapes) > 1:
+            raise ValueError(f"liked and disliked latents must have the same shape, got {sorted(shapes)}")
+        self.liked, self.disliked = self._refs[0]
+        self.weights = self.groups[0].weights
+        self.exempt = exempt  # the first images of the batch (explored captions) are not conditioned
         self.empty_prompt_embeds = empty_prompt_embeds
-        self._noise = torch.Generator().manual_seed(seed)
+        self._noise = [torch.Generator().manual_seed(g.seed) for g in self.groups]
         self.unet_image_evals = 0  # images through the UNet: main batches + reference batches
         self.main_calls = 0
         self.reference_calls = 0
@@ -225,37 +272,69 @@ class FabricConditioner:
         self.unet_image_evals += sample.shape[0]
         # The pipeline doubles the batch as [uncond, cond] exactly when this property is true.
         split_cfg = bool(getattr(self.pipe, "do_classifier_free_guidance", False)) and sample.shape[0] % 2 == 0
-        pos_w, neg_w = self.weights.weight_at(self.progress(timestep))
-        # A reference with weight 0 is masked out entirely, so it need not be computed.
-        n_liked = len(self.liked) if pos_w > 0 else 0
-        n_disliked = len(self.disliked) if split_cfg and neg_w > 0 else 0
-        if n_liked + n_disliked == 0:
+        progress = self.progress(timestep)
+        counts = []  # per group: (liked, disliked, liked weight, disliked weight) this step
+        for group, (liked, disliked) in zip(self.groups, self._refs, strict=True):
+            pos_w, neg_w = group.weights.weight_at(progress)
+            # A reference with weight 0 is masked out entirely, so it need not be computed.
+            counts.append((len(liked) if pos_w > 0 else 0, len(disliked) if split_cfg and neg_w > 0 else 0,
+                           pos_w, neg_w))
+        if sum(n + m for n, m, _, _ in counts) == 0:
             for proc in self.processors.values():
                 proc.mode = "off"
             return
-        self._record(self.liked[:n_liked], self.disliked[:n_disliked], sample, timestep, kwargs)
+        self._record(counts, sample, timestep, kwargs)
+        if self.single:
+            n_liked, n_disliked, pos_w, neg_w = counts[0]
+            for proc in self.processors.values():
+                proc.inject(n_liked, n_disliked, pos_w, neg_w, split_cfg, self.exempt)
+            return
+        pos, neg = self._row_biases(counts)
         for proc in self.processors.values():
-            proc.inject(n_liked, n_disliked, pos_w, neg_w, split_cfg, self.exempt)
+            proc.inject_rows(pos, neg, split_cfg)
 
-    def _record(
-        self, liked: torch.Tensor, disliked: torch.Tensor, sample: torch.Tensor, timestep: Any, kwargs: dict[str, Any]
-    ) -> None:
-        """One batched UNet pass over all references, noised to ``timestep``, recording attn1 inputs."""
+    def _row_biases(self, counts: list[tuple[int, int, float, float]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per image row and recorded reference: the log-weight where the row's own request liked (pos) or disliked
+        (neg) it, -inf elsewhere and for exempt rows."""
+        rows, refs = sum(g.images for g in self.groups), sum(n + m for n, m, _, _ in counts)
+        pos = torch.full((rows, refs), -math.inf)
+        neg = torch.full((rows, refs), -math.inf)
+        row = col = 0
+        for group, (n, m, pos_w, neg_w) in zip(self.groups, counts, strict=True):
+            conditioned = slice(row + group.exempt, row + group.images)
+            pos[conditioned, col:col + n] = _log_weight(pos_w)
+            neg[conditioned, col + n:col + n + m] = _log_weight(neg_w)
+            row, col = row + group.images, col + n + m
+        return pos, neg
+
+    def _record(self, counts: list[tuple[int, int, float, float]], sample: torch.Tensor, timestep: Any,
+                kwargs: dict[str, Any]) -> None:
+        """One batched UNet pass over every group's references, noised to ``timestep`` (each group's noise from its
+        own generator, as it would draw alone), recording attn1 inputs."""
         if kwargs.get("added_cond_kwargs"):
             raise NotImplementedError("FABRIC conditioning supports SD-1.x-style UNets (no added_cond_kwargs)")
-        z0 = torch.cat([r for r in (liked, disliked) if len(r)]).to(device=sample.device, dtype=sample.dtype)
-        n = z0.shape[0]
-        eps = torch.randn(z0.shape, generator=self._noise).to(device=sample.device, dtype=sample.dtype)
-        t = torch.as_tensor(timestep, device=sample.device).reshape(-1)[:1].expand(n)
+        parts, noise = [], []
+        for group, (liked, disliked), generator, (n, m, _, _) in zip(self.groups, self._refs, self._noise, counts,
+                                                                    strict=True):
+            z0 = [r for r in (liked[:n], disliked[:m]) if len(r)]
+            if not z0:
+                continue
+            part = torch.cat(z0).to(device=sample.device, dtype=sample.dtype)
+            parts.append(part)
+            noise.append(torch.randn(part.shape, generator=generator).to(device=sample.device, dtype=sample.dtype))
+            group.reference_evals += n + m
+        z0_all, eps = torch.cat(parts), torch.cat(noise)
+        n_all = z0_all.shape[0]
+        t = torch.as_tensor(timestep, device=sample.device).reshape(-1)[:1].expand(n_all)
         scheduler = self.pipe.scheduler
-        z_t = scheduler.add_noise(z0, eps, t)
+        z_t = scheduler.add_noise(z0_all, eps, t)
         if hasattr(scheduler, "scale_model_input"):
             # Same input scaling as the main batch got (sigma-parameterised schedulers divide by sqrt(sigma^2+1)).
             z_t = scheduler.scale_model_input(z_t, timestep)
-        empty = self._empty_embeds(sample.device).to(dtype=sample.dtype).expand(n, -1, -1)
+        empty = self._empty_embeds(sample.device).to(dtype=sample.dtype).expand(n_all, -1, -1)
         timestep_cond = kwargs.get("timestep_cond")
         if timestep_cond is not None:
-            timestep_cond = timestep_cond[:1].expand(n, -1)
+            timestep_cond = timestep_cond[:1].expand(n_all, -1)
         for proc in self.processors.values():
             proc.mode = "record"
         self._in_reference = True
@@ -268,7 +347,7 @@ class FabricConditioner:
         finally:
             self._in_reference = False
         self.reference_calls += 1
-        self.unet_image_evals += n
+        self.unet_image_evals += n_all
 
     def _empty_embeds(self, device: torch.device) -> torch.Tensor:
         if self.empty_prompt_embeds is None:

@@ -40,13 +40,14 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from philip.exploration import SlotBelief, SlotConstraints
-from philip.models.adapters import AdapterSwitch, activate_adapters
-from philip.models.pipelines import SCHEDULERS, make_scheduler
-from philip.previews import PreviewEncoder, UNetCapture, decode_latents, x0_estimate
+from philip.models.adapters import AdapterSwitch
+from philip.models.pipelines import SCHEDULERS
+from philip.previews import PreviewEncoder
 from philip.priority import DEVICE
-from philip.rpc.errors import Cancelled, FailedPrecondition, InvalidArgument
+from philip.rpc.errors import FailedPrecondition, InvalidArgument, PhilipError
+from services.refiner.batch_round import RoundWork, run_batch
 from services.refiner.explore import RoundChoice, SlotVocabulary, explore_round
-from services.refiner.fabric import FabricConditioner, FeedbackWeights, encode_images
+from services.refiner.fabric import FeedbackWeights, encode_images
 from services.refiner.seeds import steer_noise
 
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes int64
@@ -248,69 +249,34 @@ class RoundRunner:
         With ``previews`` and ``preview_every`` > 0, ``on_preview`` gets linear previews of the x0
         estimate every ``preview_every`` steps (and at the last step).
         """
-        pipe = self.pipe
-        _check(params)
-        # Before anything touches the UNet: reference latents and passes use the same adapters.
-        activate_adapters(self.adapters, params.adapter_ids)
-        shape = (1, int(pipe.unet.config.in_channels),
-                 params.height // int(pipe.vae_scale_factor), params.width // int(pipe.vae_scale_factor))
-        plan = self._plan(params, feedback, shape)
-        noise = torch.cat([n for _, n, _ in plan]).to(device=pipe.device, dtype=pipe.unet.dtype)
-        prompts, learned, explored = self._prompts(params, feedback, round(feedback.explore * params.num_images))
-        # Explored images show what their caption asks for: FABRIC would pull them toward the likes.
-        liked = self._encode(feedback.liked, params) if explored < params.num_images else None
-        disliked = self._encode(feedback.disliked, params) if explored < params.num_images else None
-        steps_done = 0
+        work = RoundWork(params, feedback, cancel if cancel is not None else threading.Event(), on_step,
+                         preview_every, on_preview)
+        [outcome] = self.run_batch([work])
+        if isinstance(outcome, PhilipError):
+            raise outcome
+        return outcome
 
-        def on_step_end(pipe: Any, i: int, t: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
-            nonlocal steps_done
-            steps_done = i + 1
-            if on_step is not None:
-                on_step(steps_done, params.steps)
-            wants = preview_every > 0 and (steps_done % preview_every == 0 or steps_done == params.steps)
-            if wants and on_preview is not None and self.previews is not None and capture.latest is not None:
-                on_preview(steps_done, self.previews.encode_linear(x0_estimate(pipe, capture)))
-            if cancel is not None and cancel.is_set():
-                pipe._interrupt = True  # diffusers skips the remaining steps without calling the UNet
-            return callback_kwargs
+    def run_batch(self, works: Sequence[RoundWork]) -> list[FeedbackRound | PhilipError]:
+        """Several requests' rounds in one pipeline call (they must share a :attr:`RoundWork.key`), blocking; each
+        gets its round or the error that stopped it (:mod:`services.refiner.batch_round`)."""
+        return run_batch(self, works)
 
-        capture = UNetCapture()
-        hook = pipe.unet.register_forward_hook(capture, with_kwargs=True)  # the main pass runs last each step
-        base_scheduler = pipe.scheduler
-        pipe.scheduler = make_scheduler(pipe, params.scheduler)
+    async def refine_batch(self, works: Sequence[RoundWork]) -> list[FeedbackRound | PhilipError]:
+        """:meth:`run_batch` on the runner's worker thread. Cancelling the awaiting task cancels every work and
+        waits (at most one step) for the pipeline to be free."""
+        loop = asyncio.get_running_loop()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refiner")
+        future = loop.run_in_executor(self._executor, functools.partial(DEVICE.run_interactive, self.run_batch,
+                                                                        list(works)))
         try:
-            with FabricConditioner(pipe, liked=liked, disliked=disliked, weights=feedback.weights,
-                                   empty_prompt_embeds=self._empty_prompt_embeds(), seed=params.seed,
-                                   exempt=explored) as fab, \
-                    torch.inference_mode():
-                latents = pipe(
-                    prompt=prompts,
-                    negative_prompt=[params.negative_prompt] * params.num_images,
-                    width=params.width,
-                    height=params.height,
-                    num_inference_steps=params.steps,
-                    guidance_scale=params.guidance,
-                    latents=noise,  # unscaled: prepare_latents multiplies by init_noise_sigma itself
-                    generator=[g for _, _, g in plan],  # scheduler noise (ancestral samplers)
-                    output_type="latent",
-                    callback_on_step_end=on_step_end,
-                ).images
-                rows = params.num_images * (2 if pipe.do_classifier_free_guidance else 1)
-            if cancel is not None and cancel.is_set():
-                raise Cancelled(f"refinement round cancelled after step {steps_done} of {params.steps}")
-            pil_images = decode_latents(pipe, latents)
-        finally:
-            pipe.scheduler = base_scheduler
-            hook.remove()
-        main = fab.main_calls * rows
-        compute = RoundCompute(steps=fab.main_calls, main_image_evals=main,
-                               reference_image_evals=fab.unet_image_evals - main)
-        images = tuple(
-            RoundImage(image=image, index=i, origin=origin, steered_from=parent, prompt=prompt)
-            for i, (image, (origin, _, _), parent, prompt) in enumerate(
-                zip(pil_images, plan, self._parents(params, feedback), prompts, strict=True))
-        )
-        return FeedbackRound(images=images, compute=compute, learned=tuple(learned))
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            for work in works:
+                work.cancel.set()
+            with contextlib.suppress(Exception):
+                await future
+            raise
 
     # ---- helpers ----------------------------------------------------------------------------------
 
@@ -319,7 +285,7 @@ class RoundRunner:
         """The liked round images seeds are steered from (uploaded references have no noise of their own)."""
         return [f for f in reversed(feedback.liked) if not f.reference]
 
-    def _prompts(self, params: RoundParams, feedback: Feedback,
+    def prompts(self, params: RoundParams, feedback: Feedback,
                  n: int) -> tuple[list[str], list[SlotBelief], int]:
         """The first ``n`` images ask for explored prompts (fewer when the prompt and the pins leave fewer distinct
         targets); the rest take the round's prompt. Returns the prompts, the beliefs and how many explore."""
@@ -333,11 +299,11 @@ class RoundRunner:
                                           feedback.constraints)
         return explored + [params.prompt] * (params.num_images - len(explored)), learned, len(explored)
 
-    def _parents(self, params: RoundParams, feedback: Feedback) -> list[str | None]:
+    def parents(self, params: RoundParams, feedback: Feedback) -> list[str | None]:
         likes = self._likes_newest_first(feedback)
         return [likes[i % len(likes)].image_id if likes else None for i in range(params.num_images)]
 
-    def _plan(
+    def plan(
         self, params: RoundParams, feedback: Feedback, shape: tuple[int, ...]
     ) -> list[tuple[NoiseOrigin, torch.Tensor, torch.Generator]]:
         """Per image: its noise origin, initial noise and the generator for the scheduler noise.
@@ -356,7 +322,7 @@ class RoundRunner:
             plan.append((origin, noise, generator))
         return plan
 
-    def _encode(self, refs: Sequence[FeedbackImage], params: RoundParams) -> torch.Tensor | None:
+    def encode(self, refs: Sequence[FeedbackImage], params: RoundParams) -> torch.Tensor | None:
         """Clean latents of ``refs`` at this round's size, each image encoded once (LRU cache)."""
         if not refs:
             return None
@@ -374,7 +340,7 @@ class RoundRunner:
             self._latents.popitem(last=False)
         return torch.cat(out)
 
-    def _empty_prompt_embeds(self) -> torch.Tensor:
+    def empty_prompt_embeds(self) -> torch.Tensor:
         if self._empty_prompt is None:
             with torch.inference_mode():
                 self._empty_prompt = self.pipe.encode_prompt("", self.pipe.device, 1, False)[0]
@@ -382,7 +348,7 @@ class RoundRunner:
         return self._empty_prompt
 
 
-def _check(params: RoundParams) -> None:
+def check_params(params: RoundParams) -> None:
     if params.num_images < 1:
         raise InvalidArgument(f"num_images must be >= 1, got {params.num_images}", field="num_images")
     if not 0 <= params.seed <= MAX_SEED - params.num_images + 1:

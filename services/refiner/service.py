@@ -1,7 +1,8 @@
-"""The refiner's domain: feedback rounds and upscales, one round at a time per replica.
+"""The refiner's domain: feedback rounds and upscales.
 
-A replica owns one pipeline (:class:`~services.refiner.rounds.RoundRunner`), so rounds queue on
-a lock; at most ``max_queue`` may wait, beyond that callers get RESOURCE_EXHAUSTED and retry on
+A replica owns one pipeline (:class:`~services.refiner.rounds.RoundRunner`); rounds wait in a
+:class:`~services.refiner.batching.RoundQueue` that merges compatible rounds of different sessions
+into one batch; at most ``max_queue`` may wait, beyond that callers get RESOURCE_EXHAUSTED and retry on
 another replica. A round streams :class:`RoundStarted`, :class:`StepDone`, :class:`PreviewReady`
 and finally :class:`RoundDone`; closing the stream early (client gone, deadline) cancels the
 round within one denoising step. Upscales run the ONNX model beside rounds (another runtime).
@@ -18,8 +19,10 @@ from PIL import Image
 
 from philip.exploration import SessionDefaults, SlotConstraints
 from philip.feedback_weights import parse_weights
-from philip.rpc.errors import InvalidArgument, ResourceExhausted
+from philip.rpc.errors import InvalidArgument
 from services.generator.requests import GenerationParams, RequestResolver
+from services.refiner.batch_round import RoundWork
+from services.refiner.batching import RoundQueue
 from services.refiner.explore import RoundChoice
 from services.refiner.rounds import Feedback, FeedbackImage, FeedbackRound, RoundParams, RoundRunner
 from services.refiner.upscale import UpscaleEvent, Upscaler
@@ -63,18 +66,19 @@ RefineEvent = RoundStarted | StepDone | PreviewReady | RoundDone
 
 
 class Refiner:
-    """Validates requests (as the generator does) and runs them on one :class:`RoundRunner`."""
+    """Validates requests (as the generator does) and runs them through a :class:`RoundQueue` that batches
+    concurrent rounds on one :class:`RoundRunner`."""
 
     def __init__(self, runner: RoundRunner, upscaler: Upscaler | None, resolver: RequestResolver, *,
-                 max_queue: int = 8, defaults: SessionDefaults | None = None) -> None:
+                 max_queue: int = 8, defaults: SessionDefaults | None = None, max_batch: int = 8,
+                 batch_window_ms: int = 15) -> None:
         self.runner = runner
-        # What a session without weights gets (GetDefaults); the vocabulary is the runner's.
-        self.defaults = defaults or SessionDefaults({}, slots=runner.vocabulary.slots if runner.vocabulary else ())
         self.upscaler = upscaler
         self.resolver = resolver
         self.max_queue = max_queue
-        self._lock = asyncio.Lock()
-        self._waiting = 0
+        self.queue = RoundQueue(runner, max_queue=max_queue, max_batch=max_batch, batch_window_ms=batch_window_ms)
+        # What a session without weights gets (GetDefaults); the vocabulary is the runner's.
+        self.defaults = defaults or SessionDefaults({}, slots=runner.vocabulary.slots if runner.vocabulary else ())
 
     def close(self) -> None:
         self.runner.close()
@@ -101,42 +105,38 @@ class Refiner:
         return RefineJob(round_params, feedback, request.preview_every, round_id)
 
     async def refine(self, job: RefineJob) -> AsyncGenerator[RefineEvent, None]:
-        """Wait for the pipeline, then stream the round; closing the iterator cancels it."""
-        if self._waiting >= self.max_queue:
-            raise ResourceExhausted(f"{self._waiting} rounds are waiting on this refiner (limit {self.max_queue}); "
-                                    "retry shortly or on another replica")
-        self._waiting += 1
+        """Queue the round (batched with other sessions' compatible rounds) and stream it; closing the iterator
+        cancels it within one step."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[RefineEvent] = asyncio.Queue()
+
+        def later(event: RefineEvent) -> None:  # from the worker thread
+            with contextlib.suppress(RuntimeError):  # loop closed: nobody is listening
+                loop.call_soon_threadsafe(events.put_nowait, event)
+
+        work = RoundWork(job.params, job.feedback, on_step=lambda step, total: later(StepDone(step, total)),
+                         preview_every=job.preview_every,
+                         on_preview=lambda step, images: later(PreviewReady(step, tuple(images))),
+                         on_start=lambda: later(RoundStarted()))
+        task = asyncio.ensure_future(self.queue.run(work))
         try:
-            await self._lock.acquire()
+            while True:
+                getter = asyncio.ensure_future(events.get())
+                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    break
+                yield getter.result()
+            result = await task
+            await asyncio.sleep(0)  # the worker's last call_soon_threadsafe callbacks run first
+            while not events.empty():  # reported just before the result
+                yield events.get_nowait()
         finally:
-            self._waiting -= 1
-        try:
-            yield RoundStarted()
-            events: asyncio.Queue[RefineEvent] = asyncio.Queue()
-            task = asyncio.ensure_future(self.runner.refine(
-                job.params, job.feedback, preview_every=job.preview_every,
-                on_step=lambda step, total: events.put_nowait(StepDone(step, total)),
-                on_preview=lambda step, images: events.put_nowait(PreviewReady(step, tuple(images))),
-            ))
-            try:
-                while True:
-                    getter = asyncio.ensure_future(events.get())
-                    await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                    if not getter.done():
-                        getter.cancel()
-                        break
-                    yield getter.result()
-                while not events.empty():  # reported just before the result
-                    yield events.get_nowait()
-                result = await task
-            finally:
-                if not task.done():  # the caller went away: stop the round within one step
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await task
-            yield RoundDone(result)
-        finally:
-            self._lock.release()
+            if not task.done():  # the caller went away: stop the round within one step
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        yield RoundDone(result)
 
     async def upscale(self, png: bytes, scale: int) -> AsyncIterator[UpscaleEvent]:
         if self.upscaler is None:
