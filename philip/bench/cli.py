@@ -118,12 +118,14 @@ def bench_refine_cmd(
     disliked: int = typer.Option(1, help="Disliked references of the FABRIC round."),
     repeats: int = typer.Option(5, help="Timed runs after a warm-up; medians reported."),
     threads: int | None = typer.Option(None, help="Torch threads."),
+    sessions: int = typer.Option(8, help="Concurrent sessions of the batching part (0 = skip it)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object last."),
 ) -> None:
-    """A FABRIC round vs a plain round (fabric_ratio, goal <= 2.0) and the x4 upscale time."""
+    """A FABRIC round vs a plain round (fabric_ratio, goal <= 2.0), the x4 upscale time, and rounds of concurrent
+    sessions through the refiner's queue vs one batched call (refine_batching, goal >= 0.9)."""
     from philip.bench.refine import RefineBenchConfig, run_refine_bench
 
     set_threads(threads)
     cfg = RefineBenchConfig(model_dir=model_dir, upscaler_path=upscaler, images=images, steps=steps, liked=liked,
-                            disliked=disliked, repeats=repeats)
+                            disliked=disliked, repeats=repeats, sessions=max(1, sessions), batching=sessions > 0)
     emit(run_refine_bench(cfg), as_json)

@@ -29,6 +29,8 @@ class RefineBenchConfig:
     liked: int = 1
     disliked: int = 1
     repeats: int = 5
+    sessions: int = 8  # concurrent sessions of the batching part
+    batching: bool = True
 
 
 def _median_s(fn: Callable[[], Any], repeats: int) -> float:
@@ -44,10 +46,12 @@ def _median_s(fn: Callable[[], Any], repeats: int) -> float:
 def run_refine_bench(cfg: RefineBenchConfig) -> dict[str, Any]:
     from philip.models.pipelines import load_pipeline, native_size
     from philip.models.upscaler import OnnxUpscaler
+    from philip.tiny.dataset import prompt_vocabulary
+    from services.refiner.explore import PromptVocabulary
     from services.refiner.rounds import Feedback, FeedbackImage, RoundParams, RoundRunner
 
     pipe = load_pipeline(cfg.model_dir)
-    runner = RoundRunner(pipe)
+    runner = RoundRunner(pipe, vocabulary=PromptVocabulary.from_json(prompt_vocabulary()))
     size = native_size(pipe)
     params = RoundParams(prompt=cfg.prompt, width=size, height=size, steps=cfg.steps, guidance=cfg.guidance,
                          scheduler="dpm++", num_images=cfg.images, seed=1)
@@ -59,6 +63,11 @@ def run_refine_bench(cfg: RefineBenchConfig) -> dict[str, Any]:
     fabric_s = _median_s(lambda: runner.run(fabric_params, feedback), cfg.repeats)
     plain = runner.run(fabric_params, Feedback()).compute
     fabric = runner.run(fabric_params, feedback).compute
+    batching = {}
+    if cfg.batching:
+        from philip.bench.refine_batching import batching_bench
+
+        batching = batching_bench(runner, params, refs, sessions=cfg.sessions, repeats=max(1, cfg.repeats // 2))
     runner.close()
 
     upscaler = OnnxUpscaler(cfg.upscaler_path)
@@ -79,4 +88,5 @@ def run_refine_bench(cfg: RefineBenchConfig) -> dict[str, Any]:
         "upscale_input": f"{image.width}x{image.height}",
         "upscale_s": round(upscale_s, 4),
         "fabric_ratio": round(fabric_s / plain_s, 3),
+        **({"batching": batching, "refine_batching": batching["refine_batching"]} if batching else {}),
     }

@@ -2,6 +2,8 @@
 // Pure data, no DOM. Events can arrive twice around a snapshot (and replays repeat old rounds), so
 // every step is idempotent: round images are deduped by round number, stale rounds are ignored.
 
+import { normalize } from "./slot_constraints.js";
+
 export const Phase = Object.freeze({
   GENERATING: "SESSION_PHASE_GENERATING",
   AWAITING: "SESSION_PHASE_AWAITING_FEEDBACK",
@@ -24,6 +26,8 @@ export class SessionState {
     this.cancelled = false;
     this.lastError = null; // {code, message} of the last failed round or upscale
     this.lastEventId = snapshot.lastEventId || "";
+    this.constraints = normalize(null); // the session's pins and bans for prompt exploration
+    this.weights = null; // the effective FeedbackWeights
     this.merge(snapshot);
   }
 
@@ -34,6 +38,8 @@ export class SessionState {
     this.liked = new Set(snap.likedImageIds || []);
     this.disliked = new Set(snap.dislikedImageIds || []);
     this.chosenImageId = snap.chosenImageId || this.chosenImageId || "";
+    this.constraints = normalize(snap.constraints);
+    if (snap.weights) this.weights = snap.weights;
     if (snap.final && snap.final.image) this.final = snap.final;
     switch (snap.phase) {
       case Phase.GENERATING: {
@@ -87,6 +93,11 @@ export class SessionState {
 
   latestRound() {
     return this.rounds[this.rounds.length - 1] || null;
+  }
+
+  /** What prompt exploration had learned for the latest finished round (SlotBelief JSON; empty: it did not explore). */
+  latestLearned() {
+    return this.latestRound()?.learned || [];
   }
 
   addRound(r) {

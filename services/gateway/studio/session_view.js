@@ -5,9 +5,11 @@ import { api, ApiError, followEvents } from "./api.js";
 import { h, replaceChildren, showError, toast } from "./dom.js";
 import { createFinalPanel } from "./final_panel.js";
 import { createHistory } from "./history_strip.js";
+import { createLearnedChips } from "./learned_chips.js";
 import { bindSessionKeys } from "./session_keys.js";
 import { Phase, SessionState } from "./session_state.js";
 import { PHASE_LABELS, statusText } from "./session_status.js";
+import { sameConstraints, toggleBan, togglePin } from "./slot_constraints.js";
 import { aspectOf, nextState, Tile } from "./tile.js";
 
 const describe = (err) => (err instanceof ApiError ? err.describe() : String(err?.message || err));
@@ -40,17 +42,19 @@ export function createSessionView({ onParams = () => {} } = {}) {
     h("kbd", {}, "⏎"), " next round ", h("kbd", {}, "F"), " finalize hovered ", h("kbd", {}, "Esc"), " cancel");
   const finalPanel = createFinalPanel();
   const historyStrip = createHistory({ wireTile: (t) => wireTile(t) });
+  const learnedChips = createLearnedChips({ onToggle: (kind, slot, value) => toggleConstraint(kind, slot, value) });
   const banner = h("p", { class: "viewer-banner" }, h("span", { class: "live-dot" }), "Live view · read-only");
   const el = h("section", { class: "session", id: "session", hidden: true },
     banner,
     h("header", { class: "session-head" },
       h("div", { class: "session-heading" }, title, h("div", { class: "session-meta" }, phasePill, roundLabel)),
       h("div", { class: "session-actions" }, share, cancel)),
-    progress, status, finalPanel.el, grid, feedbackError, refine, hints, historyStrip.el);
+    progress, status, finalPanel.el, grid, learnedChips.el, feedbackError, refine, hints, historyStrip.el);
 
   let state = null;
   let ctrl = null;
   let choices = new Map(); // image id -> "liked" | "disliked" | "none" (not sent yet)
+  let pendingConstraints = null; // pins and bans not sent yet (null: the session's, unchanged)
   let gridTiles = [];
   let gridRound = -1;
   let selected = ""; // image id the finalize button acts on (last clicked / focused)
@@ -70,6 +74,17 @@ export function createSessionView({ onParams = () => {} } = {}) {
     if (value === committedOf(id)) choices.delete(id);
     else choices.set(id, value);
     selected = id;
+    showError(feedbackError, "");
+    render();
+  }
+
+  const shownConstraints = () => pendingConstraints ?? state.constraints;
+  const canConstrain = () => !readOnly && state && !state.terminal && state.phase !== Phase.FINALIZING;
+
+  function toggleConstraint(kind, slot, value) {
+    if (!canConstrain()) return;
+    const next = (kind === "pin" ? togglePin : toggleBan)(shownConstraints(), slot, value);
+    pendingConstraints = sameConstraints(next, state.constraints) ? null : next;
     showError(feedbackError, "");
     render();
   }
@@ -127,6 +142,12 @@ export function createSessionView({ onParams = () => {} } = {}) {
 
   function renderHistory() {
     historyStrip.render(state, gridRound, { interactive: !readOnly, stateOf, committedOf });
+  }
+
+  function renderLearned() {
+    if (pendingConstraints && sameConstraints(pendingConstraints, state.constraints)) pendingConstraints = null;
+    learnedChips.render({ learned: state.latestLearned(), round: state.lastRound(), constraints: shownConstraints(),
+      editable: canConstrain(), dirty: pendingConstraints !== null });
   }
 
   function renderSelection() {
@@ -188,6 +209,7 @@ export function createSessionView({ onParams = () => {} } = {}) {
   function render() {
     if (!state) return;
     renderGrid();
+    renderLearned();
     renderHistory();
     renderSelection();
     renderProgress();
@@ -232,7 +254,10 @@ export function createSessionView({ onParams = () => {} } = {}) {
       else if (v === "disliked") body.dislikedImageIds.push(id);
     }
     if (roundPrompt.value.trim() !== state.prompt) body.prompt = roundPrompt.value.trim();
+    const sentConstraints = pendingConstraints;
+    if (sentConstraints) body.constraints = sentConstraints;
     if (await post("feedback", body)) {
+      if (pendingConstraints === sentConstraints) pendingConstraints = null;
       choices = new Map();
       selected = "";
       render();
@@ -333,6 +358,8 @@ export function createSessionView({ onParams = () => {} } = {}) {
     ctrl = mine;
     el.hidden = false;
     choices = new Map();
+    pendingConstraints = null;
+    learnedChips.reset();
     gridRound = -1;
     selected = "";
     promptShown = "";
