@@ -57,6 +57,8 @@ class Settings:
     max_queue: int = 32
     max_batch: int = 8
     batch_window_ms: int = 15
+    # Images per refiner batch (concurrent sessions' rounds share it); 0 = max_batch, 1 = one round at a time.
+    refine_max_batch: int = 0
     device: str = "cpu"
     threads: int | None = None
     onnx_providers: tuple[str, ...] = field(default=("CPUExecutionProvider",))
@@ -176,6 +178,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_queue": (lambda v: v >= 1, "must be >= 1"),
     "max_batch": (lambda v: v >= 1, "must be >= 1"),
     "batch_window_ms": (lambda v: v >= 0, "must be >= 0"),
+    "refine_max_batch": (lambda v: v >= 0, "must be >= 0 (0 = PHILIP_MAX_BATCH)"),
     "device": (_is_device, "must be 'cpu', 'cuda' or 'cuda:N'"),
     "threads": (lambda v: v is None or v >= 1, "must be >= 1"),
     "onnx_providers": (lambda v: len(v) > 0, "must name at least one provider"),

@@ -74,7 +74,7 @@ async def serve(
         refiner_addr = settings.refiner_addr
         if role in ("refiner", "all"):
             refiner = await asyncio.to_thread(refiner_server.open_refiner, settings)
-            stack.callback(refiner.close)
+            stack.push_async_callback(refiner.close)
             own = settings if role == "refiner" else _in_process(settings)
             server = GrpcServer(own, refiner_server.build(settings, refiner=refiner),
                                 interceptors=[TenantInterceptor()], credentials=tls_in)

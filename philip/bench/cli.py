@@ -96,15 +96,25 @@ def bench_load_cmd(
     gateway: str | None = typer.Option(None, help="Gateway host:port; absent = in-process services (serve all)."),
     redis_url: str | None = typer.Option("redis://127.0.0.1:6379/0",
                                          help="Store of the in-process services (a fresh key prefix)."),
+    compare: str = typer.Option("", help="Concurrencies, e.g. 1,8,50: the in-process refiner one round at a time "
+                                "vs batched at each, against the physical limit (ideal_round_s, p95_vs_ideal)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object last."),
 ) -> None:
     """Many sessions at once: completed, lost, round latency percentiles."""
     import asyncio
 
-    from philip.bench.load import bench_load
+    from philip.bench.load import bench_load, compare_load
     from philip.logs import configure_logging
 
     configure_logging("console", "warning")
+    if compare:
+        try:
+            levels = tuple(int(c) for c in compare.split(",") if c.strip())
+        except ValueError:
+            raise typer.BadParameter(f"{compare!r} is not a list of numbers like 1,8,50",
+                                     param_hint="--compare") from None
+        emit(asyncio.run(compare_load(levels, steps, redis_url)), as_json)
+        return
     emit(asyncio.run(bench_load(sessions, steps, gateway, redis_url)), as_json)
 
 

@@ -67,7 +67,7 @@ def run_refine_bench(cfg: RefineBenchConfig) -> dict[str, Any]:
     if cfg.batching:
         from philip.bench.refine_batching import batching_bench
 
-        batching = batching_bench(runner, params, refs, sessions=cfg.sessions, repeats=max(1, cfg.repeats // 2))
+        batching = batching_bench(runner, params, refs, sessions=cfg.sessions, repeats=cfg.repeats)
     runner.close()
 
     upscaler = OnnxUpscaler(cfg.upscaler_path)

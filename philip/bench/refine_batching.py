@@ -20,14 +20,18 @@ from typing import Any
 KINDS = ("plain", "explored", "fabric")
 
 
-def _median_s(fn: Callable[[], Any], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def _interleaved_medians(fns: list[Callable[[], Any]], repeats: int) -> list[float]:
+    """Median seconds of each function, run in turn (a, b, c, a, b, c, ...) so that drifts of the machine's speed
+    fall on all of them alike; one warm-up each."""
+    for fn in fns:
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for k, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
 
 
 def _works(kind: str, sessions: int, params: Any, refs: list[Any]) -> list[Any]:
@@ -72,9 +76,7 @@ def batching_bench(runner: Any, params: Any, refs: list[Any], *, sessions: int =
             for w in works:
                 runner.run(w.params, w.feedback)
 
-        batched_s = _median_s(batched, repeats)
-        queued_s = _median_s(lambda: asyncio.run(queued()), repeats)
-        alone_s = _median_s(alone, repeats)
+        batched_s, queued_s, alone_s = _interleaved_medians([batched, lambda: asyncio.run(queued()), alone], repeats)
         out[kind] = {"batched_call_s": round(batched_s, 3), "queued_s": round(queued_s, 3),
                      "one_at_a_time_s": round(alone_s, 3)}
         ratios[kind] = round(batched_s / queued_s, 3)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
+import grpc
 import structlog
 from grpc import aio
 
@@ -21,7 +22,7 @@ from philip.exploration import (
     constraints_to_pb,
     defaults_from_pb,
 )
-from philip.feedback_weights import weights_to_pb
+from philip.feedback_weights import builtin_weights, weights_to_pb
 from philip.rpc.auth import tenant_metadata
 from philip.rpc.errors import Cancelled, PhilipError
 from philip.rpc.interceptor import REQUEST_ID_KEY
@@ -127,7 +128,11 @@ class GrpcUpstream:
                 pb = await self.refiner.GetDefaults(refiner_pb2.GetDefaultsRequest(), timeout=10.0,
                                                     metadata=metadata())
             except aio.AioRpcError as exc:
-                raise _from_rpc(exc, "refiner") from None
+                if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                    raise _from_rpc(exc, "refiner") from None
+                # A refiner older than GetDefaults (a rolling upgrade): what it did then, FABRIC's paper weights.
+                self._defaults = (now, SessionDefaults(builtin_weights(), "built-in (the refiner has no GetDefaults)"))
+                return self._defaults[1]
             self._defaults = (now, defaults_from_pb(pb))
         return self._defaults[1]
 

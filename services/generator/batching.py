@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from philip import metrics
+from philip.batch_policy import next_batch
 from philip.logs import get_logger
 from philip.rpc.errors import PhilipError, ResourceExhausted
 from services.generator.events import Cancelled, Failed, JobEvent, Queued, Started, is_terminal
@@ -170,32 +171,9 @@ class GenerationQueue:
                 item.last_position = position
                 item.send(Queued(position))
 
-    def _compatible(self) -> list[WorkItem]:
-        """The batch the oldest job would lead now: compatible jobs, FIFO, within max_batch images.
-
-        The leader always goes, even alone above max_batch (num_images may exceed a small max_batch).
-        """
-        leader = self._pending[0]
-        batch, images = [leader], leader.num_images
-        for item in self._pending[1:]:
-            if item.key == leader.key and images + item.num_images <= self.max_batch:
-                batch.append(item)
-                images += item.num_images
-        return batch
-
     async def _next_batch(self) -> list[WorkItem]:
-        while True:
-            while not self._pending:
-                self._changed.clear()
-                await self._changed.wait()
-            leader = self._pending[0]
-            batch = self._compatible()
-            wait_s = leader.enqueued_at + self.window_s - time.monotonic()
-            if wait_s <= 0 or sum(item.num_images for item in batch) >= self.max_batch:
-                return batch
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), wait_s)
+        return await next_batch(self._pending, self._changed, key=lambda i: i.key, size=lambda i: i.num_images,
+                                arrived=lambda i: i.enqueued_at, max_batch=self.max_batch, window_s=self.window_s)
 
     async def _loop(self) -> None:
         while True:

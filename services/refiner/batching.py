@@ -1,9 +1,9 @@
 """The refiner's round queue: concurrent sessions' rounds share UNet batches, as the generator's jobs do.
 
 Rounds whose :attr:`~services.refiner.batch_round.RoundWork.key` matches (size, steps, scheduler, guidance,
-adapter set) ride in one pipeline call, up to ``max_batch`` images; the oldest waiting round always leads the
-next batch, so nothing starves, and a batch leaves ``batch_window_ms`` after its leader arrived (or at once when
-full). At most ``max_queue`` rounds wait; beyond that RESOURCE_EXHAUSTED with a retry hint of one batch time.
+adapter set) ride in one pipeline call, up to ``max_batch`` images, by the policy the generator's queue uses
+(:mod:`philip.batch_policy`). At most ``max_queue`` rounds wait; beyond that RESOURCE_EXHAUSTED with a retry
+hint of one batch time.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from philip.batch_policy import next_batch
 from philip.logs import get_logger
 from philip.rpc.errors import PhilipError, ResourceExhausted, Unavailable
 from services.refiner.batch_round import RoundWork
@@ -77,36 +78,23 @@ class RoundQueue:
             raise
 
     async def close(self) -> None:
+        """Refuse new rounds, fail the waiting ones (UNAVAILABLE: another replica can run them) and stop the
+        running batch within one step."""
         self._closing = True
         for waiting in list(self._pending):
             waiting.work.cancel.set()
+            if not waiting.future.done():
+                waiting.future.set_exception(Unavailable("the refiner is shutting down; retry on another replica"))
+        self._pending.clear()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def _batch(self) -> list[_Waiting]:
-        leader = self._pending[0]
-        batch, images = [leader], leader.work.params.num_images
-        for waiting in self._pending[1:]:
-            n = waiting.work.params.num_images
-            if waiting.work.key == leader.work.key and images + n <= self.max_batch:
-                batch.append(waiting)
-                images += n
-        return batch
-
     async def _next_batch(self) -> list[_Waiting]:
-        while True:
-            while not self._pending:
-                self._changed.clear()
-                await self._changed.wait()
-            batch = self._batch()
-            wait_s = self._pending[0].arrived + self.window_s - time.monotonic()
-            if wait_s <= 0 or sum(w.work.params.num_images for w in batch) >= self.max_batch:
-                return batch
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), wait_s)
+        return await next_batch(self._pending, self._changed, key=lambda w: w.work.key,
+                                size=lambda w: w.work.params.num_images, arrived=lambda w: w.arrived,
+                                max_batch=self.max_batch, window_s=self.window_s)
 
     async def _loop(self) -> None:
         while True:
@@ -119,6 +107,11 @@ class RoundQueue:
             started = time.monotonic()
             try:
                 outcomes = await self.runner.refine_batch([w.work for w in batch])
+            except asyncio.CancelledError:  # close(): the batch stopped within a step; its callers must hear
+                for waiting in batch:
+                    if not waiting.future.done():
+                        waiting.future.set_exception(Unavailable("the refiner stopped during this round; retry"))
+                raise
             except Exception as exc:  # the batch as a whole failed: every round gets the error
                 log.exception("refiner.batch_failed", rounds=len(batch))
                 outcomes = [exc] * len(batch)  # type: ignore[list-item]

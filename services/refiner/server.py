@@ -78,7 +78,8 @@ def open_refiner(settings: Settings) -> Refiner:
                                styles=load_styles(settings.styles_path), adapters_dir=settings.adapters_dir)
     upscaler = Upscaler(OnnxUpscaler(settings.upscaler_path, providers=settings.onnx_providers))
     return Refiner(runner, upscaler, resolver, max_queue=settings.max_queue, defaults=defaults,
-                   max_batch=settings.max_batch, batch_window_ms=settings.batch_window_ms)
+                   max_batch=settings.refine_max_batch or settings.max_batch,
+                   batch_window_ms=settings.batch_window_ms)
 
 
 def session_defaults(settings: Settings) -> tuple[SessionDefaults, SlotVocabulary | None]:

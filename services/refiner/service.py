@@ -80,8 +80,10 @@ class Refiner:
         # What a session without weights gets (GetDefaults); the vocabulary is the runner's.
         self.defaults = defaults or SessionDefaults({}, slots=runner.vocabulary.slots if runner.vocabulary else ())
 
-    def close(self) -> None:
-        self.runner.close()
+    async def close(self) -> None:
+        """Stop the queue (waiting rounds are cancelled) and free the pipeline's thread."""
+        await self.queue.close()
+        await asyncio.to_thread(self.runner.close)
 
     def job(self, params: GenerationParams, liked: Sequence[FeedbackImage], disliked: Sequence[FeedbackImage],
             weights: dict[str, float], round_id: str = "", history: Sequence[RoundChoice] = (),
