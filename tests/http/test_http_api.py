@@ -425,7 +425,7 @@ async def test_defaults_learned_values_pins_and_references_over_http(served: Ser
         pin = {"pinned": [{"slot": "bg", "value": "yellow"}]}
         fed = await http.post(f"/v1/sessions/{session_id}/feedback", json={"constraints": pin})
         assert fed.status_code == 200, fed.text
-        assert fed.json()["constraints"] == pin and fed.json()["learned"] == learned
+        assert fed.json()["constraints"] == {**pin, "banned": []} and fed.json()["learned"] == learned
         third = await read_events(http, events, until="round_images", last_event_id=second.events[-1].id)
         prompts = [i["prompt"] for i in third.events[-1].data["roundImages"]["images"]]
         assert all(p.endswith("circle on a yellow background") for p in prompts)
