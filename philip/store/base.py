@@ -30,7 +30,12 @@ class StoreError(Exception):
 
 
 class StoreUnavailable(StoreError):
-    """The backend cannot be reached (connection refused, timed out, closed)."""
+    """The backend cannot be reached (connection refused, timed out, closed) or cannot take writes for now
+    (a replica after a failover, out of memory, loading); ``retry_after_s`` is when trying again makes sense."""
+
+    def __init__(self, message: str, retry_after_s: float | None = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class RecordNotFound(StoreError, KeyError):

@@ -90,7 +90,7 @@ def train_vae(cfg: TinyTrainConfig, progress: Progress) -> Any:
     ckpt = cfg.work_dir / "vae.pt"
     step = 0
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, weights_only=True)
         vae.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step = state["step"]
@@ -124,7 +124,7 @@ def encode_pool(cfg: TinyTrainConfig, vae: Any, progress: Progress) -> tuple[tor
     """Latents (posterior means) of a fixed pool of training images, and the VAE scale."""
     path = cfg.work_dir / "latents.pt"
     if path.exists():
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, weights_only=True)
         return state["latents"], state["scale"]
     ds = ShapesDataset(cfg.seed)
     task = progress.add_task("encode pool", total=cfg.pool_size, info="")
@@ -176,7 +176,7 @@ def train_diffusion(
     ckpt = cfg.work_dir / "diffusion.pt"
     step = 0
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, weights_only=True)
         for name, module in (("unet", unet), ("text", text_encoder), ("ema_unet", ema_unet), ("ema_text", ema_text)):
             module.load_state_dict(state[name])
         opt.load_state_dict(state["opt"])
@@ -263,12 +263,12 @@ def _threads(n: int) -> Iterator[None]:
 def export_checkpoint(cfg: TinyTrainConfig, out_dir: Path) -> Path:
     """Export the EMA weights of the latest diffusion checkpoint (for mid-run evaluation)."""
     vae = architecture.vae()
-    vae.load_state_dict(torch.load(cfg.work_dir / "vae.pt", weights_only=False)["model"])
-    scale = torch.load(cfg.work_dir / "latents.pt", weights_only=False)["scale"]
+    vae.load_state_dict(torch.load(cfg.work_dir / "vae.pt", weights_only=True)["model"])
+    scale = torch.load(cfg.work_dir / "latents.pt", weights_only=True)["scale"]
     tokenizer = architecture.build_tokenizer(cfg.work_dir / "tokenizer")
     text = architecture.text_encoder(tokenizer, cfg.text_hidden, cfg.text_layers)
     unet = architecture.unet(cfg.text_hidden, cfg.unet_channels)
-    state = torch.load(cfg.work_dir / "diffusion.pt", weights_only=False)
+    state = torch.load(cfg.work_dir / "diffusion.pt", weights_only=True)
     text.load_state_dict(state["ema_text"])
     unet.load_state_dict(state["ema_unet"])
     return export(cfg, vae, scale, tokenizer, text, unet, out_dir)

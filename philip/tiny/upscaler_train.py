@@ -78,7 +78,7 @@ def train_upscaler(out_path: Path = Path("models/philip-tiny-x4.onnx"), steps: i
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     ckpt, step = work_dir / "x4.pt", 0
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, weights_only=True)
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step = state["step"]

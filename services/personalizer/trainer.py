@@ -162,7 +162,7 @@ class AdapterTrainer:
         path = self.work_dir / CHECKPOINT_FILE
         if not path.is_file():
             return None
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, weights_only=True)
         with torch.no_grad():
             self.embeddings[self.token_id] = state["embedding"]
         if state["lora"] is not None:

@@ -76,7 +76,8 @@ def open_refiner(settings: Settings) -> Refiner:
                          vocabulary=vocabulary)
     resolver = RequestResolver(native_size=native_size(pipe), schedulers=tuple(SCHEDULERS),
                                styles=load_styles(settings.styles_path), adapters_dir=settings.adapters_dir)
-    upscaler = Upscaler(OnnxUpscaler(settings.upscaler_path, providers=settings.onnx_providers))
+    upscaler = Upscaler(OnnxUpscaler(settings.upscaler_path, providers=settings.onnx_providers),
+                        max_waiting=settings.max_queue)
     return Refiner(runner, upscaler, resolver, max_queue=settings.max_queue, defaults=defaults,
                    max_batch=settings.refine_max_batch or settings.max_batch,
                    batch_window_ms=settings.batch_window_ms)

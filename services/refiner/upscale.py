@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ from PIL import Image
 from philip.images import InvalidImage, decode_upload, png_bytes
 from philip.models.upscaler import OnnxUpscaler
 from philip.priority import DEVICE
-from philip.rpc.errors import InvalidArgument
+from philip.rpc.errors import InvalidArgument, ResourceExhausted
 
 MAX_INPUT_PIXELS = 4_000_000  # 4 megapixels, as the API promises
 
@@ -49,9 +50,15 @@ def decode_png(data: bytes, *, max_pixels: int = MAX_INPUT_PIXELS, field: str = 
 class Upscaler:
     """The refiner's upscaling domain around one :class:`OnnxUpscaler` (fixed scale)."""
 
-    def __init__(self, model: OnnxUpscaler, *, max_pixels: int = MAX_INPUT_PIXELS) -> None:
+    def __init__(self, model: OnnxUpscaler, *, max_pixels: int = MAX_INPUT_PIXELS, max_running: int = 1,
+                 max_waiting: int = 16) -> None:
         self.model = model
         self.max_pixels = max_pixels
+        # Upscales share the CPU (or GPU) with the rounds: a few at a time, a bounded line behind them.
+        self.max_waiting = max_waiting
+        self._slots = asyncio.Semaphore(max_running)
+        self._waiting = 0
+        self._upscale_s = 1.0  # moving average, for retry hints
 
     @property
     def scale(self) -> int:
@@ -74,6 +81,23 @@ class Upscaler:
         """
         self.check_scale(scale)
         image = decode_png(png, max_pixels=self.max_pixels)
+        if self._slots.locked() and self._waiting >= self.max_waiting:
+            retry = round(max(0.1, self._upscale_s * (self._waiting + 1)), 1)
+            raise ResourceExhausted(f"{self._waiting} upscales are waiting on this refiner (limit {self.max_waiting}); "
+                                    f"retry in about {retry} s or on another replica", retry_after_s=retry)
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            async for event in self._run(image):
+                yield event
+        finally:
+            self._slots.release()
+
+    async def _run(self, image: Image.Image) -> AsyncGenerator[UpscaleEvent, None]:
+        started = time.monotonic()
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[UpscaleProgress] = asyncio.Queue()
 
@@ -101,4 +125,5 @@ class Upscaler:
                 getter.cancel()
             if not task.done():  # the caller stopped listening: let the tile loop finish quietly
                 task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._upscale_s = 0.7 * self._upscale_s + 0.3 * (time.monotonic() - started)
         yield UpscaledImage(png=data, width=image.width * self.scale, height=image.height * self.scale)

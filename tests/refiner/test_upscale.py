@@ -89,3 +89,42 @@ async def test_stopping_early_leaves_no_dangling_work(upscaler: Upscaler) -> Non
     await stream.aclose()  # the caller went away (e.g. the RPC was cancelled)
     events = await _collect(upscaler, _png())  # and the upscaler still works
     assert isinstance(events[-1], UpscaledImage)
+
+
+class _HeldUpscaler:
+    """Stands in for the ONNX model: holds every upscale until ``release`` is set (a thread event)."""
+
+    scale = 4
+
+    def __init__(self) -> None:
+        import threading
+
+        self.release = threading.Event()
+        self.running = 0
+
+    def upscale(self, image: Image.Image, progress: object = None) -> Image.Image:
+        self.running += 1
+        self.release.wait(10)
+        return image.resize((image.width * 4, image.height * 4))
+
+
+async def test_upscales_beyond_the_line_are_refused_at_once_with_a_retry_hint() -> None:
+    import asyncio
+
+    from philip.rpc.errors import ResourceExhausted
+
+    model = _HeldUpscaler()
+    upscaler = Upscaler(model, max_running=1, max_waiting=1)  # type: ignore[arg-type]
+    first = asyncio.ensure_future(_collect(upscaler, _png(8, 8)))
+    second = asyncio.ensure_future(_collect(upscaler, _png(8, 8)))
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if model.running == 1:
+            break
+    assert model.running == 1  # one at a time: the second waits in line
+    with pytest.raises(ResourceExhausted, match="limit 1") as refused:
+        await _collect(upscaler, _png(8, 8))
+    assert refused.value.retry_after_s is not None and refused.value.retry_after_s > 0
+    model.release.set()
+    done = await asyncio.wait_for(asyncio.gather(first, second), 10)
+    assert all(isinstance(events[-1], UpscaledImage) for events in done) and model.running == 2
