@@ -19,6 +19,7 @@ import json
 import os
 import re
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,10 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from philip.logs import get_logger
 from philip.rpc.errors import Unauthenticated
+
+log = get_logger("philip.rpc.auth")
 
 TENANT_KEY = "x-philip-tenant"
 KEY_PREFIX = "phk_"
@@ -68,13 +72,49 @@ def hash_key(key: str) -> str:
 
 
 class ApiKeys:
-    """Hashed API keys -> tenant, from a JSON file ``{"keys": [{"tenant": ..., "sha256": ...}]}``."""
+    """Hashed API keys -> tenant, from a JSON file ``{"keys": [{"tenant": ..., "sha256": ...}]}``.
 
-    def __init__(self, by_hash: dict[str, str]) -> None:
+    Loaded from a file, the keys follow it: a change (its mtime, looked at most once a second) is read on the
+    next lookup, so `philip keys add` or a rotated Secret takes effect without a restart; a file that no longer
+    parses leaves the keys as they were (and says so in the log).
+    """
+
+    RECHECK_S = 1.0
+
+    def __init__(self, by_hash: dict[str, str], path: str | Path | None = None) -> None:
         self.by_hash = by_hash
+        self.path = Path(path) if path is not None else None
+        self._mtime = self._stat()
+        self._checked = time.monotonic()
+
+    def _stat(self) -> float | None:
+        try:
+            return self.path.stat().st_mtime_ns if self.path is not None else None
+        except OSError:
+            return None
+
+    def _follow_file(self) -> None:
+        now = time.monotonic()
+        if self.path is None or now - self._checked < self.RECHECK_S:
+            return
+        self._checked = now
+        mtime = self._stat()
+        if mtime == self._mtime or mtime is None:
+            return
+        self._mtime = mtime
+        try:
+            self.by_hash = self._parse(self.path)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("auth.keys_reload_failed", path=str(self.path), error=str(exc), kept=len(self.by_hash))
+            return
+        log.info("auth.keys_reloaded", path=str(self.path), keys=len(self.by_hash))
 
     @classmethod
     def load(cls, path: str | Path) -> ApiKeys:
+        return cls(cls._parse(path), path)
+
+    @staticmethod
+    def _parse(path: str | Path) -> dict[str, str]:
         data = json.loads(Path(path).read_text())
         by_hash = {}
         for entry in data.get("keys", []):
@@ -83,9 +123,10 @@ class ApiKeys:
                 raise ValueError(f"{path}: every key needs a tenant (letters, digits, '_', '.', '-'; 1-64, "
                                  f"first a letter or digit) and a 64-hex-digit sha256; got tenant {tenant!r}")
             by_hash[digest] = tenant
-        return cls(by_hash)
+        return by_hash
 
     def tenant_for(self, key: str) -> str | None:
+        self._follow_file()
         return self.by_hash.get(hash_key(key)) if key.startswith(KEY_PREFIX) else None
 
 

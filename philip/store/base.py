@@ -104,6 +104,10 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def create_record(self, kind: str, record_id: str, data: dict[str, Any], ttl_s: float | None = None) -> bool:
+        """Store the record only if none exists (one atomic step across replicas); False when one does."""
+
+    @abc.abstractmethod
     async def get_record(self, kind: str, record_id: str) -> dict[str, Any] | None:
         """Return a fresh copy of the record, or None if it is absent or expired."""
 

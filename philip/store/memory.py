@@ -130,6 +130,14 @@ class MemoryStore(Store):
         # Stored serialised, as in Redis: callers cannot mutate stored state through their dict.
         self._records[(kind, record_id)] = _Item(json.dumps(data), _deadline(ttl_s))
 
+    async def create_record(self, kind: str, record_id: str, data: dict[str, Any], ttl_s: float | None = None) -> bool:
+        check_kind(kind)
+        check_ttl(ttl_s)
+        if self._live_record(kind, record_id) is not None:  # no await in between: atomic on the loop
+            return False
+        self._records[(kind, record_id)] = _Item(json.dumps(data), _deadline(ttl_s))
+        return True
+
     async def get_record(self, kind: str, record_id: str) -> dict[str, Any] | None:
         check_kind(kind)
         item = self._live_record(kind, record_id)

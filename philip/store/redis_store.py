@@ -129,6 +129,17 @@ class RedisStore(Store):
                 pipe.sadd(self._index_key(kind), record_id)
                 await pipe.execute()
 
+    async def create_record(self, kind: str, record_id: str, data: dict[str, Any], ttl_s: float | None = None) -> bool:
+        check_kind(kind)
+        check_ttl(ttl_s)
+        body = json.dumps(data)
+        with self._errors():
+            created = await self._r.set(self._record_key(kind, record_id), body, nx=True,
+                                        px=None if ttl_s is None else ms(ttl_s))
+            if created:
+                await self._r.sadd(self._index_key(kind), record_id)
+        return bool(created)
+
     async def get_record(self, kind: str, record_id: str) -> dict[str, Any] | None:
         check_kind(kind)
         with self._errors():

@@ -172,13 +172,11 @@ class Personalizer:
     # ---- tokens --------------------------------------------------------------------------------
 
     async def _reserve_token(self, token: str, owner: str) -> None:
-        # Check-then-set: two concurrent requests for one new token could both pass; the loser's
-        # adapter then overwrites the reservation, which is harmless (the token still works).
-        held = await self.store.get_record(TOKEN_KIND, token)
-        if held is not None:
-            raise AlreadyExists(f"token {token!r} is already taken by {held['owner']}; choose another, or "
-                                "DeleteAdapter the old one first", field="token")
-        await self.store.put_record(TOKEN_KIND, token, {"owner": owner})
+        # One atomic SET NX: of two requests for one new token exactly one wins, on any replica. The message names
+        # no owner: the token may be another tenant's.
+        if not await self.store.create_record(TOKEN_KIND, token, {"owner": owner}):
+            raise AlreadyExists(f"token {token!r} is in use; choose another, or DeleteAdapter your adapter that has "
+                                "it first", field="token")
 
     async def _release_token(self, token: str, owner: str) -> None:
         held = await self.store.get_record(TOKEN_KIND, token)

@@ -20,9 +20,11 @@ from tests.personalizer.conftest import MODEL, UPSCALER
 
 
 class Deployment:
-    def __init__(self, address: str, keys: dict[str, str], addresses: dict[str, str] | None = None) -> None:
+    def __init__(self, address: str, keys: dict[str, str], addresses: dict[str, str] | None = None,
+                 keys_file: Path | None = None) -> None:
         self.address = address
         self.keys = keys
+        self.keys_file = keys_file
         self.addresses = addresses or {"gateway": address}  # every bound address ("http" with an HTTP port)
 
     def channel(self, tenant: str | None) -> aio.Channel:
@@ -47,7 +49,7 @@ async def deployed(folder: Path, tenants: tuple[str, ...], *, store: Store | Non
     task = asyncio.create_task(serve("all", config, store=store, stop=stop, on_ready=ready.set_result))
     addresses = await asyncio.wait_for(asyncio.shield(ready), 120)
     try:
-        yield Deployment(addresses["gateway"], keys, addresses)
+        yield Deployment(addresses["gateway"], keys, addresses, folder / "keys.json")
     finally:
         stop.set()
         await asyncio.wait_for(task, 60)

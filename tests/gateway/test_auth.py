@@ -45,6 +45,35 @@ async def test_calls_need_a_valid_key_but_health_does_not(deployment: Deployment
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
+async def test_a_key_added_to_the_file_works_without_a_restart(deployment: Deployment) -> None:
+    import asyncio
+
+    from philip.rpc.auth import add_key
+
+    assert deployment.keys_file is not None
+    before = deployment.keys_file.read_text()
+
+    async def status(key: str) -> grpc.StatusCode:
+        async with gateway_channel(deployment.address, key) as channel:
+            with pytest.raises(aio.AioRpcError) as caught:
+                await gateway_pb2_grpc.GatewayStub(channel).GetSession(
+                    gateway_pb2.GetSessionRequest(session_id="ses_x"))
+        return caught.value.code()
+
+    try:
+        new_key = add_key(deployment.keys_file, "initech")
+        await asyncio.sleep(1.2)  # the gateway looks at the file at most once a second
+        assert await status(new_key) == grpc.StatusCode.NOT_FOUND  # authenticated: the session is just unknown
+        deployment.keys_file.write_text("{ not json")  # a broken file keeps the keys that were loaded
+        await asyncio.sleep(1.2)
+        assert await status(new_key) == grpc.StatusCode.NOT_FOUND
+        assert await status(deployment.keys["acme"]) == grpc.StatusCode.NOT_FOUND
+    finally:
+        deployment.keys_file.write_text(before)
+        await asyncio.sleep(1.2)
+    assert await status(new_key) == grpc.StatusCode.UNAUTHENTICATED  # removed again: refused
+
+
 async def test_tenants_see_only_their_own(deployment: Deployment) -> None:
     async with deployment.channel("acme") as a_channel, deployment.channel("globex") as b_channel:
         acme, globex = gateway_pb2_grpc.GatewayStub(a_channel), gateway_pb2_grpc.GatewayStub(b_channel)

@@ -87,8 +87,9 @@ async def test_job_lifecycle_produces_an_adapter(store: Store, tmp_path: Path, m
     assert not work_dir(p.adapters_dir, job.job_id).exists()  # references and checkpoints cleaned up
     assert await store.pending_count(QUEUE, GROUP) == 0
 
-    with pytest.raises(AlreadyExists, match="already taken by ad_"):
+    with pytest.raises(AlreadyExists, match="'sks' is in use") as held:
         await p.create(ask())  # the adapter holds the token
+    assert adapter.adapter_id not in held.value.message  # it may be another tenant's: no ids
     await p.delete_adapter(adapter.adapter_id)
     assert not adapter_exists(p.adapters_dir, adapter.adapter_id)
     with pytest.raises(NotFound, match="no adapter"):
@@ -101,8 +102,9 @@ async def test_tokens_the_model_knows_or_a_queued_job_holds_are_taken(store: Sto
     with pytest.raises(AlreadyExists, match="'circle' is already a word the model knows"):
         await p.create(ask(token="circle"))
     first = await p.create(ask(token="zqv"))
-    with pytest.raises(AlreadyExists, match=f"already taken by {first.job_id}"):
+    with pytest.raises(AlreadyExists, match="'zqv' is in use") as held:
         await p.create(ask(token="zqv"))
+    assert first.job_id not in held.value.message
     await p.cancel(first.job_id)  # cancelling frees it
     assert (await p.create(ask(token="zqv"))).token == "zqv"
 
@@ -157,3 +159,15 @@ async def test_unknown_and_malformed_ids(store: Store, tmp_path: Path) -> None:
         await p.delete_adapter("ad_0000000000000000")
     with pytest.raises(InvalidArgument):
         await p.get_adapter("sks")
+
+
+async def test_two_requests_for_one_new_token_at_once_reserve_it_exactly_once(store: Store, tmp_path: Path) -> None:
+    import asyncio
+
+    p = personalizer(store, tmp_path)
+    outcomes = await asyncio.gather(*(p.create(ask(token="qxj")) for _ in range(4)), return_exceptions=True)
+    created = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert len(created) == 1 and all(isinstance(o, AlreadyExists) for o in outcomes if o not in created)
+    held = await store.get_record("adapter_token", "qxj")
+    assert held == {"owner": created[0].job_id}
+

@@ -35,6 +35,15 @@ async def test_record_round_trip(store: Store) -> None:
     assert await store.get_record("other", "j1") is None
 
 
+async def test_create_record_stores_only_when_absent(store: Store) -> None:
+    assert await store.create_record("token", "sks", {"owner": "a"}, ttl_s=60)
+    assert not await store.create_record("token", "sks", {"owner": "b"})
+    assert await store.get_record("token", "sks") == {"owner": "a"} and "sks" in await store.list_records("token")
+    await store.delete_record("token", "sks")
+    assert await store.create_record("token", "sks", {"owner": "b"})  # free again once deleted
+    assert await store.get_record("token", "sks") == {"owner": "b"}
+
+
 async def test_update_merges_and_keeps_ttl(store: Store) -> None:
     await store.put_record("job", "j1", {"state": "queued", "n": 1}, ttl_s=0.5)
     merged = await store.update_record("job", "j1", {"state": "running", "progress": 0.5})
