@@ -36,6 +36,8 @@ class Settings:
     """Configuration of one PHiLIP process (all services read the same shape)."""
 
     redis_url: str | None = None  # None => in-process embedded store
+    # The in-process store's memory cap (keys nearest to expiring evicted first; 0 = none).
+    memory_store_mb: int = 2048
     host: str = "127.0.0.1"
     port: int = 50051
     model_dir: str = "models/philip-tiny"
@@ -179,6 +181,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_batch": (lambda v: v >= 1, "must be >= 1"),
     "batch_window_ms": (lambda v: v >= 0, "must be >= 0"),
     "refine_max_batch": (lambda v: v >= 0, "must be >= 0 (0 = PHILIP_MAX_BATCH)"),
+    "memory_store_mb": (lambda v: v >= 0, "must be >= 0 (0 = no cap)"),
     "device": (_is_device, "must be 'cpu', 'cuda' or 'cuda:N'"),
     "threads": (lambda v: v is None or v >= 1, "must be >= 1"),
     "onnx_providers": (lambda v: len(v) > 0, "must name at least one provider"),

@@ -56,7 +56,7 @@ async def serve(
     addresses: dict[str, str] = {}
     async with contextlib.AsyncExitStack() as stack:  # unwinds in reverse: gateway, workers, store
         if store is None:
-            store = open_store(settings.redis_url)
+            store = open_store(settings.redis_url, memory_mb=settings.memory_store_mb)
             stack.push_async_callback(store.close)
         # mTLS between separate processes; `all` keeps its in-process services on plaintext loopback.
         tls_in = server_credentials(settings) if role != "all" else None

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from philip.store import memory_limits
 from philip.store.base import (
     DEFAULT_PREFIX,
     RecordNotFound,
@@ -99,8 +101,13 @@ def _timeout_s(block_ms: int) -> float | None:
 class MemoryStore(Store):
     """``Store`` kept in process memory; all state is lost when the process exits."""
 
-    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(self, prefix: str = DEFAULT_PREFIX, *, max_bytes: int | None = None,
+                 sweep_every_s: float = 30.0) -> None:
         self.prefix = prefix
+        self.max_bytes = max_bytes  # PHILIP_MEMORY_STORE_MB: held by memory_limits.evict
+        self.sweep_every_s = sweep_every_s
+        self._written = 0  # bytes written since the last look at the cap
+        self._sweeper: asyncio.Task[None] | None = None
         self._records: dict[tuple[str, str], _Item[str]] = {}
         self._blobs: dict[str, _Item[bytes]] = {}
         self._streams: dict[str, _Stream] = {}
@@ -110,6 +117,21 @@ class MemoryStore(Store):
         # One condition for every stream and queue: appends are rare enough that waking all
         # blocked readers, who re-check their own stream, costs nothing.
         self._changed = asyncio.Condition()
+
+    def _wrote(self, n: int) -> None:
+        """Bookkeeping of every write: the sweep timer starts with the first, the cap is looked at every few MB."""
+        if self._sweeper is None:
+            with contextlib.suppress(RuntimeError):  # no running loop: sweeps wait for one
+                self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever(), name="memory-sweep")
+        self._written += n
+        if self.max_bytes is not None and self._written > max(1 << 20, self.max_bytes // 20):
+            self._written = 0
+            memory_limits.evict(self, self.max_bytes)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_every_s)
+            memory_limits.sweep(self)
 
     async def _notify(self) -> None:
         async with self._changed:
@@ -128,14 +150,18 @@ class MemoryStore(Store):
         check_kind(kind)
         check_ttl(ttl_s)
         # Stored serialised, as in Redis: callers cannot mutate stored state through their dict.
-        self._records[(kind, record_id)] = _Item(json.dumps(data), _deadline(ttl_s))
+        body = json.dumps(data)
+        self._records[(kind, record_id)] = _Item(body, _deadline(ttl_s))
+        self._wrote(len(body))
 
     async def create_record(self, kind: str, record_id: str, data: dict[str, Any], ttl_s: float | None = None) -> bool:
         check_kind(kind)
         check_ttl(ttl_s)
         if self._live_record(kind, record_id) is not None:  # no await in between: atomic on the loop
             return False
-        self._records[(kind, record_id)] = _Item(json.dumps(data), _deadline(ttl_s))
+        body = json.dumps(data)
+        self._records[(kind, record_id)] = _Item(body, _deadline(ttl_s))
+        self._wrote(len(body))
         return True
 
     async def get_record(self, kind: str, record_id: str) -> dict[str, Any] | None:
@@ -169,6 +195,7 @@ class MemoryStore(Store):
     async def put_blob(self, blob_id: str, data: bytes, ttl_s: float) -> None:
         check_ttl(ttl_s)
         self._blobs[blob_id] = _Item(bytes(data), _deadline(ttl_s))
+        self._wrote(len(data))
 
     async def get_blob(self, blob_id: str) -> bytes | None:
         item = self._blobs.get(blob_id)
@@ -193,6 +220,7 @@ class MemoryStore(Store):
             raise ValueError("maxlen must be >= 1")
         s = self._live_stream(stream) or self._streams.setdefault(stream, _Stream())
         entry = s.append(bytes(payload))
+        self._wrote(len(payload))
         if len(s.entries) > maxlen:  # exact trimming satisfies "at least maxlen" too
             del s.entries[: len(s.entries) - maxlen]
         await self._notify()
@@ -363,4 +391,9 @@ class MemoryStore(Store):
         return True
 
     async def close(self) -> None:
-        """Nothing to release; state stays readable so tests can inspect it after close."""
+        """Stop the sweep timer; state stays readable so tests can inspect it after close."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
