@@ -5,7 +5,15 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from redis.exceptions import ResponseError
+from redis.exceptions import (
+    ClusterDownError,
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 
 from philip.store.base import StreamEntry
 
@@ -13,6 +21,18 @@ from philip.store.base import StreamEntry
 # marker carries only "end", so it can never be confused with a payload.
 PAYLOAD = b"p"
 END = b"end"
+
+
+# A Redis that is there but cannot serve now: a replica after a failover (READONLY), over maxmemory (OOM), a
+# long script (BUSY), cluster failovers (TRYAGAIN, CLUSTERDOWN, MASTERDOWN); redis-py parses most into classes.
+TRANSIENT_ERRORS = (ReadOnlyError, OutOfMemoryError, TryAgainError, ClusterDownError, MasterDownError)
+TRANSIENT_REPLIES = frozenset({"READONLY", "OOM", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN"})
+
+
+def is_transient(exc: RedisError) -> bool:
+    """Whether another try (or replica) will serve what this error refused."""
+    return isinstance(exc, TRANSIENT_ERRORS) or (isinstance(exc, ResponseError)
+                                                 and str(exc).split(" ", 1)[0] in TRANSIENT_REPLIES)
 
 
 def redact_url(url: str) -> str:

@@ -10,17 +10,8 @@ from typing import Any, TypeVar
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import (
-    ClusterDownError,
-    MasterDownError,
-    OutOfMemoryError,
-    ReadOnlyError,
-    RedisError,
-    ResponseError,
-    TryAgainError,
-    WatchError,
-)
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from philip.store import redis_scripts
@@ -35,17 +26,21 @@ from philip.store.base import (
     check_ttl,
     parse_stream_id,
 )
-from philip.store.redis_replies import END, PAYLOAD, entries, is_nogroup, ms, read_reply, redact_url, text
+from philip.store.redis_replies import (
+    END,
+    PAYLOAD,
+    entries,
+    is_nogroup,
+    is_transient,
+    ms,
+    read_reply,
+    redact_url,
+    text,
+)
 
 T = TypeVar("T")
 
 _MAX_UPDATE_ATTEMPTS = 100
-
-
-# A Redis that is there but cannot serve now: a replica after a failover (READONLY), over maxmemory (OOM), a
-# long script (BUSY), cluster failovers (TRYAGAIN, CLUSTERDOWN, MASTERDOWN); redis-py parses most into classes.
-TRANSIENT_ERRORS = (ReadOnlyError, OutOfMemoryError, TryAgainError, ClusterDownError, MasterDownError)
-TRANSIENT_REPLIES = frozenset({"READONLY", "OOM", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN"})
 
 
 class RedisStore(Store):
@@ -88,8 +83,7 @@ class RedisStore(Store):
         except (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError) as exc:
             raise StoreUnavailable(f"redis at {self.url} unavailable: {exc}") from exc
         except RedisError as exc:
-            if isinstance(exc, TRANSIENT_ERRORS) or (isinstance(exc, ResponseError)
-                                                     and str(exc).split(" ", 1)[0] in TRANSIENT_REPLIES):
+            if is_transient(exc):
                 # The server is there but cannot serve this now; another try (or replica) will.
                 raise StoreUnavailable(f"redis at {self.url} cannot serve this now: {exc}") from exc
             raise StoreError(f"redis at {self.url} failed: {exc}") from exc

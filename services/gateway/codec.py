@@ -28,7 +28,7 @@ from services.gateway.session_events import (
     UpscaleProgress,
 )
 from services.gateway.session_index import SessionSummary
-from services.gateway.sessions import params_of
+from services.gateway.session_store import params_of
 from services.generator.codec import params_from_pb, params_to_pb
 from services.generator.requests import Style
 from services.refiner.explore import RoundChoice

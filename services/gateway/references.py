@@ -33,3 +33,9 @@ def _picture(data: bytes, field: str) -> Picture:
     image = decode_upload(data, formats=("PNG", "JPEG"), max_pixels=MAX_UPLOAD_PIXELS, field=field)
     image.thumbnail((STORED_SIDE, STORED_SIDE), Image.Resampling.LANCZOS)
     return Picture(png_bytes(image), image.width, image.height)
+
+
+def check_references(pictures: Sequence[Picture], earlier: int) -> None:
+    if earlier + len(pictures) > MAX_SESSION_REFERENCES:
+        raise InvalidArgument(f"a session takes at most {MAX_SESSION_REFERENCES} reference images; it has {earlier}, "
+                              f"this message adds {len(pictures)}", field="reference_images")

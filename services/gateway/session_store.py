@@ -8,20 +8,27 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+from philip.exploration import SlotConstraints, beliefs_from_json
+from philip.image_owners import record_owner
 from philip.rpc.auth import owned_by_caller
 from philip.rpc.errors import FailedPrecondition, InvalidArgument, NotFound
 from philip.store import Store
 from philip.store.base import StreamEntry
 from services.gateway.session_events import (
     TERMINAL_PHASES,
+    Compute,
+    Finalized,
     NoiseTrace,
     Phase,
     Picture,
+    RoundImages,
     SessionEvent,
     SessionImage,
+    SessionView,
 )
 from services.generator.jobs import JOB_KIND, job_stream
 from services.generator.requests import GenerationParams
@@ -130,6 +137,38 @@ class SessionStore:
             raise InvalidArgument(f"image {image_id} belongs to another session", field="image_id")
         return await self._require_image(image_id)
 
+    async def _view(self, session_id: str, record: dict[str, Any]) -> SessionView:
+        """The session as a record and its stored images say it is."""
+        rounds = []
+        for entry in record["rounds"]:
+            images = [img for img in [await self._load_image(i) for i in entry["image_ids"]] if img is not None]
+            rounds.append(RoundImages(entry["round"], tuple(images), Compute(**entry["compute"]),
+                                      beliefs_from_json(entry.get("learned"))))
+        final = None
+        if record["final"]:
+            png = await self.store.get_blob(record["final"]["image_id"])
+            if png is not None:
+                meta = record["final"]
+                final = Finalized(meta["image_id"], Picture(png, meta["width"], meta["height"]),
+                                  meta["source_image_id"])
+        return SessionView(
+            session_id=session_id, phase=Phase(record["phase"]), params=record["params"], rounds=tuple(rounds),
+            liked=tuple(record["liked"]), disliked=tuple(record["disliked"]), chosen=record["chosen"], final=final,
+            running_round=int(record["running_round"]), event_id=record["event_id"], weights=record["weights"],
+            learned=next((r.learned for r in reversed(rounds) if r.learned), ()),
+            constraints=SlotConstraints.from_json(record.get("constraints")),
+        )
+
+    async def _save_references(self, session_id: str, pictures: Sequence[Picture], first: int) -> list[str]:
+        """Store uploaded references as images of the session (round 0); returns their ids."""
+        ids = []
+        for k, picture in enumerate(pictures, start=first):
+            image = SessionImage(f"ref_{uuid.uuid4().hex}", 0, k, 0, picture, NoiseTrace(0), prompt="(reference)")
+            await self._save_image(session_id, image)
+            await record_owner(self.store, image.image_id, self.ttl_s, session_id=session_id)
+            ids.append(image.image_id)
+        return ids
+
     async def _save_image(self, session_id: str, image: SessionImage) -> None:
         await self.store.put_blob(image.image_id, image.picture.png, self.ttl_s)
         await self.store.put_record(IMAGE_KIND, image.image_id, {
@@ -166,3 +205,7 @@ class SessionStore:
                      for k in ("liked", "disliked")]
             history.append(RoundChoice(tuple(i.prompt for i in images if i is not None), picks[0], picks[1]))
         return history
+
+
+def params_of(view: SessionView) -> GenerationParams:
+    return params_from_json(view.params)

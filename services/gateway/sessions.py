@@ -31,7 +31,7 @@ from typing import Any
 
 from philip import metrics
 from philip.activity import ActivityLog
-from philip.exploration import SlotConstraints, beliefs_from_json, beliefs_to_json
+from philip.exploration import SlotConstraints, beliefs_to_json
 from philip.feedback_weights import parse_weights
 from philip.image_owners import record_owner
 from philip.logs import bind_ids, get_logger
@@ -45,12 +45,10 @@ from philip.rpc.errors import (
     Unavailable,
 )
 from philip.store import Store
-from services.gateway.references import MAX_SESSION_REFERENCES
+from services.gateway.references import check_references
 from services.gateway.session_events import (
     TERMINAL_PHASES,
-    Compute,
     Finalized,
-    NoiseTrace,
     Phase,
     Picture,
     PreviewPictures,
@@ -115,7 +113,7 @@ class SessionManager(SessionStore):
             raise InvalidArgument(f"num_images must be 1-8 (0 = default 4), got {params.num_images}",
                                   field="params.num_images")
         parse_weights(weights)  # a bad one fails the start, not round 2
-        _check_references(references, 0)
+        check_references(references, 0)
         # Unset fields take the served model's best measured defaults; the record keeps the effective weights,
         # so a session's rounds do not change when a refiner restarts with other defaults.
         client_weights = dict(weights)
@@ -159,10 +157,12 @@ class SessionManager(SessionStore):
             await self._own_image(session_id, image_id)
         if prompt is not None and not (prompt.strip() and len(prompt) <= MAX_PROMPT_CHARS):
             raise InvalidArgument(f"prompt must be 1-{MAX_PROMPT_CHARS} characters", field="prompt")
-        if constraints:  # checked here: stored bad ones would fail every later round
-            constraints.check((await self.upstream.defaults()).slots)
         earlier_refs = list(record.get("references", []))
-        _check_references(references, len(earlier_refs))
+        check_references(references, len(earlier_refs))
+        first_refs = bool(references) and not earlier_refs  # unset weights then take the model's reference defaults
+        defaults = await self.upstream.defaults() if constraints or first_refs else None
+        if constraints and defaults:  # checked here: stored bad ones would fail every later round
+            constraints.check(defaults.slots)
         rounds = len(record["rounds"])
         if rounds >= self.max_rounds:
             raise FailedPrecondition(f"session has reached {self.max_rounds} rounds; finalize or start a new one")
@@ -183,9 +183,8 @@ class SessionManager(SessionStore):
             fields["constraints"] = constraints.to_json()
         if refs:
             fields["references"] = earlier_refs + refs
-            if not earlier_refs:  # the first references: unset weights take the model's reference defaults
-                fields["weights"] = (await self.upstream.defaults()).for_session(
-                    record.get("client_weights", record["weights"]), True)
+        if first_refs and defaults:
+            fields["weights"] = defaults.for_session(record.get("client_weights", record["weights"]), True)
         await self.store.update_record(SESSION_KIND, session_id, fields)
         self._spawn(session_id, self._round(session_id, number))
         await self.activity.record("session.feedback", session_id, round=number, liked=liked, disliked=disliked,
@@ -253,25 +252,7 @@ class SessionManager(SessionStore):
                 {"phase": Phase.AWAITING_FEEDBACK.value, "running_round": 0, "chosen": ""},
             )
             record = await self._record(session_id)
-        rounds = []
-        for entry in record["rounds"]:
-            images = [img for img in [await self._load_image(i) for i in entry["image_ids"]] if img is not None]
-            rounds.append(RoundImages(entry["round"], tuple(images), Compute(**entry["compute"]),
-                                      beliefs_from_json(entry.get("learned"))))
-        final = None
-        if record["final"]:
-            png = await self.store.get_blob(record["final"]["image_id"])
-            if png is not None:
-                meta = record["final"]
-                final = Finalized(meta["image_id"], Picture(png, meta["width"], meta["height"]),
-                                  meta["source_image_id"])
-        return SessionView(
-            session_id=session_id, phase=Phase(record["phase"]), params=record["params"], rounds=tuple(rounds),
-            liked=tuple(record["liked"]), disliked=tuple(record["disliked"]), chosen=record["chosen"], final=final,
-            running_round=int(record["running_round"]), event_id=record["event_id"], weights=record["weights"],
-            learned=next((r.learned for r in reversed(rounds) if r.learned), ()),
-            constraints=SlotConstraints.from_json(record.get("constraints")),
-        )
+        return await self._view(session_id, record)
 
     # ---- work -------------------------------------------------------------------------------------
 
@@ -373,16 +354,6 @@ class SessionManager(SessionStore):
                             {"rounds": [*rounds, entry], "phase": Phase.AWAITING_FEEDBACK.value, "running_round": 0})
         log.info("session.round_done", round=number, images=len(images), unet_evals=output.compute.total)
 
-    async def _save_references(self, session_id: str, pictures: Sequence[Picture], first: int) -> list[str]:
-        """Store uploaded references as images of the session (round 0); returns their ids."""
-        ids = []
-        for k, picture in enumerate(pictures, start=first):
-            image = SessionImage(f"ref_{uuid.uuid4().hex}", 0, k, 0, picture, NoiseTrace(0), prompt="(reference)")
-            await self._save_image(session_id, image)
-            await record_owner(self.store, image.image_id, self.ttl_s, session_id=session_id)
-            ids.append(image.image_id)
-        return ids
-
     async def _finalize(self, session_id: str, image: SessionImage, scale: int) -> None:
         with bind_ids(session_id=session_id):
             try:
@@ -425,13 +396,3 @@ async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
         await asyncio.wait({task}, timeout=0.2)
     with contextlib.suppress(asyncio.CancelledError, Exception):
         task.result()
-
-
-def _check_references(pictures: Sequence[Picture], earlier: int) -> None:
-    if earlier + len(pictures) > MAX_SESSION_REFERENCES:
-        raise InvalidArgument(f"a session takes at most {MAX_SESSION_REFERENCES} reference images; it has {earlier}, "
-                              f"this message adds {len(pictures)}", field="reference_images")
-
-
-def params_of(view: SessionView) -> GenerationParams:
-    return params_from_json(view.params)

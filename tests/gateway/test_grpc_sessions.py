@@ -5,106 +5,30 @@ One ``serve("all")`` for the module, exactly as ``philip serve all`` runs, on th
 
 from __future__ import annotations
 
-import asyncio
 import io
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-import pytest_asyncio
 from grpc import aio
 from PIL import Image
-from redis.asyncio import Redis
 
-from philip.settings import Settings
-from philip.store import RedisStore
-from philip.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, generator_pb2, refiner_pb2, refiner_pb2_grpc
-from services.app import serve
+from philip.v1 import common_pb2, gateway_pb2, generator_pb2, refiner_pb2
+from tests.gateway.grpc_sessions_support import (
+    FABRIC,
+    Deployment,
+    Msg,
+    _read_error,
+    kinds,
+    read_until,
+    start,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-REPO = Path(__file__).resolve().parents[2]
-MODEL = REPO / "models" / "philip-tiny"
-UPSCALER = REPO / "models" / "philip-tiny-x4.onnx"
-REDIS_URL = "redis://127.0.0.1:6379/15"
-Event = gateway_pb2.SessionEvent
-Msg = gateway_pb2.SessionClientMessage
-
-
-class Deployment:
-    def __init__(self, addresses: dict[str, str]) -> None:
-        self.addresses = addresses
-        self.channel = aio.insecure_channel(addresses["gateway"])
-        self.stub = gateway_pb2_grpc.GatewayStub(self.channel)
-        self.refiner_channel = aio.insecure_channel(addresses["refiner"])
-        self.refiner = refiner_pb2_grpc.RefinerServiceStub(self.refiner_channel)
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def deployment() -> AsyncIterator[Deployment]:
-    probe = RedisStore(REDIS_URL, socket_timeout=1.0, retries=0)
-    reachable = await probe.ping()
-    await probe.close()
-    if not reachable:
-        pytest.skip(f"Redis not reachable at {REDIS_URL}")
-    prefix = f"philip-test:{uuid.uuid4().hex}:"
-    store = RedisStore(REDIS_URL, prefix=prefix, socket_timeout=2.0)
-    settings = Settings(model_dir=str(MODEL), upscaler_path=str(UPSCALER), port=0, http_port=0, max_queue=4,
-                        max_batch=8, batch_window_ms=5, blob_ttl_s=300, grace_s=1.0, threads=1)
-    stop = asyncio.Event()
-    ready: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(serve("all", settings, store=store, stop=stop, on_ready=ready.set_result))
-    deployment = Deployment(await asyncio.wait_for(asyncio.shield(ready), 120))
-    try:
-        yield deployment
-    finally:
-        await deployment.channel.close()
-        await deployment.refiner_channel.close()
-        stop.set()
-        await asyncio.wait_for(task, 30)
-        await store.close()
-        raw = Redis.from_url(REDIS_URL)
-        keys = [key async for key in raw.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await raw.delete(*keys)
-        await raw.aclose()
-
-
-# FABRIC at the paper's weights, no exploration: what these tests of FABRIC rounds were written for
-# (philip-tiny's own defaults explore instead; a session without weights gets those).
-FABRIC = refiner_pb2.FeedbackWeights(explore=0.0, max_weight=0.8, min_weight=0.1)
-
-
-def start(prompt: str = "a red circle on a blue background", weights: refiner_pb2.FeedbackWeights | None = FABRIC,
-          **fields: Any) -> Msg:
-    params = common_pb2.GenerationParams(prompt=prompt, **{"num_images": 4, "steps": 6, "seed": 11,
-                                                           "preview_every": 3, **fields})
-    return Msg(start=gateway_pb2.SessionStart(params=params, weights=weights))
-
-
-async def read_until(call: Any, kind: str, *, round_number: int | None = None, timeout: float = 60.0) -> list[Event]:
-    """Events of a Session call up to and including the first ``kind`` (of ``round_number``)."""
-    seen: list[Event] = []
-
-    async def read() -> None:
-        while True:
-            event = await call.read()
-            assert event is not aio.EOF, f"stream ended before {kind}; saw {[e.WhichOneof('event') for e in seen]}"
-            seen.append(event)
-            if event.WhichOneof("event") == kind and (round_number is None or event.round == round_number):
-                return
-
-    await asyncio.wait_for(read(), timeout)
-    return seen
-
-
-def kinds(events: list[Event]) -> list[str]:
-    return [str(e.WhichOneof("event")) for e in events]
 
 
 async def test_a_whole_session_likes_dislikes_and_upscales(deployment: Deployment) -> None:
@@ -296,13 +220,6 @@ async def test_unknown_and_foreign_ids_are_refused_precisely(deployment: Deploym
     assert err.code() == grpc.StatusCode.NOT_FOUND and "img_missing" in (err.details() or "")
 
 
-async def _read_error(call: Any) -> aio.AioRpcError:
-    with pytest.raises(aio.AioRpcError) as info:
-        while await asyncio.wait_for(call.read(), 30) is not aio.EOF:
-            pass
-    return info.value
-
-
 async def test_the_refiner_rejects_bad_references_and_scales(deployment: Deployment) -> None:
     bad = refiner_pb2.FeedbackImage(image=common_pb2.Image(id="x", png=b"\xff\xd8\xff not a png"))
     request = refiner_pb2.RefineRequest(params=common_pb2.GenerationParams(prompt="a circle", steps=2),
@@ -401,84 +318,3 @@ async def test_the_feedback_evaluation_runs_its_protocol(deployment: Deployment)
         assert r.feedback_compute > 0 and r.reroll_compute > 0
     assert list(out)[-6:] == ["match_rate_by_round", "baseline_match_rate", "images_to_first_match_feedback",
                               "images_to_first_match_reroll", "compute_ratio", "trials"]
-
-
-async def test_a_session_without_weights_explores_says_what_it_learned_and_honours_a_pin(
-        deployment: Deployment) -> None:
-    defaults = await deployment.refiner.GetDefaults(refiner_pb2.GetDefaultsRequest())
-    assert (defaults.weights.explore, defaults.weights.max_weight, defaults.weights.min_weight) == (1.0, 0.0, 0.0)
-    assert defaults.weights_source.endswith("philip-tiny/philip_defaults.json")
-    assert [s.name for s in defaults.slots] == ["fg", "shape", "bg"]
-
-    call = deployment.stub.Session()
-    await call.write(start("a circle", None, seed=31, steps=4, preview_every=0))  # no weights: the model's defaults
-    first = await read_until(call, "round_images", round_number=1)
-    snapshot, round1 = first[0].snapshot, first[-1].round_images
-    assert snapshot.weights.explore == 1.0 and snapshot.weights.max_weight == 0.0  # the effective weights
-    assert snapshot.weights.HasField("diversity") and not round1.learned  # round 1: the person's prompt
-    await call.write(Msg(feedback=gateway_pb2.SessionFeedback(liked_image_ids=[round1.images[0].image.id],
-                                                              disliked_image_ids=[round1.images[3].image.id])))
-    round2 = (await read_until(call, "round_images", round_number=2))[-1].round_images
-    assert all(re.fullmatch(r"a \w+ circle on a \w+ background", i.prompt) for i in round2.images)
-    assert round2.compute.reference_image_evals == 0
-    learned = {b.slot: [(v.value, v.probability) for v in b.values] for b in round2.learned}
-    assert set(learned) == {"fg", "bg"}  # the prompt names the shape: nothing to learn there
-    for values in learned.values():
-        probabilities = [p for _, p in values]
-        assert 1 <= len(values) <= 3 and probabilities == sorted(probabilities, reverse=True)
-        assert 0 < sum(probabilities) <= 1.0001
-
-    # A bad pin is refused before it is stored (the call ends with the status); the session stays usable.
-    await call.write(Msg(feedback=gateway_pb2.SessionFeedback(
-        liked_image_ids=[round2.images[1].image.id],
-        constraints=refiner_pb2.SlotConstraints(pinned=[refiner_pb2.SlotValue(slot="bg", value="teal")]))))
-    with pytest.raises(aio.AioRpcError) as bad:
-        await read_until(call, "round_started")
-    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "'teal' is not a value of 'bg'" in (bad.value.details() or "")
-    call = deployment.stub.Session()
-    await call.write(Msg(resume=gateway_pb2.SessionResume(session_id=first[0].session_id)))
-    assert (await read_until(call, "snapshot"))[0].snapshot.phase == gateway_pb2.SESSION_PHASE_AWAITING_FEEDBACK
-    pin = refiner_pb2.SlotConstraints(pinned=[refiner_pb2.SlotValue(slot="bg", value="blue")],
-                                      banned=[refiner_pb2.SlotValue(slot="fg", value="red")])
-    await call.write(Msg(feedback=gateway_pb2.SessionFeedback(liked_image_ids=[round2.images[1].image.id],
-                                                              constraints=pin)))
-    round3 = (await read_until(call, "round_images", round_number=3))[-1].round_images
-    assert all(re.fullmatch(r"a (?!red)\w+ circle on a blue background", i.prompt) for i in round3.images)
-    assert {b.slot: b.values[0].value for b in round3.learned}["bg"] == "blue"
-    session = await deployment.stub.GetSession(gateway_pb2.GetSessionRequest(session_id=first[0].session_id))
-    assert session.constraints == pin and list(session.learned) == list(round3.learned)
-    assert list(session.rounds[1].learned) == list(round2.learned)
-    # Feedback without constraints keeps them.
-    await call.write(Msg(feedback=gateway_pb2.SessionFeedback(liked_image_ids=[round3.images[0].image.id])))
-    round4 = (await read_until(call, "round_images", round_number=4))[-1].round_images
-    assert all(i.prompt.endswith("on a blue background") for i in round4.images)
-    await call.write(Msg(cancel=gateway_pb2.SessionCancel()))
-    await call.done_writing()
-
-
-async def test_uploaded_reference_images_condition_round_one_without_training(deployment: Deployment) -> None:
-    from philip.evals.personalize import reference_images
-    from philip.images import png_bytes
-
-    refs = [png_bytes(img) for img in reference_images(5)]
-    params = common_pb2.GenerationParams(prompt="a shape on a white background", num_images=2, steps=4, seed=41)
-    call = deployment.stub.Session()
-    await call.write(Msg(start=gateway_pb2.SessionStart(params=params, reference_images=refs)))
-    events = await read_until(call, "round_images", round_number=1)
-    snapshot, round1 = events[0].snapshot, events[-1].round_images
-    # philip-tiny's reference defaults: FABRIC on at the paper's weights, no exploration.
-    assert (snapshot.weights.explore, snapshot.weights.max_weight, snapshot.weights.min_weight) == (0.0,
-                                                                                                     pytest.approx(0.8),
-                                                                                                     pytest.approx(0.1))
-    assert len(snapshot.liked_image_ids) == 5 and all(i.startswith("ref_") for i in snapshot.liked_image_ids)
-    assert round1.compute.reference_image_evals > 0  # FABRIC attended to the uploads in round 1
-    assert all(i.steered_from == "" for i in round1.images)  # an upload has no noise to steer from
-    await call.write(Msg(cancel=gateway_pb2.SessionCancel()))
-    await call.done_writing()
-
-    for bad, message in (([b"not an image"], "reference_images[0]"), ([refs[0]] * 8, "0-7 images")):
-        call = deployment.stub.Session()
-        await call.write(Msg(start=gateway_pb2.SessionStart(params=params, reference_images=bad)))
-        err = await _read_error(call)
-        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and message in (err.details() or "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -12,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from openapi_schema_validator import OAS31Validator
+from PIL import Image
 from redis.asyncio import Redis
 
 from philip.store import RedisStore
@@ -149,3 +151,23 @@ class Served:
 
     def validate(self, data: Any, schema_name: str) -> None:
         schema_validator(self.doc, component(schema_name)).validate(data)
+
+
+# ---- sessions ------------------------------------------------------------------------------------
+
+
+def image_ids(round_images: dict[str, Any]) -> list[str]:
+    return [i["image"]["id"] for i in round_images["images"]]
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    image = Image.open(io.BytesIO(png))
+    assert image.format == "PNG"
+    return image.size
+
+
+async def start_session(http: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
+    response = await http.post("/v1/sessions", json=body)
+    assert response.status_code == 201, response.text
+    snapshot: dict[str, Any] = response.json()
+    return snapshot
