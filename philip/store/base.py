@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -79,6 +79,11 @@ def check_kind(kind: str) -> None:
         raise ValueError(f"invalid record kind {kind!r} (non-empty, no ':', not one of {sorted(RESERVED_KINDS)})")
 
 
+def holds(record: Mapping[str, Any], expect: Mapping[str, Collection[Any]]) -> bool:
+    """Whether each field named in ``expect`` holds one of its allowed values (a missing field is None)."""
+    return all(record.get(name) in allowed for name, allowed in expect.items())
+
+
 def check_ttl(ttl_s: float | None) -> None:
     """TTLs are positive seconds; None means "never expires"."""
     if ttl_s is not None and ttl_s <= 0:
@@ -111,12 +116,25 @@ class Store(abc.ABC):
     async def get_record(self, kind: str, record_id: str) -> dict[str, Any] | None:
         """Return a fresh copy of the record, or None if it is absent or expired."""
 
-    @abc.abstractmethod
     async def update_record(self, kind: str, record_id: str, fields: dict[str, Any]) -> dict[str, Any]:
         """Atomically shallow-merge ``fields`` into the record and return the merged record.
 
         The record's remaining TTL is kept. Raises RecordNotFound if it is absent or expired.
         """
+        merged = await self.update_record_if(kind, record_id, fields, {})
+        assert merged is not None  # nothing expected, so nothing can differ
+        return merged
+
+    @abc.abstractmethod
+    async def update_record_if(self, kind: str, record_id: str, fields: dict[str, Any],
+                               expect: Mapping[str, Collection[Any]]) -> dict[str, Any] | None:
+        """As :meth:`update_record`, but only if each field named in ``expect`` now holds one of its
+        values (one compare-and-set across replicas); None, and nothing changed, otherwise."""
+
+    @abc.abstractmethod
+    async def refresh_ttl(self, ttl_s: float, *, records: Sequence[tuple[str, str]] = (), blobs: Sequence[str] = (),
+                          streams: Sequence[str] = ()) -> None:
+        """Make each named (kind, id) record, blob and stream that exists expire ``ttl_s`` from now."""
 
     @abc.abstractmethod
     async def delete_record(self, kind: str, record_id: str) -> bool:
@@ -165,6 +183,11 @@ class Store(abc.ABC):
     async def trim_events_before(self, stream: str, before_ms: int) -> int:
         """Drop the entries older than ``before_ms`` (epoch milliseconds, the first part of an id);
         returns how many went. Retention by age, where ``maxlen`` is retention by count."""
+
+    @abc.abstractmethod
+    async def delete_events(self, stream: str, ids: Sequence[str]) -> int:
+        """Remove the entries ``ids`` (e.g. superseded previews); returns how many existed. Later ids
+        still increase past them, so a reader resuming after a removed id misses nothing else."""
 
     @abc.abstractmethod
     async def close_stream(self, stream: str) -> str:

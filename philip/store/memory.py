@@ -11,6 +11,7 @@ import bisect
 import contextlib
 import json
 import time
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -22,6 +23,7 @@ from philip.store.base import (
     StreamEntry,
     check_kind,
     check_ttl,
+    holds,
     parse_stream_id,
 )
 
@@ -169,14 +171,30 @@ class MemoryStore(Store):
         item = self._live_record(kind, record_id)
         return None if item is None else json.loads(item.value)
 
-    async def update_record(self, kind: str, record_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+    async def update_record_if(self, kind: str, record_id: str, fields: dict[str, Any],
+                               expect: Mapping[str, Collection[Any]]) -> dict[str, Any] | None:
         check_kind(kind)
         item = self._live_record(kind, record_id)
         if item is None:
             raise RecordNotFound(kind, record_id)
-        merged: dict[str, Any] = {**json.loads(item.value), **fields}
+        current = json.loads(item.value)
+        if not holds(current, expect):
+            return None
+        merged: dict[str, Any] = {**current, **fields}
         item.value = json.dumps(merged)  # expires_at untouched: the TTL is kept
         return merged
+
+    async def refresh_ttl(self, ttl_s: float, *, records: Sequence[tuple[str, str]] = (), blobs: Sequence[str] = (),
+                          streams: Sequence[str] = ()) -> None:
+        check_ttl(ttl_s)
+        items: list[_Item[Any] | None] = [self._live_record(k, i) for k, i in records]
+        items += [self._live_blob(b) for b in blobs]
+        for item in items:
+            if item is not None:
+                item.expires_at = _deadline(ttl_s)
+        for name in streams:
+            if (s := self._live_stream(name)) is not None:
+                s.expires_at = _deadline(ttl_s)
 
     async def delete_record(self, kind: str, record_id: str) -> bool:
         check_kind(kind)
@@ -197,14 +215,16 @@ class MemoryStore(Store):
         self._blobs[blob_id] = _Item(bytes(data), _deadline(ttl_s))
         self._wrote(len(data))
 
-    async def get_blob(self, blob_id: str) -> bytes | None:
+    def _live_blob(self, blob_id: str) -> _Item[bytes] | None:
         item = self._blobs.get(blob_id)
-        if item is None:
-            return None
-        if item.expired(time.monotonic()):
+        if item is not None and item.expired(time.monotonic()):
             del self._blobs[blob_id]
             return None
-        return item.value
+        return item
+
+    async def get_blob(self, blob_id: str) -> bytes | None:
+        item = self._live_blob(blob_id)
+        return None if item is None else item.value
 
     # ---- event streams -------------------------------------------------------------------------
 
@@ -260,6 +280,16 @@ class MemoryStore(Store):
         stop = bisect.bisect_left(s.entries, (before_ms, 0), key=lambda e: e.key)
         del s.entries[:stop]
         return stop
+
+    async def delete_events(self, stream: str, ids: Sequence[str]) -> int:
+        s = self._live_stream(stream)
+        gone = {parse_stream_id(i) for i in ids}
+        if s is None or not gone:
+            return 0
+        kept = [e for e in s.entries if e.key not in gone]
+        removed = len(s.entries) - len(kept)
+        s.entries = kept
+        return removed
 
     async def close_stream(self, stream: str) -> str:
         s = self._live_stream(stream) or self._streams.setdefault(stream, _Stream())

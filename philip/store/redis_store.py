@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -17,6 +17,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from philip.store import redis_scripts
 from philip.store.base import (
     DEFAULT_PREFIX,
+    SUBSCRIBE_BLOCK_MS,
     RecordNotFound,
     Store,
     StoreError,
@@ -24,8 +25,10 @@ from philip.store.base import (
     StreamEntry,
     check_kind,
     check_ttl,
+    holds,
     parse_stream_id,
 )
+from philip.store.redis_fanout import StreamFanout
 from philip.store.redis_replies import (
     END,
     PAYLOAD,
@@ -54,20 +57,26 @@ class RedisStore(Store):
         socket_timeout: float | None = 5.0,
         socket_connect_timeout: float | None = None,
         retries: int = 2,
+        max_connections: int = 64,
     ) -> None:
         self.prefix = prefix
         self.url = redact_url(url)
         # Half the socket timeout: a blocking XREAD must answer before the socket gives up on it.
         self._max_block_ms = None if socket_timeout is None else max(10, int(socket_timeout * 500))
+        options: dict[str, Any] = {
+            "decode_responses": False, "socket_timeout": socket_timeout,
+            "socket_connect_timeout": socket_connect_timeout if socket_connect_timeout is not None else socket_timeout,
+            # A few quick retries ride out a restart/failover without stalling callers for long.
+            "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries),
+        }
         try:
-            self._r: Redis = Redis.from_url(
-                url,
-                decode_responses=False,
-                socket_timeout=socket_timeout,
-                socket_connect_timeout=socket_connect_timeout if socket_connect_timeout is not None else socket_timeout,
-                # A few quick retries ride out a restart/failover without stalling callers for long.
-                retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries),
-            )
+            # A full pool makes a caller wait for a connection (up to the socket timeout), not fail at once.
+            self._r: Redis = Redis(connection_pool=BlockingConnectionPool.from_url(
+                url, max_connections=max_connections, timeout=socket_timeout or 5.0, **options))
+            # Every subscriber of this process tails its stream through one connection of its own.
+            self._fanout = StreamFanout(Redis.from_url(url, **options), self._r, self._stream_key,
+                                        self._read_now, f"{prefix}stream:_wake",
+                                        self._max_block_ms or SUBSCRIBE_BLOCK_MS)
         except ValueError as exc:
             raise StoreError(f"invalid redis url {self.url}: {exc}") from exc
         self._groups: set[tuple[str, str]] = set()  # (queue key, group) known to exist
@@ -140,7 +149,8 @@ class RedisStore(Store):
             raw = await self._r.get(self._record_key(kind, record_id))
         return None if raw is None else json.loads(raw)
 
-    async def update_record(self, kind: str, record_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+    async def update_record_if(self, kind: str, record_id: str, fields: dict[str, Any],
+                               expect: Mapping[str, Collection[Any]]) -> dict[str, Any] | None:
         check_kind(kind)
         key = self._record_key(kind, record_id)
         with self._errors():
@@ -153,7 +163,10 @@ class RedisStore(Store):
                         raw = await pipe.get(key)
                         if raw is None:
                             raise RecordNotFound(kind, record_id)
-                        merged: dict[str, Any] = {**json.loads(raw), **fields}
+                        current = json.loads(raw)
+                        if not holds(current, expect):
+                            return None  # leaving the block unwatches
+                        merged: dict[str, Any] = {**current, **fields}
                         pipe.multi()
                         pipe.set(key, json.dumps(merged), keepttl=True)
                         await pipe.execute()
@@ -249,6 +262,31 @@ class RedisStore(Store):
         with self._errors():
             return int(await self._r.xtrim(self._stream_key(stream), minid=f"{max(0, before_ms)}-0",
                                          approximate=False))
+
+    async def _read_now(self, stream: str, after: str) -> list[StreamEntry]:
+        return await self.read_events(stream, after=after, count=100)
+
+    async def subscribe(self, stream: str, after: str = "0-0") -> AsyncIterator[StreamEntry]:
+        parse_stream_id(after)
+        async for entry in self._fanout.subscribe(stream, after):
+            yield entry
+
+    async def delete_events(self, stream: str, ids: Sequence[str]) -> int:
+        if not ids:
+            return 0
+        with self._errors():
+            return int(await self._r.xdel(self._stream_key(stream), *ids))
+
+    async def refresh_ttl(self, ttl_s: float, *, records: Sequence[tuple[str, str]] = (), blobs: Sequence[str] = (),
+                          streams: Sequence[str] = ()) -> None:
+        check_ttl(ttl_s)
+        keys = ([self._record_key(k, i) for k, i in records] + [self._blob_key(b) for b in blobs]
+                + [self._stream_key(s) for s in streams])
+        with self._errors():
+            async with self._r.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.pexpire(key, ms(ttl_s))
+                await pipe.execute()
 
     async def close_stream(self, stream: str) -> str:
         with self._errors():
@@ -394,5 +432,6 @@ class RedisStore(Store):
             return False
 
     async def close(self) -> None:
+        await self._fanout.close()
         with self._errors():
-            await self._r.aclose()
+            await self._r.aclose(close_connection_pool=True)
