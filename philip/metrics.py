@@ -21,6 +21,7 @@ BATCH_SECONDS = Histogram("philip_generator_batch_seconds", "Wall time of one me
                           buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
 REJECTED = Counter("philip_generator_rejected_total", "Jobs refused with RESOURCE_EXHAUSTED (queue full).")
 SESSIONS_ACTIVE = Gauge("philip_sessions_active", "Sessions with a round or upscale running on this gateway.")
+STREAMS_OPEN = Gauge("philip_streams_open", "Event streams (Session, Subscribe, WatchJob, SSE) open on this gateway.")
 ROUND_WAITS = Counter("philip_session_round_waits_total", "Times a session round waited out a full queue.")
 TRAINING_JOBS = Counter("philip_training_jobs_total", "Training jobs ended, by final state.", ["state"])
 TRAINING_RUNNING = Gauge("philip_training_running", "Training jobs this worker is running (0 or 1).")

@@ -77,10 +77,19 @@ class Settings:
     # JSON file of hashed API keys -> tenants (`philip keys add`); None: the gateway is open.
     api_keys_file: str | None = None
     # Per-tenant quotas (0: none; an open gateway's calls have no tenant and no quota).
-    quota_sessions: int = 8  # open sessions (not finalized or cancelled, active within session_idle_s)
+    quota_sessions: int = 8  # open sessions (not finalized or cancelled, a command within quota_session_idle_s)
     quota_generations: int = 16  # Generate jobs and session rounds queued or running
     quota_training_jobs: int = 2  # training jobs queued or running
-    session_idle_s: float = 900.0  # an open session untouched this long stops counting against the quota
+    quota_session_idle_s: float = 900.0  # an open session untouched this long stops counting against the quota
+    # A session untouched this long is gone with all its keys (record, images, events); every command
+    # and every finished round starts the clock again.
+    session_idle_s: float = 86_400.0
+    # Open event streams (Session, Subscribe, SSE) per gateway process, and per tenant; beyond them
+    # RESOURCE_EXHAUSTED / 429 with a retry delay.
+    max_streams: int = 1000
+    max_streams_per_tenant: int = 200
+    # Redis connections per process (a full pool makes callers wait up to the socket timeout).
+    redis_max_connections: int = 64
     # Per-tenant activity log: kept this long, and at most this many entries.
     activity_retention_days: float = 30.0
     activity_max_entries: int = 10_000
@@ -91,6 +100,13 @@ class Settings:
     tls_ca: str | None = None
     # A plaintext port that answers grpc.health.v1 only (for kubelet probes when the port needs mTLS).
     health_port: int | None = None
+    # Internal calls (philip/rpc/internal.py): the gateway sends the first token in this file (a
+    # Secret) with every upstream call; with it, an API keys file or gateway_identity set, internal
+    # services serve only calls that carry one of its tokens and the caller's tenant.
+    internal_token_file: str | None = None
+    # With mTLS: a SAN (DNS name or URI) of the gateway's certificate; internal services then accept
+    # only that certificate, not every one the CA signed (each service has its own).
+    gateway_identity: str | None = None
     # The gateway's HTTP/JSON + SSE edge and the studio (docs/HTTP.md), on the gateway's host; 0 = off.
     http_port: int = DEFAULT_HTTP_PORT
     # Origins allowed by CORS (empty: CORS off, the studio is same-origin).
@@ -193,9 +209,19 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "quota_sessions": (lambda v: v >= 0, "must be >= 0 (0: no limit)"),
     "quota_generations": (lambda v: v >= 0, "must be >= 0 (0: no limit)"),
     "quota_training_jobs": (lambda v: v >= 0, "must be >= 0 (0: no limit)"),
-    "session_idle_s": (lambda v: 10.0 <= v <= 86_400.0, "must be in 10..86400 seconds"),
+    "quota_session_idle_s": (lambda v: 10.0 <= v <= 86_400.0, "must be in 10..86400 seconds"),
+    "session_idle_s": (lambda v: 1.0 <= v <= 30 * 86_400.0, "must be in 1..2592000 seconds (30 days)"),
+    "max_streams": (lambda v: v >= 1, "must be >= 1"),
+    "max_streams_per_tenant": (lambda v: v >= 1, "must be >= 1"),
+    "redis_max_connections": (lambda v: 4 <= v <= 10_000, "must be in 4..10000"),
     "activity_retention_days": (lambda v: 0 < v <= 3650, "must be in (0, 3650] days"),
     "activity_max_entries": (lambda v: 100 <= v <= 10_000_000, "must be in 100..10000000"),
+    # Internal auth (philip/rpc/internal.py).
+    "internal_token_file": (lambda v: v is None or bool(v.strip()), "must name the internal token's file"),
+    "gateway_identity": (lambda v: v is None or (0 < len(v) <= 253 and v.isascii() and v.isprintable()
+                                                 and " " not in v),
+                         "must be a SAN of the gateway's certificate: a DNS name such as "
+                         "philip-gateway.philip.svc, or a URI such as spiffe://cluster.local/ns/philip/sa/philip-gateway"),
 }
 
 

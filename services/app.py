@@ -3,8 +3,9 @@
 ``all`` is the embedded mode for a laptop or a single pod: generator, refiner and personalizer
 listen on ephemeral loopback ports and the gateway (on ``settings.port``) dials them, so the code
 path is the same as in a split deployment. A personalizer process also runs one training worker.
-SIGTERM/SIGINT stop the gateway first (it stops taking
-calls, drains them and fails the session steps still running), then the workers, then the store.
+With auth on, the workers serve only the gateway (philip/rpc/internal.py). SIGTERM/SIGINT stop the
+gateway first (it stops taking calls, drains them and fails the session steps still running), then
+the workers, then the store.
 """
 
 from __future__ import annotations
@@ -15,11 +16,15 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 
+import grpc
+from grpc import aio
+
 from philip.logs import configure_logging, get_logger
 from philip.metrics import serve_metrics
-from philip.rpc.auth import ApiKeys, AuthInterceptor, TenantInterceptor
+from philip.rpc.auth import ApiKeys, AuthInterceptor
 from philip.rpc.client import make_channel
-from philip.rpc.server import GrpcServer
+from philip.rpc.internal import InternalAuth, internal_auth, server_interceptor, upstream_interceptors
+from philip.rpc.server import GrpcServer, RegisterFn
 from philip.rpc.tls import channel_credentials, server_credentials
 from philip.settings import Settings
 from philip.store import Store, open_store
@@ -52,75 +57,17 @@ async def serve(
     if role == "gateway" and (settings.generator_addr is None or settings.refiner_addr is None):
         raise ValueError("the gateway role needs PHILIP_GENERATOR_ADDR and PHILIP_REFINER_ADDR; "
                          "use role 'all' to embed the workers")
+    internal = internal_auth(role, settings)  # before anything loads: a misconfigured pod fails at once
     stop = stop or asyncio.Event()
     addresses: dict[str, str] = {}
     async with contextlib.AsyncExitStack() as stack:  # unwinds in reverse: gateway, workers, store
         if store is None:
-            store = open_store(settings.redis_url, memory_mb=settings.memory_store_mb)
+            store = open_store(settings.redis_url, memory_mb=settings.memory_store_mb,
+                               max_connections=settings.redis_max_connections)
             stack.push_async_callback(store.close)
-        # mTLS between separate processes; `all` keeps its in-process services on plaintext loopback.
-        tls_in = server_credentials(settings) if role != "all" else None
-        tls_out = channel_credentials(settings) if role != "all" else None
-        generator_addr = settings.generator_addr
-        if role in ("generator", "all"):
-            generator = await asyncio.to_thread(generator_server.open_generator, settings, store)
-            stack.push_async_callback(generator.close)
-            own = settings if role == "generator" else _in_process(settings)
-            server = GrpcServer(own, generator_server.build(settings, store, generator=generator),
-                                interceptors=[TenantInterceptor()], credentials=tls_in)
-            await server.start()
-            stack.push_async_callback(server.stop)
-            addresses["generator"] = generator_addr = server.address
-        refiner_addr = settings.refiner_addr
-        if role in ("refiner", "all"):
-            refiner = await asyncio.to_thread(refiner_server.open_refiner, settings)
-            stack.push_async_callback(refiner.close)
-            own = settings if role == "refiner" else _in_process(settings)
-            server = GrpcServer(own, refiner_server.build(settings, refiner=refiner),
-                                interceptors=[TenantInterceptor()], credentials=tls_in)
-            await server.start()
-            stack.push_async_callback(server.stop)
-            addresses["refiner"] = refiner_addr = server.address
-        personalizer_addr = settings.personalizer_addr
-        if role in ("personalizer", "all"):
-            personalizer = await asyncio.to_thread(personalizer_server.open_personalizer, settings, store)
-            worker = personalizer_server.WorkerTask(personalizer, settings)
-            stack.push_async_callback(worker.close)  # after the server: a running job goes back to the queue
-            own = settings if role == "personalizer" else _in_process(settings)
-            server = GrpcServer(own, personalizer_server.build(personalizer), interceptors=[TenantInterceptor()],
-                                credentials=tls_in)
-            await server.start()
-            stack.push_async_callback(server.stop)
-            addresses["personalizer"] = personalizer_addr = server.address
+        await _start_workers(stack, role, settings, store, internal, addresses)
         if role in ("gateway", "all"):
-            assert generator_addr is not None and refiner_addr is not None
-            generator_channel = make_channel(generator_addr, [gateway_server.GENERATOR_SERVICE],
-                                             max_message_mb=settings.max_message_mb, credentials=tls_out)
-            stack.push_async_callback(generator_channel.close)
-            refiner_channel = make_channel(refiner_addr, [gateway_server.REFINER_SERVICE],
-                                           max_message_mb=settings.max_message_mb, credentials=tls_out)
-            stack.push_async_callback(refiner_channel.close)
-            personalizer_channel = None
-            if personalizer_addr is not None:
-                personalizer_channel = make_channel(personalizer_addr, [gateway_server.PERSONALIZER_SERVICE],
-                                                    max_message_mb=settings.max_message_mb, credentials=tls_out)
-                stack.push_async_callback(personalizer_channel.close)
-            sessions = gateway_server.open_sessions(settings, store, generator_channel, refiner_channel)
-            # Runs after the gateway has stopped taking calls: running steps get the grace, then fail.
-            stack.push_async_callback(sessions.close, settings.grace_s)
-            core = gateway_server.open_core(settings, store, generator_channel, sessions, personalizer_channel)
-            stack.push_async_callback(core.generations.close)
-            keys = _api_keys(settings)
-            gateway = GrpcServer(settings, gateway_server.build(core),
-                                 interceptors=[AuthInterceptor(keys)] if keys is not None else [])
-            await gateway.start()
-            stack.push_async_callback(gateway.stop)
-            addresses["gateway"] = gateway.address
-            if settings.http_port:
-                edge = open_http_edge(settings, core, keys)
-                await edge.start()
-                stack.push_async_callback(edge.stop)  # first: not ready, streams end, then gRPC drains
-                addresses["http"] = edge.address
+            await _start_gateway(stack, role, settings, store, internal, addresses)
         if settings.metrics_port is not None:
             metrics_port, stop_metrics = serve_metrics(settings.metrics_port, settings.host)
             stack.callback(stop_metrics)
@@ -131,6 +78,77 @@ async def serve(
             on_ready(addresses)
         await stop.wait()
         log.info("app.stopping", role=role)
+
+
+async def _start_workers(stack: contextlib.AsyncExitStack, role: str, settings: Settings, store: Store,
+                         internal: InternalAuth | None, addresses: dict[str, str]) -> None:
+    """The generator, refiner and personalizer ``role`` runs, their addresses into ``addresses``."""
+    # mTLS between separate processes; `all` keeps its in-process services on plaintext loopback.
+    tls_in = server_credentials(settings) if role != "all" else None
+    own = settings if role != "all" else _in_process(settings)
+    guard = server_interceptor(internal) if role != "gateway" else None
+    if role in ("generator", "all"):
+        generator = await asyncio.to_thread(generator_server.open_generator, settings, store)
+        stack.push_async_callback(generator.close)
+        addresses["generator"] = await _start_server(
+            stack, own, generator_server.build(settings, store, generator=generator), guard, tls_in)
+    if role in ("refiner", "all"):
+        refiner = await asyncio.to_thread(refiner_server.open_refiner, settings)
+        stack.push_async_callback(refiner.close)
+        addresses["refiner"] = await _start_server(stack, own, refiner_server.build(settings, refiner=refiner),
+                                                   guard, tls_in)
+    if role in ("personalizer", "all"):
+        personalizer = await asyncio.to_thread(personalizer_server.open_personalizer, settings, store)
+        worker = personalizer_server.WorkerTask(personalizer, settings)
+        stack.push_async_callback(worker.close)  # after the server: a running job goes back to the queue
+        addresses["personalizer"] = await _start_server(stack, own, personalizer_server.build(personalizer),
+                                                        guard, tls_in)
+
+
+async def _start_server(stack: contextlib.AsyncExitStack, settings: Settings, services: list[tuple[str, RegisterFn]],
+                        guard: aio.ServerInterceptor | None, credentials: grpc.ServerCredentials | None) -> str:
+    server = GrpcServer(settings, services, interceptors=[guard] if guard is not None else [], credentials=credentials)
+    await server.start()
+    stack.push_async_callback(server.stop)
+    return server.address
+
+
+async def _start_gateway(stack: contextlib.AsyncExitStack, role: str, settings: Settings, store: Store,
+                         internal: InternalAuth | None, addresses: dict[str, str]) -> None:
+    """The gateway's channels to the internal services, its domain objects, its gRPC and HTTP edges."""
+    generator_addr = addresses.get("generator", settings.generator_addr)
+    refiner_addr = addresses.get("refiner", settings.refiner_addr)
+    personalizer_addr = addresses.get("personalizer", settings.personalizer_addr)
+    assert generator_addr is not None and refiner_addr is not None
+    tls_out = channel_credentials(settings) if role != "all" else None
+    upstream = upstream_interceptors(internal)  # every upstream call proves it is the gateway's
+
+    def channel(address: str, service: str) -> aio.Channel:
+        opened = make_channel(address, [service], max_message_mb=settings.max_message_mb, credentials=tls_out,
+                              interceptors=upstream)
+        stack.push_async_callback(opened.close)
+        return opened
+
+    generator_channel = channel(generator_addr, gateway_server.GENERATOR_SERVICE)
+    refiner_channel = channel(refiner_addr, gateway_server.REFINER_SERVICE)
+    personalizer_channel = (channel(personalizer_addr, gateway_server.PERSONALIZER_SERVICE)
+                            if personalizer_addr is not None else None)
+    sessions = gateway_server.open_sessions(settings, store, generator_channel, refiner_channel)
+    # Runs after the gateway has stopped taking calls: running steps get the grace, then fail.
+    stack.push_async_callback(sessions.close, settings.grace_s)
+    core = gateway_server.open_core(settings, store, generator_channel, sessions, personalizer_channel)
+    stack.push_async_callback(core.generations.close)
+    keys = _api_keys(settings)
+    gateway = GrpcServer(settings, gateway_server.build(core),
+                         interceptors=[AuthInterceptor(keys)] if keys is not None else [])
+    await gateway.start()
+    stack.push_async_callback(gateway.stop)
+    addresses["gateway"] = gateway.address
+    if settings.http_port:
+        edge = open_http_edge(settings, core, keys)
+        await edge.start()
+        stack.push_async_callback(edge.stop)  # first: not ready, streams end, then gRPC drains
+        addresses["http"] = edge.address
 
 
 def _api_keys(settings: Settings) -> ApiKeys | None:

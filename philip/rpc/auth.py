@@ -3,9 +3,10 @@
 The gateway authenticates callers by ``authorization: Bearer <key>``; keys are stored hashed
 (SHA-256) in ``PHILIP_API_KEYS_FILE`` (JSON, e.g. a mounted Secret), each belonging to a tenant.
 The tenant of the call lives in one context variable: set from the key by ``AuthInterceptor`` at
-the gateway, and from the ``x-philip-tenant`` metadata the gateway forwards by
-``TenantInterceptor`` at the internal services (reachable only from the gateway). Every session,
-job and adapter record carries its tenant; another tenant's id reads as NOT_FOUND.
+the gateway, and from the ``x-philip-tenant`` metadata the gateway forwards at the internal
+services: by ``philip.rpc.internal.InternalInterceptor`` once it has checked the call is the
+gateway's (auth on), by ``TenantInterceptor`` when auth is off. Every session, job and adapter
+record carries its tenant; another tenant's id reads as NOT_FOUND.
 Without a keys file the gateway is open and everything belongs to the tenant "".
 """
 
@@ -62,9 +63,10 @@ def owned_by_caller(record: dict[str, Any]) -> bool:
 
 
 def tenant_metadata() -> tuple[tuple[str, str], ...]:
-    """Metadata that carries the caller's tenant to an internal service."""
-    tenant = current_tenant()
-    return ((TENANT_KEY, tenant),) if tenant else ()
+    """Metadata that carries the caller's tenant to an internal service. Always sent, "" for an open
+    gateway's calls: with auth on, internal services refuse a call without it (a forgotten header
+    must not read as "every tenant")."""
+    return ((TENANT_KEY, current_tenant()),)
 
 
 def hash_key(key: str) -> str:
@@ -149,30 +151,31 @@ def _bearer(details: grpc.HandlerCallDetails) -> str:
     return ""
 
 
-def _metadata(details: grpc.HandlerCallDetails, name: str) -> str:
+def metadata_value(details: grpc.HandlerCallDetails, name: str) -> str | None:
+    """The call's metadata ``name`` (its first value), None when absent."""
     for key, value in details.invocation_metadata or ():  # type: ignore[attr-defined]
         if key == name and isinstance(value, str):
             return value
-    return ""
+    return None
 
 
-def _with_tenant(handler: grpc.RpcMethodHandler, tenant: str | None) -> grpc.RpcMethodHandler:
-    """The same handler, run with ``tenant`` as the current tenant (None: refused as unauthenticated)."""
+TenantOf = Callable[[aio.ServicerContext], str]
+
+
+def _with_tenant(handler: grpc.RpcMethodHandler, tenant_of: TenantOf) -> grpc.RpcMethodHandler:
+    """The same handler, run as the tenant ``tenant_of`` names; it raises Unauthenticated to refuse.
+    Resolved inside the call because only the servicer context knows the peer's certificate."""
 
     def unary(behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
         async def wrapper(request: Any, context: aio.ServicerContext) -> Any:
-            if tenant is None:
-                raise Unauthenticated("missing or unknown API key; send `authorization: Bearer <key>`")
-            _tenant.set(tenant)
+            _tenant.set(tenant_of(context))
             result = behavior(request, context)
             return await result if inspect.isawaitable(result) else result
         return wrapper
 
     def stream(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
         async def wrapper(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
-            if tenant is None:
-                raise Unauthenticated("missing or unknown API key; send `authorization: Bearer <key>`")
-            _tenant.set(tenant)
+            _tenant.set(tenant_of(context))
             async for message in behavior(request, context):
                 yield message
         return wrapper
@@ -188,10 +191,12 @@ def _with_tenant(handler: grpc.RpcMethodHandler, tenant: str | None) -> grpc.Rpc
     return grpc.stream_stream_rpc_method_handler(stream(handler.stream_stream), de, ser)
 
 
-class _TenantInterceptorBase(aio.ServerInterceptor):
-    """Runs every ``/philip.v1.`` method with the tenant ``tenant_of`` finds (health and reflection as they are)."""
+class TenantInterceptorBase(aio.ServerInterceptor):
+    """Runs every ``/philip.v1.`` method with the tenant ``tenant_of`` finds (health and reflection as
+    they are: kubelet probes and grpcurl carry no credentials)."""
 
-    def tenant_of(self, details: grpc.HandlerCallDetails) -> str | None:
+    def tenant_of(self, details: grpc.HandlerCallDetails, context: aio.ServicerContext) -> str:
+        """The call's tenant; raises Unauthenticated to refuse the call."""
         raise NotImplementedError
 
     async def intercept_service(
@@ -201,32 +206,35 @@ class _TenantInterceptorBase(aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or not details.method.startswith("/philip.v1."):  # type: ignore[attr-defined]
             return handler
-        return _with_tenant(handler, self.tenant_of(details))
+        return _with_tenant(handler, lambda context: self.tenant_of(details, context))
 
 
-class AuthInterceptor(_TenantInterceptorBase):
+class AuthInterceptor(TenantInterceptorBase):
     """Gateway: every ``/philip.v1.`` method needs a valid API key (health and reflection do not)."""
 
     def __init__(self, keys: ApiKeys) -> None:
         self.keys = keys
 
-    def tenant_of(self, details: grpc.HandlerCallDetails) -> str | None:
-        return self.keys.tenant_for(_bearer(details))
+    def tenant_of(self, details: grpc.HandlerCallDetails, context: aio.ServicerContext) -> str:
+        tenant = self.keys.tenant_for(_bearer(details))
+        if tenant is None:
+            raise Unauthenticated("missing or unknown API key; send `authorization: Bearer <key>`")
+        return tenant
 
 
-class TenantInterceptor(_TenantInterceptorBase):
-    """Internal services: the tenant the gateway forwarded (they are reachable only from it)."""
+class TenantInterceptor(TenantInterceptorBase):
+    """Internal services with auth off: the tenant the gateway forwarded, unchecked ("" when none)."""
 
-    def tenant_of(self, details: grpc.HandlerCallDetails) -> str | None:
-        return _metadata(details, TENANT_KEY)
+    def tenant_of(self, details: grpc.HandlerCallDetails, context: aio.ServicerContext) -> str:
+        return metadata_value(details, TENANT_KEY) or ""
 
 
-class _ApiKey:
-    """Client side: adds ``authorization: Bearer <key>`` to every call. grpc.aio files an interceptor
-    under its first matching arity only, so there is one class per arity."""
+class _Header:
+    """Client side: adds one metadata entry (an API key, the internal token) to every call. grpc.aio
+    files an interceptor under its first matching arity only, so there is one class per arity."""
 
-    def __init__(self, key: str) -> None:
-        self.header = ("authorization", f"Bearer {key}")
+    def __init__(self, header: tuple[str, str]) -> None:
+        self.header = header
 
     def _details(self, details: aio.ClientCallDetails) -> aio.ClientCallDetails:
         metadata = aio.Metadata(*(tuple(details.metadata) if details.metadata else ()), self.header)
@@ -234,31 +242,35 @@ class _ApiKey:
                                      details.wait_for_ready)
 
 
-class _UnaryUnaryKey(_ApiKey, aio.UnaryUnaryClientInterceptor):
+class _UnaryUnaryHeader(_Header, aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Any, details: aio.ClientCallDetails, request: Any) -> Any:
         return await continuation(self._details(details), request)
 
 
-class _UnaryStreamKey(_ApiKey, aio.UnaryStreamClientInterceptor):
+class _UnaryStreamHeader(_Header, aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation: Any, details: aio.ClientCallDetails, request: Any) -> Any:
         return await continuation(self._details(details), request)
 
 
-class _StreamUnaryKey(_ApiKey, aio.StreamUnaryClientInterceptor):
+class _StreamUnaryHeader(_Header, aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation: Any, details: aio.ClientCallDetails,
                                      request_iterator: Any) -> Any:
         return await continuation(self._details(details), request_iterator)
 
 
-class _StreamStreamKey(_ApiKey, aio.StreamStreamClientInterceptor):
+class _StreamStreamHeader(_Header, aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation: Any, details: aio.ClientCallDetails,
                                       request_iterator: Any) -> Any:
         return await continuation(self._details(details), request_iterator)
 
 
+def header_interceptors(name: str, value: str) -> list[aio.ClientInterceptor]:
+    """Interceptors that add the metadata ``name: value`` to every call of a channel."""
+    header = (name, value)
+    return [cls(header) for cls in (_UnaryUnaryHeader, _UnaryStreamHeader, _StreamUnaryHeader, _StreamStreamHeader)]
+
+
 def client_interceptors(key: str | None = None) -> list[aio.ClientInterceptor]:
     """Interceptors for a client of the gateway: the API key given, or PHILIP_API_KEY if set."""
     key = key or os.environ.get("PHILIP_API_KEY")
-    if not key:
-        return []
-    return [cls(key) for cls in (_UnaryUnaryKey, _UnaryStreamKey, _StreamUnaryKey, _StreamStreamKey)]
+    return header_interceptors("authorization", f"Bearer {key}") if key else []

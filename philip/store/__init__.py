@@ -27,17 +27,17 @@ __all__ = [
 
 
 def open_store(url: str | None, *, prefix: str = DEFAULT_PREFIX, socket_timeout: float | None = 5.0,
-               memory_mb: int = 0) -> Store:
+               memory_mb: int = 0, max_connections: int = 64) -> Store:
     """Open the store named by ``url``.
 
     None, "" or "memory://" give a fresh in-process ``MemoryStore``; "redis://", "rediss://" or
     "unix://" URLs give a ``RedisStore`` (``socket_timeout`` applies to Redis only). Connecting is
     lazy, so an unreachable server shows up as ``StoreUnavailable`` on first use (or ``ping()`` False).
-    ``memory_mb`` caps the in-process store (0: no cap).
+    ``memory_mb`` caps the in-process store (0: no cap); ``max_connections`` Redis's pool.
     """
     if not url or url == "memory://":
         return MemoryStore(prefix=prefix, max_bytes=memory_mb * (1 << 20) or None)
     scheme = url.split("://", 1)[0].lower()
     if scheme in ("redis", "rediss", "unix"):
-        return RedisStore(url, prefix=prefix, socket_timeout=socket_timeout)
+        return RedisStore(url, prefix=prefix, socket_timeout=socket_timeout, max_connections=max_connections)
     raise ValueError(f"unsupported store url scheme {scheme!r} (use memory:// or redis://)")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from philip.rpc.auth import current_tenant
 from philip.rpc.errors import FailedPrecondition
 from philip.store import Store
+from philip.stream_limits import StreamLimits, StreamSlot
 from philip.v1 import generator_pb2_grpc, personalizer_pb2_grpc
 from services.gateway.generations import DetachedGenerations
 from services.gateway.sessions import SessionManager
@@ -23,6 +25,11 @@ class GatewayCore:
     generations: DetachedGenerations
     styles: Mapping[str, Style]
     personalizer: personalizer_pb2_grpc.PersonalizerServiceStub | None = None
+    streams: StreamLimits = field(default_factory=StreamLimits)
+
+    def open_stream(self) -> StreamSlot:
+        """A slot for one more event stream of the caller (RESOURCE_EXHAUSTED past PHILIP_MAX_STREAMS)."""
+        return self.streams.take(current_tenant())
 
     def personalization(self) -> personalizer_pb2_grpc.PersonalizerServiceStub:
         if self.personalizer is None:

@@ -4,7 +4,7 @@ caller's remaining deadline and request id go upstream; upstream statuses come b
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import NoReturn, TypeVar
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 from grpc import aio
 
@@ -13,6 +13,9 @@ from philip.rpc.status import DETAILS_KEY
 from philip.v1 import personalizer_pb2, personalizer_pb2_grpc
 from services.gateway.upstream import metadata
 
+if TYPE_CHECKING:
+    from services.gateway.core import GatewayCore
+
 Reply = TypeVar("Reply")
 
 
@@ -20,6 +23,7 @@ class PersonalizationProxy:
     """Mixed into the Gateway servicer; ``personalizer`` is None when none is configured."""
 
     personalizer: personalizer_pb2_grpc.PersonalizerServiceStub | None
+    core: GatewayCore
 
     def _stub(self) -> personalizer_pb2_grpc.PersonalizerServiceStub:
         if self.personalizer is None:
@@ -52,14 +56,15 @@ class PersonalizationProxy:
 
     async def WatchJob(self, request: personalizer_pb2.WatchJobRequest,
                        context: aio.ServicerContext) -> AsyncIterator[personalizer_pb2.TrainingEvent]:
-        call = self._stub().WatchJob(request, timeout=context.time_remaining(), metadata=metadata())
-        try:
-            async for event in call:
-                yield event
-        except aio.AioRpcError as exc:
-            await abort_like(context, exc)
-        finally:
-            call.cancel()  # no-op when finished; otherwise our client left
+        with self.core.open_stream():
+            call = self._stub().WatchJob(request, timeout=context.time_remaining(), metadata=metadata())
+            try:
+                async for event in call:
+                    yield event
+            except aio.AioRpcError as exc:
+                await abort_like(context, exc)
+            finally:
+                call.cancel()  # no-op when finished; otherwise our client left
 
 
 async def _unary(method: Callable[..., Awaitable[Reply]], request: object, context: aio.ServicerContext) -> Reply:

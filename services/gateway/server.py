@@ -23,6 +23,7 @@ from philip.rpc.errors import InvalidArgument
 from philip.rpc.server import RegisterFn
 from philip.settings import Settings
 from philip.store import Store
+from philip.stream_limits import StreamLimits
 from philip.v1 import (
     gateway_pb2,
     gateway_pb2_grpc,
@@ -51,7 +52,6 @@ PERSONALIZER_SERVICE = personalizer_pb2.DESCRIPTOR.services_by_name["Personalize
 # that status; others (a replica gone, ...) arrive as `error` events and the session goes on.
 CALLER_CODES = frozenset({"INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED",
                           "PERMISSION_DENIED", "OUT_OF_RANGE"})
-_END = object()
 
 
 class GatewayServicer(PersonalizationProxy, gateway_pb2_grpc.GatewayServicer):
@@ -101,60 +101,70 @@ class GatewayServicer(PersonalizationProxy, gateway_pb2_grpc.GatewayServicer):
     async def Session(
         self, request_iterator: AsyncIterator[gateway_pb2.SessionClientMessage], context: aio.ServicerContext
     ) -> AsyncIterator[gateway_pb2.SessionEvent]:
-        messages = aiter(request_iterator)
-        first = await anext(messages, None)
-        kind = first.WhichOneof("message") if first is not None else None
-        mine: set[int] = set()  # rounds this connection asked for (0: its finalize)
-        if first is not None and kind == "start":
-            session_id = await self.sessions.start(**await codec.start_from_pb(first.start))
-            mine.add(1)
-        elif first is not None and kind == "resume":
-            session_id = first.resume.session_id
-        else:
-            raise InvalidArgument("the first Session message must be `start` or `resume`", field="message")
-        with bind_ids(session_id=session_id):
-            view = await self.sessions.snapshot(session_id)
-            yield gateway_pb2.SessionEvent(session_id=session_id, snapshot=codec.snapshot_to_pb(view))
-            out: asyncio.Queue[object] = asyncio.Queue()
-            tasks = [
-                asyncio.create_task(self._commands(session_id, messages, mine, out)),
-                asyncio.create_task(_forward(buffered(self.sessions.follow(session_id, view.event_id),
-                                                      codec.session_droppable, self.subscriber_buffer), out)),
-            ]
-            try:
-                while (item := await out.get()) is not _END:
-                    if isinstance(item, BaseException):
-                        raise item
-                    assert isinstance(item, bytes)
-                    event = gateway_pb2.SessionEvent.FromString(item)
+        with self.core.open_stream():
+            messages = aiter(request_iterator)
+            first = await anext(messages, None)
+            kind = first.WhichOneof("message") if first is not None else None
+            mine: set[int] = set()  # rounds this connection asked for (0: its finalize)
+            if first is not None and kind == "start":
+                session_id = await self.sessions.start(**await codec.start_from_pb(first.start))
+                mine.add(1)
+            elif first is not None and kind == "resume":
+                session_id = first.resume.session_id
+            else:
+                raise InvalidArgument("the first Session message must be `start` or `resume`", field="message")
+            with bind_ids(session_id=session_id):
+                async for event in self._session_events(session_id, messages, mine):
                     yield event
-                    if event.WhichOneof("event") == "error" and event.round in mine \
-                            and event.error.code in CALLER_CODES:
-                        raise error_from_code(event.error.code, event.error.message)
-            finally:
-                for task in tasks:
-                    task.cancel()
+
+    async def _session_events(self, session_id: str, messages: AsyncIterator[gateway_pb2.SessionClientMessage],
+                              mine: set[int]) -> AsyncIterator[gateway_pb2.SessionEvent]:
+        """The snapshot, then the session's events through this reader's bounded buffer, while the
+        client's commands run beside it; a command's error ends the stream with its status."""
+        view = await self.sessions.snapshot(session_id)
+        yield gateway_pb2.SessionEvent(session_id=session_id, snapshot=codec.snapshot_to_pb(view))
+        commands = asyncio.create_task(self._commands(session_id, messages, mine))
+        events = aiter(buffered(self.sessions.follow(session_id, view.event_id), codec.session_droppable,
+                                self.subscriber_buffer))
+        try:
+            while True:
+                # Pulled one at a time, as the client reads: nothing queues up beyond the buffer.
+                payload = await _next_or_failure(events, commands)
+                if payload is None:
+                    return
+                event = gateway_pb2.SessionEvent.FromString(payload)
+                yield event
+                if event.WhichOneof("event") == "error" and event.round in mine \
+                        and event.error.code in CALLER_CODES:
+                    raise error_from_code(event.error.code, event.error.message)
+        finally:
+            commands.cancel()
+            with contextlib.suppress(BaseException):
+                await events.aclose()  # type: ignore[attr-defined]
 
     async def _commands(self, session_id: str, messages: AsyncIterator[gateway_pb2.SessionClientMessage],
-                        mine: set[int], out: asyncio.Queue[object]) -> None:
-        try:
-            async for message in messages:
-                kind = message.WhichOneof("message")
-                if kind == "feedback":
-                    mine.add(await self.sessions.feedback(session_id, **await codec.feedback_from_pb(message.feedback)))
-                elif kind == "finalize":
-                    mine.add(0)
-                    await self.sessions.finalize(session_id, message.finalize.image_id, message.finalize.scale)
-                elif kind == "cancel":
-                    await self.sessions.cancel(session_id)
-                else:
-                    raise InvalidArgument(f"`{kind}` is only allowed as the first Session message", field="message")
-        except Exception as exc:
-            out.put_nowait(exc)
+                        mine: set[int]) -> None:
+        async for message in messages:
+            kind = message.WhichOneof("message")
+            if kind == "feedback":
+                mine.add(await self.sessions.feedback(session_id, **await codec.feedback_from_pb(message.feedback)))
+            elif kind == "finalize":
+                mine.add(0)
+                await self.sessions.finalize(session_id, message.finalize.image_id, message.finalize.scale)
+            elif kind == "cancel":
+                await self.sessions.cancel(session_id)
+            else:
+                raise InvalidArgument(f"`{kind}` is only allowed as the first Session message", field="message")
+        await asyncio.Event().wait()  # half-closed: the events go on until the session ends
 
     async def Subscribe(
         self, request: gateway_pb2.SubscribeRequest, context: aio.ServicerContext
     ) -> AsyncIterator[gateway_pb2.SubscribeEvent]:
+        with self.core.open_stream():
+            async for event in self._subscribed(request):
+                yield event
+
+    async def _subscribed(self, request: gateway_pb2.SubscribeRequest) -> AsyncIterator[gateway_pb2.SubscribeEvent]:
         target = request.WhichOneof("target")
         if target == "session_id":
             with bind_ids(session_id=request.session_id):
@@ -190,13 +200,18 @@ class GatewayServicer(PersonalizationProxy, gateway_pb2_grpc.GatewayServicer):
         return codec.styles_to_pb(self.core.styles)
 
 
-async def _forward(source: AsyncIterator[bytes], out: asyncio.Queue[object]) -> None:
+async def _next_or_failure(events: AsyncIterator[bytes], commands: asyncio.Task[None]) -> bytes | None:
+    """The next event (None at the end), unless the client's commands fail first: then their error."""
+    following = asyncio.ensure_future(anext(events, None))
     try:
-        async for payload in source:
-            out.put_nowait(payload)
-        out.put_nowait(_END)
-    except Exception as exc:
-        out.put_nowait(exc)
+        await asyncio.wait({following, commands}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        following.cancel()
+        raise
+    if commands.done() and not following.done():
+        following.cancel()
+        commands.result()  # raises the command's error
+    return following.result()
 
 
 async def _pump(messages: AsyncIterator[generator_pb2.GenerateClientMessage], call: aio.StreamStreamCall,
@@ -235,9 +250,10 @@ def open_sessions(settings: Settings, store: Store, generator_channel: aio.Chann
     """The session domain on real upstreams; the caller closes it (and the channels)."""
     upstream = GrpcUpstream(generator_pb2_grpc.GeneratorServiceStub(generator_channel),
                             refiner_pb2_grpc.RefinerServiceStub(refiner_channel))
-    return SessionManager(store, upstream, encode_event=codec.encode_event, ttl_s=settings.blob_ttl_s,
+    return SessionManager(store, upstream, encode_event=codec.encode_event, ttl_s=settings.session_idle_s,
                           max_references=settings.max_references, quotas=Quotas.from_settings(store, settings),
-                          activity=ActivityLog.from_settings(store, settings), idle_s=settings.session_idle_s)
+                          activity=ActivityLog.from_settings(store, settings),
+                          quota_idle_s=settings.quota_session_idle_s)
 
 
 def open_core(settings: Settings, store: Store, generator_channel: aio.Channel, sessions: SessionManager,
@@ -246,7 +262,8 @@ def open_core(settings: Settings, store: Store, generator_channel: aio.Channel, 
     generator = generator_pb2_grpc.GeneratorServiceStub(generator_channel)
     personalizer = personalizer_pb2_grpc.PersonalizerServiceStub(personalizer_channel) if personalizer_channel else None
     return GatewayCore(store, sessions, generator, DetachedGenerations(generator, sessions.quotas),
-                       load_styles(settings.styles_path), personalizer)
+                       load_styles(settings.styles_path), personalizer,
+                       StreamLimits(settings.max_streams, settings.max_streams_per_tenant))
 
 
 def build(core: GatewayCore) -> list[tuple[str, RegisterFn]]:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from philip.exploration import SlotConstraints, beliefs_from_json
-from philip.image_owners import record_owner
+from philip.image_owners import IMAGE_OWNER_KIND, record_owner
 from philip.rpc.auth import owned_by_caller
 from philip.rpc.errors import FailedPrecondition, InvalidArgument, NotFound
 from philip.store import Store
@@ -37,6 +37,12 @@ from services.refiner.explore import RoundChoice
 SESSION_KIND = "session"
 IMAGE_KIND = "simage"
 SessionEncoder = Callable[[str, SessionEvent], bytes]
+Expect = Mapping[str, Collection[Any]]
+
+
+class Superseded(Exception):
+    """The session moved on without this work (cancelled, failed as stale, or another replica's
+    command won the compare-and-set): the work stops quietly and publishes nothing more."""
 
 
 def session_stream(session_id: str) -> str:
@@ -60,7 +66,7 @@ def params_from_json(data: dict[str, Any]) -> GenerationParams:
 class SessionStore:
     """Reads and writes one session's state; ``SessionManager`` adds the commands and the work."""
 
-    def __init__(self, store: Store, encode_event: SessionEncoder, ttl_s: int) -> None:
+    def __init__(self, store: Store, encode_event: SessionEncoder, ttl_s: float) -> None:
         self.store = store
         self.encode_event = encode_event
         self.ttl_s = ttl_s
@@ -97,15 +103,39 @@ class SessionStore:
         async for entry in self.store.subscribe(job_stream(job_id), after=after):
             yield entry
 
-    async def _publish(self, session_id: str, event: SessionEvent, fields: dict[str, Any] | None = None) -> None:
+    async def _publish(self, session_id: str, event: SessionEvent, fields: dict[str, Any] | None = None,
+                       expect: Expect | None = None) -> str:
+        """Append ``event`` (after merging ``fields``, only while ``expect`` holds: else Superseded); its id."""
         # State first, so a client reacting to the event finds the session already in its new phase;
         # then the event; then the record points at it. A snapshot taken in between replays the event
         # once more (readers tolerate that); no order loses one.
-        if fields:
+        if fields and expect is not None:
+            if await self.store.update_record_if(SESSION_KIND, session_id, fields, expect) is None:
+                raise Superseded(f"session {session_id} moved on before {type(event).__name__}")
+        elif fields:
             await self.store.update_record(SESSION_KIND, session_id, fields)
         event_id = await self.store.append_event(session_stream(session_id), self.encode_event(session_id, event))
         if fields is not None:
             await self.store.update_record(SESSION_KIND, session_id, {"event_id": event_id})
+        return event_id
+
+    async def _transition(self, session_id: str, fields: dict[str, Any], expect: Expect, action: str) -> None:
+        """A command's state change as one compare-and-set: of two replicas racing, one wins and the other
+        gets FAILED_PRECONDITION, as if it had come second."""
+        if await self.store.update_record_if(SESSION_KIND, session_id, fields, expect) is not None:
+            return
+        await self._ready(session_id, action)  # names what runs now, when that is why
+        raise FailedPrecondition(f"cannot {action}: another request changed this session at the same moment; "
+                                 "look at its new state and try again")
+
+    async def _touch(self, session_id: str, record: dict[str, Any]) -> None:
+        """Activity: every key of the session lives ``ttl_s`` (PHILIP_SESSION_IDLE_S) from now."""
+        images = [i for entry in record["rounds"] for i in entry["image_ids"]] + list(record.get("references", []))
+        finals = [record["final"]["image_id"]] if record.get("final") else []
+        await self.store.refresh_ttl(
+            self.ttl_s, records=[(SESSION_KIND, session_id), *((IMAGE_KIND, i) for i in images),
+                                 *((IMAGE_OWNER_KIND, i) for i in images + finals)],
+            blobs=images + finals, streams=[session_stream(session_id)])
 
     async def _end_stream(self, session_id: str) -> None:
         await self.store.close_stream(session_stream(session_id))

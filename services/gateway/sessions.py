@@ -44,7 +44,7 @@ from philip.rpc.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from philip.store import Store
+from philip.store import RecordNotFound, Store, StoreUnavailable
 from services.gateway.references import check_references
 from services.gateway.session_events import (
     TERMINAL_PHASES,
@@ -69,11 +69,14 @@ from services.gateway.session_events import (
 from services.gateway.session_index import SessionIndex
 from services.gateway.session_store import (
     SESSION_KIND,
+    Expect,
     SessionEncoder,
     SessionStore,
+    Superseded,
     now_ms,
     params_from_json,
     params_to_json,
+    session_stream,
 )
 from services.generator.requests import MAX_PROMPT_CHARS, MAX_SEED, GenerationParams
 
@@ -87,15 +90,15 @@ BUSY_WAIT_S = 300.0  # how long a round waits out full generator/refiner queues 
 class SessionManager(SessionStore):
     """Runs sessions against an :class:`Upstream`, keeping everything in the store."""
 
-    def __init__(self, store: Store, upstream: Upstream, *, encode_event: SessionEncoder, ttl_s: int,
+    def __init__(self, store: Store, upstream: Upstream, *, encode_event: SessionEncoder, ttl_s: float,
                  max_rounds: int = 100, stale_after_s: float = 60.0, max_references: int = 4,
                  quotas: Quotas | None = None, activity: ActivityLog | None = None,
-                 idle_s: float = 900.0) -> None:
-        super().__init__(store, encode_event, ttl_s)
+                 quota_idle_s: float = 900.0) -> None:
+        super().__init__(store, encode_event, ttl_s)  # ttl_s: PHILIP_SESSION_IDLE_S, refreshed on every activity
         self.upstream = upstream
         self.quotas = quotas or Quotas(store, {})
         self.activity = activity or ActivityLog(store)
-        self.idle_s = idle_s  # an open session holds its quota slot this long after its last command
+        self.quota_idle_s = quota_idle_s  # an open session holds its quota slot this long after its last command
         self.max_rounds = max_rounds
         self.stale_after_s = stale_after_s
         self.max_references = max_references  # likes (and dislikes) a round conditions on: the most recent
@@ -125,7 +128,7 @@ class SessionManager(SessionStore):
                                   f"(later rounds draw from seed + (round - 1) * {ROUND_SEED_STRIDE})",
                                   field="params.seed")
         session_id = f"ses_{uuid.uuid4().hex}"
-        await self.quotas.acquire(SESSIONS, session_id, self.idle_s)
+        await self.quotas.acquire(SESSIONS, session_id, self.quota_idle_s)
         refs = await self._save_references(session_id, references, 0)
         record = {
             "phase": Phase.GENERATING.value, "params": params_to_json(dataclasses.replace(params, seed=None)),
@@ -138,7 +141,7 @@ class SessionManager(SessionStore):
         await self.index.add(session_id)
         log.info("session.started", session_id=session_id, prompt_chars=len(params.prompt))
         await self.activity.record("session.started", session_id, prompt=params.prompt)
-        self._spawn(session_id, self._round(session_id, 1))
+        self._spawn(session_id, self._round(session_id, 1), _running(1))
         return session_id
 
     async def feedback(self, session_id: str, liked: Sequence[str], disliked: Sequence[str],
@@ -170,7 +173,7 @@ class SessionManager(SessionStore):
         new_disliked = ([i for i in record["disliked"] if i not in liked]
                         + [i for i in disliked if i not in record["disliked"]])
         number = rounds + 1
-        await self.quotas.acquire(SESSIONS, session_id, self.idle_s, tenant=record.get("tenant", ""))
+        await self.quotas.acquire(SESSIONS, session_id, self.quota_idle_s, tenant=record.get("tenant", ""))
         refs = await self._save_references(session_id, references, len(earlier_refs))
         new_liked += refs
         # Per round, what this message liked and disliked: prompt exploration learns from each round's choice.
@@ -185,8 +188,8 @@ class SessionManager(SessionStore):
             fields["references"] = earlier_refs + refs
         if first_refs and defaults:
             fields["weights"] = defaults.for_session(record.get("client_weights", record["weights"]), True)
-        await self.store.update_record(SESSION_KIND, session_id, fields)
-        self._spawn(session_id, self._round(session_id, number))
+        await self._transition(session_id, fields, _unchanged(record), "send feedback")
+        self._spawn(session_id, self._round(session_id, number), _running(number))
         await self.activity.record("session.feedback", session_id, round=number, liked=liked, disliked=disliked,
                                    **({"prompt": prompt} if prompt is not None else {}))
         return number
@@ -198,24 +201,29 @@ class SessionManager(SessionStore):
         if scale < 0 or scale > 16:
             raise InvalidArgument(f"scale must be 0 (the upscaler's own) or the upscaler's factor, got {scale}",
                                   field="scale")
-        await self.quotas.acquire(SESSIONS, session_id, self.idle_s, tenant=record.get("tenant", ""))
-        await self.store.update_record(SESSION_KIND, session_id, {"phase": Phase.FINALIZING.value,
-                                                                  "chosen": image_id, "heartbeat_ms": now_ms()})
-        self._spawn(session_id, self._finalize(session_id, image, scale))
+        await self.quotas.acquire(SESSIONS, session_id, self.quota_idle_s, tenant=record.get("tenant", ""))
+        await self._transition(session_id, {"phase": Phase.FINALIZING.value, "chosen": image_id,
+                                            "heartbeat_ms": now_ms()}, _unchanged(record), "finalize")
+        await self._touch(session_id, record)
+        self._spawn(session_id, self._finalize(session_id, image, scale), _finalizing(image_id))
 
     async def cancel(self, session_id: str, reason: str = "client") -> None:
         """Stop whatever runs (within one denoising step) and end the session; a no-op once ended."""
         record = await self._record(session_id)
+        # One compare-and-set ends it: a round finishing on another replica after this point finds
+        # the session cancelled and publishes nothing (and stops at its next heartbeat).
+        live = [p.value for p in Phase if p not in TERMINAL_PHASES]
+        ended = await self.store.update_record_if(SESSION_KIND, session_id,
+                                                  {"phase": Phase.CANCELLED.value, "running_round": 0}, {"phase": live})
         task = self._tasks.get(session_id)
         if task is not None:
             await _cancel_and_wait(task)
-        if Phase(record["phase"]) in TERMINAL_PHASES:
+        if ended is None:
             return
         # The slot is free before anyone can see the session end.
         await self.quotas.release(SESSIONS, session_id, tenant=record.get("tenant", ""))
         await self.activity.record("session.cancelled", session_id, tenant=record.get("tenant", ""), reason=reason)
-        await self._publish(session_id, SessionCancelled(reason),
-                            {"phase": Phase.CANCELLED.value, "running_round": 0})
+        await self._publish(session_id, SessionCancelled(reason), {})
         await self._end_stream(session_id)
         log.info("session.cancelled", session_id=session_id, reason=reason)
 
@@ -228,13 +236,14 @@ class SessionManager(SessionStore):
             if task.done():
                 continue
             await _cancel_and_wait(task)
-            with contextlib.suppress(PhilipError, Exception):
+            with contextlib.suppress(PhilipError, Superseded, Exception):
                 record = await self._record(session_id)
                 await self._publish(
                     session_id,
                     SessionFailed(int(record["running_round"]), "UNAVAILABLE",
                                   "the gateway stopped during this step; send the feedback or finalize again"),
                     {"phase": Phase.AWAITING_FEEDBACK.value, "running_round": 0, "chosen": ""},
+                    {"phase": [record["phase"]], "running_round": [record["running_round"]]},
                 )
 
     # ---- queries ---------------------------------------------------------------------------------
@@ -245,19 +254,23 @@ class SessionManager(SessionStore):
         phase = Phase(record["phase"])
         stale = now_ms() - int(record.get("heartbeat_ms", 0)) > self.stale_after_s * 1000
         if phase in (Phase.GENERATING, Phase.FINALIZING) and session_id not in self._tasks and stale:
-            await self._publish(
-                session_id,
-                SessionFailed(int(record["running_round"]), "UNAVAILABLE",
-                              "the worker of this step stopped answering; send the feedback or finalize again"),
-                {"phase": Phase.AWAITING_FEEDBACK.value, "running_round": 0, "chosen": ""},
-            )
+            # Only if its heartbeat has not moved since we read it: the replica running it may be just slow.
+            with contextlib.suppress(Superseded):
+                await self._publish(
+                    session_id,
+                    SessionFailed(int(record["running_round"]), "UNAVAILABLE",
+                                  "the worker of this step stopped answering; send the feedback or finalize again"),
+                    {"phase": Phase.AWAITING_FEEDBACK.value, "running_round": 0, "chosen": ""},
+                    {"phase": [phase.value], "heartbeat_ms": [record.get("heartbeat_ms")]},
+                )
             record = await self._record(session_id)
         return await self._view(session_id, record)
 
     # ---- work -------------------------------------------------------------------------------------
 
-    def _spawn(self, session_id: str, work: Any) -> None:
-        task = asyncio.get_running_loop().create_task(work, name=f"session-{session_id}")
+    def _spawn(self, session_id: str, work: Any, expect: Expect) -> None:
+        task = asyncio.get_running_loop().create_task(self._beating(session_id, work, expect),
+                                                      name=f"session-{session_id}")
         self._tasks[session_id] = task
         metrics.SESSIONS_ACTIVE.set(len(self._tasks))
 
@@ -268,29 +281,64 @@ class SessionManager(SessionStore):
 
         task.add_done_callback(done)
 
+    async def _beating(self, session_id: str, work: Any, expect: Expect) -> None:
+        """Run ``work`` with a heartbeat in the record, also while it waits in a queue, so no replica
+        declares it stale; once the session has moved on without it (cancelled elsewhere), stop it."""
+        owner = asyncio.current_task()
+        assert owner is not None
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(self.stale_after_s / 4)
+                try:
+                    alive = await self.store.update_record_if(SESSION_KIND, session_id,
+                                                              {"heartbeat_ms": now_ms()}, expect)
+                except StoreUnavailable:
+                    continue  # staleness needs a whole stale_after_s without a beat
+                except RecordNotFound:
+                    alive = None
+                if alive is None:
+                    log.info("session.superseded", session_id=session_id)
+                    owner.cancel()
+                    return
+
+        heart = asyncio.get_running_loop().create_task(beat(), name=f"heartbeat-{session_id}")
+        try:
+            await work
+        finally:
+            heart.cancel()
+
     async def _round(self, session_id: str, number: int) -> None:
         with bind_ids(session_id=session_id):
+            superseded: list[str] = []  # the round's previews and progress ticks: gone once it has ended
             try:
-                await self._run_round_retrying(session_id, number)
+                await self._run_round_retrying(session_id, number, superseded)
             except asyncio.CancelledError:
                 raise
-            except PhilipError as exc:
-                log.info("session.round_failed", round=number, code=exc.code, error=str(exc))
-                await self._publish(session_id, SessionFailed(number, exc.code, str(exc)),
-                                    {"phase": Phase.AWAITING_FEEDBACK.value, "running_round": 0})
+            except Superseded:
+                log.info("session.round_superseded", round=number)
             except Exception as exc:
-                log.exception("session.round_crashed", round=number)
-                await self._publish(session_id, SessionFailed(number, "INTERNAL", f"round {number} failed: {exc}"),
-                                    {"phase": Phase.AWAITING_FEEDBACK.value, "running_round": 0})
+                failure = (SessionFailed(number, exc.code, str(exc)) if isinstance(exc, PhilipError)
+                           else SessionFailed(number, "INTERNAL", f"round {number} failed: {exc}"))
+                if isinstance(exc, PhilipError):
+                    log.info("session.round_failed", round=number, code=exc.code, error=str(exc))
+                else:
+                    log.exception("session.round_crashed", round=number)
+                with contextlib.suppress(Superseded):
+                    await self._publish(session_id, failure, {"phase": Phase.AWAITING_FEEDBACK.value,
+                                                              "running_round": 0}, _running(number))
+            finally:
+                with contextlib.suppress(Exception):
+                    await self.store.delete_events(session_stream(session_id), superseded)
 
-    async def _run_round_retrying(self, session_id: str, number: int) -> None:
+    async def _run_round_retrying(self, session_id: str, number: int, superseded: list[str]) -> None:
         """A replica that went away gets one more try (round-robin picks another); a full queue
         is waited out with jittered backoff for up to ``BUSY_WAIT_S``: a person would rather wait
         in line than see the round fail."""
         retried, waited, backoff = False, 0.0, 0.5
         while True:
             try:
-                await self._run_round(session_id, number)
+                await self._run_round(session_id, number, superseded)
                 return
             except Unavailable as exc:
                 if retried:
@@ -307,7 +355,7 @@ class SessionManager(SessionStore):
                 waited += delay
                 backoff = min(backoff * 2, 5.0)
 
-    async def _run_round(self, session_id: str, number: int) -> None:
+    async def _run_round(self, session_id: str, number: int, superseded: list[str]) -> None:
         record = await self._record(session_id)
         params = params_from_json(record["params"])
         params = dataclasses.replace(params, seed=int(record["base_seed"]) + (number - 1) * ROUND_SEED_STRIDE)
@@ -316,8 +364,9 @@ class SessionManager(SessionStore):
         await self._publish(
             session_id,
             RoundStarted(number, params.prompt, params.num_images or 4, len(liked), len(disliked)),
-            {"phase": Phase.GENERATING.value, "running_round": number, "heartbeat_ms": now_ms()},
+            {"phase": Phase.GENERATING.value, "running_round": number, "heartbeat_ms": now_ms()}, _running(number),
         )
+        await self._touch(session_id, record)
         round_id = f"{session_id}-r{number}"
         explores = number > 1 and record["weights"].get("explore", 0.0) > 0
         if liked or disliked or explores:
@@ -334,10 +383,12 @@ class SessionManager(SessionStore):
         async with self.quotas.hold(GENERATIONS, round_id), contextlib.aclosing(events):
             async for event in events:
                 if isinstance(event, StepProgress):
-                    await self._publish(session_id, RoundProgress(number, event.step, event.total_steps),
-                                        {"heartbeat_ms": now_ms()})
+                    superseded.append(await self._publish(
+                        session_id, RoundProgress(number, event.step, event.total_steps), {"heartbeat_ms": now_ms()},
+                        _running(number)))
                 elif isinstance(event, PreviewPictures):
-                    await self._publish(session_id, RoundPreview(number, event.step, event.pictures))
+                    superseded.append(await self._publish(session_id, RoundPreview(number, event.step,
+                                                                                   event.pictures)))
                 elif isinstance(event, RoundOutput):
                     output = event
                     break
@@ -349,9 +400,14 @@ class SessionManager(SessionStore):
             await self._save_image(session_id, image)
         entry = {"round": number, "image_ids": [i.image_id for i in images],
                  "compute": dataclasses.asdict(output.compute), "learned": beliefs_to_json(output.learned)}
-        rounds = (await self._record(session_id))["rounds"]
+        record = await self._record(session_id)
+        # Trimmed before the images appear: whoever sees them finds no stale previews before them.
+        await self.store.delete_events(session_stream(session_id), superseded)
+        superseded.clear()
         await self._publish(session_id, RoundImages(number, images, output.compute, output.learned),
-                            {"rounds": [*rounds, entry], "phase": Phase.AWAITING_FEEDBACK.value, "running_round": 0})
+                            {"rounds": [*record["rounds"], entry], "phase": Phase.AWAITING_FEEDBACK.value,
+                             "running_round": 0}, _running(number))
+        await self._touch(session_id, {**record, "rounds": [*record["rounds"], entry]})
         log.info("session.round_done", round=number, images=len(images), unet_evals=output.compute.total)
 
     async def _finalize(self, session_id: str, image: SessionImage, scale: int) -> None:
@@ -360,7 +416,7 @@ class SessionManager(SessionStore):
                 async for event in self.upstream.upscale(image.picture, scale):
                     if isinstance(event, TileProgress):
                         await self._publish(session_id, UpscaleProgress(event.done, event.total),
-                                            {"heartbeat_ms": now_ms()})
+                                            {"heartbeat_ms": now_ms()}, _finalizing(image.image_id))
                         continue
                     final = Finalized(f"final_{uuid.uuid4().hex}", event, image.image_id)
                     await self.store.put_blob(final.image_id, event.png, self.ttl_s)
@@ -370,19 +426,38 @@ class SessionManager(SessionStore):
                     await self.quotas.release(SESSIONS, session_id)
                     await self.activity.record("session.finalized", session_id, image_id=image.image_id,
                                                final_image_id=final.image_id, size=f"{event.width}x{event.height}")
-                    await self._publish(session_id, final, {"phase": Phase.DONE.value, "final": meta})
+                    await self._publish(session_id, final, {"phase": Phase.DONE.value, "final": meta},
+                                        _finalizing(image.image_id))
                     await self._end_stream(session_id)
                     log.info("session.finalized", image_id=image.image_id, size=f"{event.width}x{event.height}")
                     return
                 raise PhilipError("upscale ended without an image")
             except asyncio.CancelledError:
                 raise
+            except Superseded:
+                log.info("session.finalize_superseded")
             except Exception as exc:
                 code = exc.code if isinstance(exc, PhilipError) else "INTERNAL"
                 if code == "INTERNAL":
                     log.exception("session.finalize_crashed")
-                await self._publish(session_id, SessionFailed(0, code, str(exc)),
-                                    {"phase": Phase.AWAITING_FEEDBACK.value, "chosen": ""})
+                with contextlib.suppress(Superseded):
+                    await self._publish(session_id, SessionFailed(0, code, str(exc)),
+                                        {"phase": Phase.AWAITING_FEEDBACK.value, "chosen": ""},
+                                        _finalizing(image.image_id))
+
+
+def _running(number: int) -> Expect:
+    """What a round's work expects of the record: still its round, still generating."""
+    return {"phase": [Phase.GENERATING.value], "running_round": [number]}
+
+
+def _finalizing(image_id: str) -> Expect:
+    return {"phase": [Phase.FINALIZING.value], "chosen": [image_id]}
+
+
+def _unchanged(record: dict[str, Any]) -> Expect:
+    """A command's precondition: still awaiting feedback after the same rounds it read."""
+    return {"phase": [Phase.AWAITING_FEEDBACK.value], "rounds": [record["rounds"]]}
 
 
 async def _cancel_and_wait(task: asyncio.Task[None]) -> None:

@@ -294,6 +294,20 @@ def test_secrets_are_referenced_not_committed(each: Rendered) -> None:
                 assert ref["name"] == SECRET, workload["metadata"]["name"]
 
 
+def test_every_role_reads_the_internal_token_from_the_secret(each: Rendered) -> None:
+    """With API keys on, internal services serve only calls with the gateway's internal token
+    (philip/rpc/internal.py), and a role without it refuses to start: all four mount the same key."""
+    for workload in philip_workloads(each):
+        name, container = workload["metadata"]["name"], main_container(workload)
+        path = settings_of(each, container).internal_token_file
+        assert path, f"{name}: PHILIP_INTERNAL_TOKEN_FILE"
+        mounts = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"].rstrip("/") + "/")]
+        assert len(mounts) == 1 and mounts[0].get("readOnly"), f"{name}: one read-only mount holds {path}"
+        secret = {v["name"]: v for v in pod_spec(workload)["volumes"]}[mounts[0]["name"]].get("secret", {})
+        item = {"key": "internal-token", "path": path[len(mounts[0]["mountPath"].rstrip("/")) + 1:]}
+        assert secret.get("secretName") == SECRET and item in secret.get("items", []), f"{name}: {secret}"
+
+
 def test_models_and_adapters_are_mounted_where_settings_point(each: Rendered) -> None:
     claim = each.get("PersistentVolumeClaim", "philip-models")
     if each.overlay == "amd":

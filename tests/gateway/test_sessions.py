@@ -51,6 +51,7 @@ class ScriptedUpstream:
     def __init__(self) -> None:
         self.calls: list[tuple[str, list[str], list[str], int | None]] = []
         self.gate: asyncio.Event | None = None
+        self.output_gate: asyncio.Event | None = None  # when set, rounds hold their images back until it is
         self.fail_next: Exception | None = None
         self.full_for = 0  # the next this many rounds find the queue full
         self.cancelled = 0
@@ -77,6 +78,8 @@ class ScriptedUpstream:
         except (asyncio.CancelledError, GeneratorExit):  # cancelled mid-await, or closed between events
             self.cancelled += 1
             raise
+        if self.output_gate is not None:
+            await self.output_gate.wait()
         seed = params.seed or 0
         images = tuple(SessionImage(f"{round_id}-{i}", 0, i, seed + i, Picture(_png((i * 40, 0, 0)), 8, 8),
                                     NoiseTrace(seed + i)) for i in range(n))
@@ -204,10 +207,18 @@ async def test_exploring_sessions_tell_the_refiner_each_rounds_prompts_and_choic
         await manager.start(GenerationParams(prompt="a circle"), {"explore": 1.5})
 
 
-async def test_events_arrive_in_order_with_previews_before_images(manager: SessionManager) -> None:
+async def test_events_arrive_in_order_with_previews_before_images(manager: SessionManager,
+                                                                 upstream: ScriptedUpstream) -> None:
+    upstream.output_gate = asyncio.Event()  # images held back, so the reader below follows the round live
     sid = await manager.start(GenerationParams(prompt="a shape", num_images=2, seed=1), {})
-    kinds = [e.WhichOneof("event") for e in await _events_until_round(manager, sid, 1)]
+    live = asyncio.create_task(_events_until_round(manager, sid, 1))
+    await asyncio.sleep(0.2)
+    upstream.output_gate.set()
+    kinds = [e.WhichOneof("event") for e in await live]
     assert kinds == ["round_started", "progress", "preview", "progress", "round_images"]
+    # Once the round has ended its previews and ticks leave the stream: a late reader replays the rest.
+    kinds = [e.WhichOneof("event") for e in await _events_until_round(manager, sid, 1)]
+    assert kinds == ["round_started", "round_images"]
 
 
 async def test_feedback_accumulates_and_a_like_overrides_an_earlier_dislike(manager: SessionManager,

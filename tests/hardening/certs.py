@@ -1,5 +1,6 @@
 """Self-signed certificates for the mTLS tests: a CA, a server and a client certificate signed by
-it, and a client certificate from another CA (which servers must refuse)."""
+it, and a client certificate from another CA (which servers must refuse); and a certificate per
+service (``make_service_certs``) for the gateway-identity tests."""
 
 from __future__ import annotations
 
@@ -56,12 +57,12 @@ def _ca(folder: Path, stem: str) -> tuple[x509.Certificate, ec.EllipticCurvePriv
 
 
 def _leaf(folder: Path, stem: str, ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey,
-          usage: x509.ObjectIdentifier) -> Pair:
+          *usages: x509.ObjectIdentifier, names: list[x509.GeneralName] | None = None) -> Pair:
     key = ec.generate_private_key(ec.SECP256R1())
-    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    names = names or [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
     cert = (_builder(f"philip-{stem}", ca.subject, key)
             .add_extension(x509.SubjectAlternativeName(names), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
             .sign(ca_key, hashes.SHA256()))
     return _write(folder, stem, cert, key)
 
@@ -73,3 +74,27 @@ def make_certs(folder: Path) -> Certs:
                  server=_leaf(folder, "server", ca, ca_key, ExtendedKeyUsageOID.SERVER_AUTH),
                  client=_leaf(folder, "client", ca, ca_key, ExtendedKeyUsageOID.CLIENT_AUTH),
                  rogue_client=_leaf(folder, "rogue", other, other_key, ExtendedKeyUsageOID.CLIENT_AUTH))
+
+
+@dataclass(frozen=True)
+class ServiceCerts:
+    """One CA, a certificate per service (docs/DEPLOY.md): the workers' name the loopback addresses
+    the gateway dials and, like a shared certificate would, can also act as clients; the gateway's
+    names only ``GATEWAY_SAN``, the identity the workers accept."""
+
+    ca: Path
+    generator: Pair
+    refiner: Pair
+    gateway: Pair
+
+
+GATEWAY_SAN = "philip-gateway"
+
+
+def make_service_certs(folder: Path) -> ServiceCerts:
+    ca, ca_key, ca_pair = _ca(folder, "ca")
+    both = (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH)
+    return ServiceCerts(ca=ca_pair.cert, generator=_leaf(folder, "generator", ca, ca_key, *both),
+                        refiner=_leaf(folder, "refiner", ca, ca_key, *both),
+                        gateway=_leaf(folder, "gateway", ca, ca_key, ExtendedKeyUsageOID.CLIENT_AUTH,
+                                      names=[x509.DNSName(GATEWAY_SAN)]))

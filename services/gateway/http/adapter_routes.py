@@ -82,7 +82,8 @@ def adapter_routes(state: EdgeState) -> list[ApiRoute]:
                                                 SUBSCRIBER_BUFFER):
                 yield str(number), event
 
-        return sse_response(event_frames(items(), closing=state.closing, request_id=request_id(request)))
+        return sse_response(event_frames(items(), closing=state.closing, request_id=request_id(request)),
+                            core.open_stream())
 
     one = "/v1/adapters/{adapter_id}"
     job = "/v1/training-jobs/{job_id}"

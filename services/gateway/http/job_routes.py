@@ -64,7 +64,8 @@ def job_routes(state: EdgeState) -> list[ApiRoute]:
             async for entry in entries:
                 yield entry.id, generator_pb2.GenerateEvent.FromString(entry.payload)
 
-        return sse_response(event_frames(items(), closing=state.closing, request_id=request_id(request)))
+        return sse_response(event_frames(items(), closing=state.closing, request_id=request_id(request)),
+                            core.open_stream())
 
     async def image(request: Request) -> Response:
         image_id = request.path_params["image_id"]

@@ -70,7 +70,8 @@ def session_routes(state: EdgeState) -> list[ApiRoute]:
             async for entry in entries:
                 yield entry.id, gateway_pb2.SessionEvent.FromString(entry.payload)
 
-        return sse_response(event_frames(items(), closing=state.closing, request_id=request_id(request)))
+        return sse_response(event_frames(items(), closing=state.closing, request_id=request_id(request)),
+                            state.core.open_stream())
 
     one = "/v1/sessions/{session_id}"
     return [

@@ -18,8 +18,10 @@ from typing import cast
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
+from starlette.background import BackgroundTask
 from starlette.responses import StreamingResponse
 
+from philip.stream_limits import StreamSlot
 from services.gateway.http.errors import status_of
 from services.gateway.http.protojson import dumps
 
@@ -75,9 +77,20 @@ async def event_frames(items: AsyncIterator[tuple[str, Message]], *, closing: as
             await task
 
 
-def sse_response(frames: AsyncIterator[str]) -> StreamingResponse:
-    return StreamingResponse(frames, media_type="text/event-stream", headers={
-        "Cache-Control": "no-cache, no-store", "X-Accel-Buffering": "no", "Connection": "keep-alive"})
+def sse_response(frames: AsyncIterator[str], slot: StreamSlot) -> StreamingResponse:
+    """The event stream as a response that holds ``slot`` (PHILIP_MAX_STREAMS) until it ends."""
+
+    async def holding() -> AsyncIterator[str]:
+        try:
+            async for text in frames:
+                yield text
+        finally:
+            slot.release()
+
+    # The background task frees the slot too when the client left before the body started.
+    return StreamingResponse(holding(), media_type="text/event-stream", background=BackgroundTask(slot.release),
+                             headers={"Cache-Control": "no-cache, no-store", "X-Accel-Buffering": "no",
+                                      "Connection": "keep-alive"})
 
 
 __all__ = ["HEARTBEAT_S", "event_frames", "frame", "sse_response"]
