@@ -84,6 +84,9 @@ class Settings:
     # A session untouched this long is gone with all its keys (record, images, events); every command
     # and every finished round starts the clock again.
     session_idle_s: float = 86_400.0
+    # A round or upscale whose replica has not heart-beaten this long (it beats every quarter of it,
+    # also while the round waits in a queue) is failed by the next replica that looks, so it can be re-sent.
+    session_stale_s: float = 60.0
     # Open event streams (Session, Subscribe, SSE) per gateway process, and per tenant; beyond them
     # RESOURCE_EXHAUSTED / 429 with a retry delay.
     max_streams: int = 1000
@@ -211,6 +214,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "quota_training_jobs": (lambda v: v >= 0, "must be >= 0 (0: no limit)"),
     "quota_session_idle_s": (lambda v: 10.0 <= v <= 86_400.0, "must be in 10..86400 seconds"),
     "session_idle_s": (lambda v: 1.0 <= v <= 30 * 86_400.0, "must be in 1..2592000 seconds (30 days)"),
+    "session_stale_s": (lambda v: 1.0 <= v <= 3600.0, "must be in 1..3600 seconds"),
     "max_streams": (lambda v: v >= 1, "must be >= 1"),
     "max_streams_per_tenant": (lambda v: v >= 1, "must be >= 1"),
     "redis_max_connections": (lambda v: 4 <= v <= 10_000, "must be in 4..10000"),

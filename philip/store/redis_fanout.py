@@ -4,8 +4,8 @@ Without it each subscriber held a pooled connection in its own blocking XREAD, s
 open streams left nothing for writes ("Too many connections"). Here one task on a connection of
 its own reads every tailed stream at once and hands each entry to the stream's readers; a reader
 joins once it has replayed the stream up to the tail (short non-blocking reads on the pool), and
-one that falls behind by more than ``LAG_LIMIT`` entries leaves the tail and replays from the store
-again, so a slow reader costs a bounded amount of memory and loses nothing.
+one that falls behind by more than ``LAG_LIMIT`` entries or ``LAG_BYTES`` leaves the tail and
+replays from the store again, so a slow reader costs a bounded amount of memory and loses nothing.
 
 A reader that joins a stream the loop is not yet reading wakes the loop by an XADD to this
 process's own wake stream, which every XREAD also waits on.
@@ -31,6 +31,7 @@ from philip.store.redis_replies import entries, text
 log = get_logger("philip.store.fanout")
 
 LAG_LIMIT = 256  # entries a reader may have waiting before it goes back to replaying from the store
+LAG_BYTES = 8 << 20  # ... or bytes of them (previews are large)
 WAKE_TTL_MS = 3_600_000  # the wake stream of a process that died goes away on its own
 ReadFn = Callable[[str, str], Awaitable[list[StreamEntry]]]  # (stream, after) -> entries, non-blocking
 
@@ -38,6 +39,7 @@ ReadFn = Callable[[str, str], Awaitable[list[StreamEntry]]]  # (stream, after) -
 @dataclass(eq=False, slots=True)
 class _Reader:
     entries: deque[StreamEntry] = field(default_factory=deque)
+    waiting_bytes: int = 0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     lagged: bool = False  # fell behind (or the loop lost Redis): replay from the store
 
@@ -100,6 +102,7 @@ class StreamFanout:
                 await reader.ready.wait()
                 continue
             entry = reader.entries.popleft()
+            reader.waiting_bytes -= len(entry.payload)
             if parse_stream_id(entry.id) > seen:  # the tail may hand over what this reader replayed
                 yield entry
 
@@ -162,12 +165,14 @@ class StreamFanout:
             got = entries(raw)
             if got:
                 tail.cursor = got[-1].id
+            size = sum(len(e.payload) for e in got)
             for reader in tail.readers:
-                if len(reader.entries) + len(got) > LAG_LIMIT:
+                if len(reader.entries) + len(got) > LAG_LIMIT or reader.waiting_bytes + size > LAG_BYTES:
                     reader.lagged = True
                     reader.entries.clear()
                 else:
                     reader.entries.extend(got)
+                    reader.waiting_bytes += size
                 reader.ready.set()
 
     def _release_all(self) -> None:

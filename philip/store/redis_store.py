@@ -264,7 +264,7 @@ class RedisStore(Store):
                                          approximate=False))
 
     async def _read_now(self, stream: str, after: str) -> list[StreamEntry]:
-        return await self.read_events(stream, after=after, count=100)
+        return await self.read_events(stream, after=after, count=16)  # previews are large: small bites
 
     async def subscribe(self, stream: str, after: str = "0-0") -> AsyncIterator[StreamEntry]:
         parse_stream_id(after)

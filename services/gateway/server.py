@@ -253,7 +253,7 @@ def open_sessions(settings: Settings, store: Store, generator_channel: aio.Chann
     return SessionManager(store, upstream, encode_event=codec.encode_event, ttl_s=settings.session_idle_s,
                           max_references=settings.max_references, quotas=Quotas.from_settings(store, settings),
                           activity=ActivityLog.from_settings(store, settings),
-                          quota_idle_s=settings.quota_session_idle_s)
+                          quota_idle_s=settings.quota_session_idle_s, stale_after_s=settings.session_stale_s)
 
 
 def open_core(settings: Settings, store: Store, generator_channel: aio.Channel, sessions: SessionManager,
