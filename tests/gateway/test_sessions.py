@@ -18,7 +18,7 @@ from philip.rpc.errors import FailedPrecondition, InvalidArgument, NotFound, Res
 from philip.store import MemoryStore, RedisStore, Store
 from philip.v1 import gateway_pb2
 from services.gateway import codec
-from services.gateway import sessions as sessions_module
+from services.gateway import session_work as sessions_module
 from services.gateway.session_events import (
     Compute,
     NoiseTrace,
