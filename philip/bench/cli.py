@@ -118,6 +118,27 @@ def bench_load_cmd(
     emit(asyncio.run(bench_load(sessions, steps, gateway, redis_url)), as_json)
 
 
+@bench_app.command("soak")
+def bench_soak_cmd(
+    sessions: int = typer.Option(100, help="Scripted sessions (2 rounds + finalize each), resuming through faults."),
+    jobs: int = typer.Option(5, help="Training jobs (LoRA, 5 reference renders) meanwhile."),
+    concurrency: int = typer.Option(12, help="Sessions in flight at once."),
+    steps: int = typer.Option(4, help="Denoising steps per round."),
+    train_steps: int = typer.Option(15, help="Steps per training job."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object last."),
+) -> None:
+    """Sessions and training jobs over two gateways and two generators on a private redis-server, while Redis is
+    restarted and a gateway and a generator are SIGKILLed and started again: completed, lost, INTERNAL, adapters."""
+    import asyncio
+
+    from philip.bench.soak import run_soak
+    from philip.logs import configure_logging
+
+    configure_logging("console", "warning")
+    emit(asyncio.run(run_soak(sessions, jobs, concurrency=concurrency, steps=steps, train_steps=train_steps)),
+         as_json)
+
+
 @bench_app.command("refine")
 def bench_refine_cmd(
     model_dir: Path = typer.Option(Path("models/philip-tiny"), help="Diffusers model folder."),

@@ -114,15 +114,14 @@ class SessionWork(SessionStore):
             except Superseded:
                 log.info("session.round_superseded", round=number)
             except Exception as exc:
-                failure = (SessionFailed(number, exc.code, str(exc)) if isinstance(exc, PhilipError)
-                           else SessionFailed(number, "INTERNAL", f"round {number} failed: {exc}"))
-                if isinstance(exc, PhilipError):
-                    log.info("session.round_failed", round=number, code=exc.code, error=str(exc))
-                else:
+                code, message = _failure(exc, f"round {number} failed", "send the feedback again")
+                if code == "INTERNAL":
                     log.exception("session.round_crashed", round=number)
-                with contextlib.suppress(Superseded):
-                    await self._publish(session_id, failure, {"phase": Phase.AWAITING_FEEDBACK.value,
-                                                              "running_round": 0}, running_round(number))
+                else:
+                    log.info("session.round_failed", round=number, code=code, error=message)
+                await self._fail_step(session_id, SessionFailed(number, code, message),
+                                      {"phase": Phase.AWAITING_FEEDBACK.value, "running_round": 0},
+                                      running_round(number))
             finally:
                 with contextlib.suppress(Exception):
                     await self.store.delete_events(session_stream(session_id), superseded)
@@ -233,13 +232,39 @@ class SessionWork(SessionStore):
             except Superseded:
                 log.info("session.finalize_superseded")
             except Exception as exc:
-                code = exc.code if isinstance(exc, PhilipError) else "INTERNAL"
+                code, message = _failure(exc, "the upscale failed", "finalize again")
                 if code == "INTERNAL":
                     log.exception("session.finalize_crashed")
-                with contextlib.suppress(Superseded):
-                    await self._publish(session_id, SessionFailed(0, code, str(exc)),
-                                        {"phase": Phase.AWAITING_FEEDBACK.value, "chosen": ""},
-                                        finalizing(image.image_id))
+                await self._fail_step(session_id, SessionFailed(0, code, message),
+                                      {"phase": Phase.AWAITING_FEEDBACK.value, "chosen": ""},
+                                      finalizing(image.image_id))
+
+    async def _fail_step(self, session_id: str, failure: SessionFailed, fields: dict[str, Any],
+                         expect: Expect) -> None:
+        """Record a failed step; through a store outage, keep trying for about the stale time (after it,
+        any replica that reads the session fails the step itself)."""
+        delay, waited = 0.2, 0.0
+        while True:
+            try:
+                await self._publish(session_id, failure, fields, expect)
+                return
+            except Superseded:
+                return
+            except StoreUnavailable:
+                if waited >= self.stale_after_s:
+                    log.warning("session.failure_unrecorded", code=failure.code)
+                    return
+                await asyncio.sleep(delay)
+                waited, delay = waited + delay, min(delay * 2, 2.0)
+
+
+def _failure(exc: Exception, what: str, again: str) -> tuple[str, str]:
+    """(code, message) of a step's failure: a domain error's own, UNAVAILABLE for a store outage, else INTERNAL."""
+    if isinstance(exc, PhilipError):
+        return exc.code, str(exc)
+    if isinstance(exc, StoreUnavailable):
+        return "UNAVAILABLE", f"{what}: the session store was unreachable ({exc}); {again}"
+    return "INTERNAL", f"{what}: {exc}"
 
 
 def running_round(number: int) -> Expect:

@@ -18,18 +18,15 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import httpx
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from philip.bench.processes import GRACE_S, PHILIP, Service, gateway_service, health, wait_serving
 from philip.bench.server_process import free_port
 from philip.clients.generate import gateway_channel, stream_generation
 from philip.clients.session import SessionClient, SessionError
@@ -37,13 +34,9 @@ from philip.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, generator_pb2, 
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
-PHILIP = Path(sys.executable).parent / "philip"
 # Settings have no key prefix, so the cluster gets a Redis database of its own instead (the other
 # store tests use 15). Every key it writes is under a fresh job/session id, so nothing collides.
 REDIS_URL = "redis://127.0.0.1:6379/14"
-GRACE_S = 30.0
-START_TIMEOUT_S = 240.0  # four processes importing torch on a busy 2-core machine
 
 
 
@@ -53,88 +46,9 @@ def redis_up() -> bool:
     return False
 
 
-@dataclass
-class Service:
-    """One ``philip serve <role>`` process and its JSON log."""
-
-    name: str
-    role: str
-    port: int
-    log: Path
-    env: dict[str, str] = field(default_factory=dict)
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "PHILIP_HOST": "127.0.0.1",
-               "PHILIP_PORT": str(self.port), "PHILIP_REDIS_URL": REDIS_URL, "PHILIP_LOG_FORMAT": "json",
-               "PHILIP_THREADS": "1", "PHILIP_GRACE_S": str(GRACE_S),
-               "PHILIP_MODEL_DIR": str(REPO / "models" / "philip-tiny"),
-               "PHILIP_UPSCALER_PATH": str(REPO / "models" / "philip-tiny-x4.onnx"),
-               "PHILIP_STYLES_PATH": str(REPO / "config" / "styles.toml"), **self.env}
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([str(PHILIP), "serve", self.role], cwd=REPO, env=env,
-                                         stdout=out, stderr=subprocess.STDOUT)
-
-    def events(self, name: str) -> list[dict[str, object]]:
-        """Log records whose event is ``name`` (JSON lines; other lines are skipped)."""
-        records = []
-        for line in self.log.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                record = json.loads(line)
-                if isinstance(record, dict) and record.get("event") == name:
-                    records.append(record)
-        return records
-
-    def tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log.exists() else ""
-
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = GRACE_S * 2 + 15) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(10)
-
-
-async def health(address: str) -> str:
-    async with grpc.aio.insecure_channel(address) as channel:
-        try:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
-        except grpc.aio.AioRpcError as exc:
-            return exc.code().name
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-
-
-async def wait_serving(services: list[Service], timeout_s: float = START_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    pending = list(services)
-    while pending:
-        for service in list(pending):
-            assert service.proc is not None
-            if service.proc.poll() is not None:
-                pytest.fail(f"{service.name} exited with {service.proc.returncode}:\n{service.tail()}")
-            if await health(service.address) == "SERVING":
-                pending.remove(service)
-        if pending and time.monotonic() > deadline:
-            pytest.fail(f"not SERVING after {timeout_s}s: {[s.name for s in pending]}\n{pending[0].tail()}")
-        await asyncio.sleep(0.5)
-
-
 def start_gateway(name: str, generators: list[Service], refiner: Service, logs: Path,
                   personalizers: list[Service] | None = None) -> Service:
-    # Two replicas behind one target: gRPC's ipv4: resolver takes a comma-separated list.
-    env = {"PHILIP_GENERATOR_ADDR": "ipv4:" + ",".join(g.address for g in generators),
-           "PHILIP_REFINER_ADDR": refiner.address, "PHILIP_HTTP_PORT": str(free_port())}
-    if personalizers:
-        env["PHILIP_PERSONALIZER_ADDR"] = "ipv4:" + ",".join(p.address for p in personalizers)
-    gateway = Service(name, "gateway", free_port(), logs / f"{name}.log", env=env)
+    gateway = gateway_service(name, generators, refiner, logs, REDIS_URL, personalizers)
     gateway.start()
     return gateway
 
@@ -159,14 +73,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     if not PHILIP.is_file():
         pytest.skip(f"{PHILIP} not installed")
     logs = tmp_path_factory.mktemp("cluster-logs")
-    generators = [Service(f"generator-{i}", "generator", free_port(), logs / f"generator-{i}.log") for i in (1, 2)]
-    refiner = Service("refiner", "refiner", free_port(), logs / "refiner.log")
+    generators = [Service(f"generator-{i}", "generator", free_port(), logs / f"generator-{i}.log", REDIS_URL)
+                  for i in (1, 2)]
+    refiner = Service("refiner", "refiner", free_port(), logs / "refiner.log", REDIS_URL)
     # Personalizers share the adapters folder (a ReadWriteMany volume in Kubernetes); a dead
     # worker's job is reclaimed after 3 s instead of the default minute.
     shared = {"PHILIP_ADAPTERS_DIR": str(logs / "adapters"), "PHILIP_TRAIN_RECLAIM_IDLE_S": "3",
               "PHILIP_TRAIN_CHECKPOINT_EVERY": "5"}
     personalizers = [Service(f"personalizer-{i}", "personalizer", free_port(), logs / f"personalizer-{i}.log",
-                             env=shared) for i in (1, 2)]
+                             REDIS_URL, env=shared) for i in (1, 2)]
     for service in [*generators, refiner]:
         service.env = {**service.env, "PHILIP_ADAPTERS_DIR": shared["PHILIP_ADAPTERS_DIR"]}
     workers = [*generators, refiner, *personalizers]
