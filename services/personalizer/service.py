@@ -23,10 +23,9 @@ from philip.quotas import TRAINING_JOBS, Quotas
 from philip.rpc.auth import current_tenant, owned_by_caller
 from philip.rpc.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from philip.store import Store
-from services.personalizer import records
+from services.personalizer import records, transitions
 from services.personalizer.records import (
     ADAPTER_KIND,
-    CANCELLED,
     JOB_KIND,
     QUEUE,
     TOKEN_KIND,
@@ -46,6 +45,7 @@ EVENTS_TTL_S = 7 * 24 * 3600  # a finished job's events stay readable for a week
 # A job holds its tenant's quota slot from creation to its end (released by ``finish``); the lease
 # only bounds how long a slot can outlive a job whose bookkeeping was lost.
 QUOTA_LEASE_S = 24 * 3600.0
+CANCEL_TRIES = 5  # each retry means a worker changed the job just then; five in a row does not happen
 
 
 def work_dir(adapters_dir: str | Path, job_id: str) -> Path:
@@ -110,16 +110,26 @@ class Personalizer:
             yield decode_event(entry.payload)
 
     async def cancel(self, job_id: str) -> TrainingJob:
-        """A queued job ends now; a running one is flagged and its worker stops at the next step."""
-        job = await self.get_job(job_id)
-        if job.terminal:
-            raise FailedPrecondition(f"training job {job_id} already ended ({job.state})", field="job_id")
-        if job.state == records.QUEUED and job.attempts == 0:
-            job = job.with_(state=CANCELLED, error="cancelled by the client before it started")
-            await self.store.put_record(JOB_KIND, job_id, job.to_record())
-            await self.finish(job)
-            return job
-        return TrainingJob.from_record(await self.store.update_record(JOB_KIND, job_id, {"cancel_requested": True}))
+        """A queued job ends now; a running one is flagged and its worker stops at the next step.
+
+        Both are compare-and-set on the record (``transitions``): a cancel racing a worker that takes the job
+        either ends it first (the worker then finds it ended and trains nothing) or flags it once the worker
+        has it (and that worker stops, and never commits an adapter for it).
+        """
+        for _ in range(CANCEL_TRIES):
+            job = await self.get_job(job_id)
+            if job.terminal:
+                raise FailedPrecondition(f"training job {job_id} already ended ({job.state})", field="job_id")
+            if job.state == records.QUEUED:
+                why = "cancelled by the client" + (" before it started" if job.attempts == 0 else "")
+                if (ended := await transitions.cancel_queued(self.store, job_id, why)) is not None:
+                    await self.finish(ended)
+                    return ended
+            elif (flagged := await transitions.flag_cancel(self.store, job_id)) is not None:
+                return flagged
+            # The record changed between the read and the change (a worker took or handed back the job): again.
+        raise FailedPrecondition(f"training job {job_id} kept changing while being cancelled; try again",
+                                 field="job_id")
 
     async def publish(self, job_id: str, event: TrainingEvent) -> None:
         await self.store.append_event(job_stream(job_id), encode_event(event))

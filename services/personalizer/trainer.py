@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,7 +89,9 @@ def _prepare(images: list[Image.Image], size: int) -> torch.Tensor:
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
+    # A temporary name of this writer's own: a worker that lost the job may still be saving into the same work
+    # folder as the one that took it over, and two writers of one temporary file would corrupt it.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
