@@ -30,6 +30,7 @@ proto-check: .venv/.installed
 lint: .venv/.installed
 	.venv/bin/ruff check .
 	.venv/bin/mypy philip services
+	.venv/bin/lint-imports
 
 test: install proto-check lint
 	.venv/bin/pytest -q

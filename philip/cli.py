@@ -49,6 +49,29 @@ def serve_cmd(
     asyncio.run(serve(role, settings))
 
 
+@app.command("config")
+def config_cmd(as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
+    """The effective settings (every PHILIP_* variable, from the environment or its default), secrets masked;
+    exits 2 naming the variable when one is invalid."""
+    import json
+
+    from philip.config_report import effective_settings
+    from philip.settings import Settings
+
+    try:
+        report = effective_settings(Settings.from_env())
+    except ValueError as exc:
+        console.print(f"[red]invalid setting:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if as_json:
+        print(json.dumps({name: entry["value"] for name, entry in report.items()}, indent=2))
+        return
+    for name, entry in report.items():
+        marker = "*" if entry["from"] == "env" else " "
+        console.print(f"{marker} {name} = {entry['value']!r}", highlight=False)
+    console.print("(* set in the environment)")
+
+
 @app.command("health")
 def health_cmd(
     target: str = typer.Option("127.0.0.1:50051", "--gateway", help="Server address host:port."),

@@ -21,6 +21,16 @@ Slots = tuple[tuple[str, tuple[str, ...]], ...]  # (slot name, its values), in t
 
 
 @dataclass(frozen=True)
+class RoundChoice:
+    """An earlier round of a session, what prompt exploration learns from: the prompt each image was drawn
+    from, and the indices liked / disliked (or None)."""
+
+    prompts: tuple[str, ...]
+    liked: int | None = None
+    disliked: int | None = None
+
+
+@dataclass(frozen=True)
 class SlotBelief:
     """The most probable values of one slot with their posterior probabilities, most probable first."""
 

@@ -35,8 +35,8 @@ def _interleaved_medians(fns: list[Callable[[], Any]], repeats: int) -> list[flo
 
 
 def _works(kind: str, sessions: int, params: Any, refs: list[Any]) -> list[Any]:
+    from philip.exploration import RoundChoice
     from services.refiner.batch_round import RoundWork
-    from services.refiner.explore import RoundChoice
     from services.refiner.rounds import Feedback
 
     history = (RoundChoice(("a red circle on a blue background", "a green circle on a white background"), 0, 1),)

@@ -90,6 +90,13 @@ class Unauthenticated(PhilipError):
     code = "UNAUTHENTICATED"
 
 
+def error_from_code(code: str, message: str) -> PhilipError:
+    """The domain exception for a status code name (e.g. one reported by an upstream service)."""
+    cls = {c.code: c for c in globals().values() if isinstance(c, type) and issubclass(c, PhilipError)}.get(
+        code, PhilipError)
+    return cls(message) if cls.code == code else PhilipError(message)
+
+
 __all__ = [
     "AlreadyExists",
     "Cancelled",
@@ -102,4 +109,5 @@ __all__ = [
     "ResourceExhausted",
     "Unauthenticated",
     "Unavailable",
+    "error_from_code",
 ]

@@ -12,7 +12,7 @@ import inspect
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from grpc import aio
@@ -75,6 +75,15 @@ class _Call:
         self.code = err.code
         await context.abort_with_status(to_rpc_status(err))
 
+    async def handle(self, exc: BaseException, context: aio.ServicerContext) -> NoReturn:
+        """Whatever left a handler: cancellation and an abort (whose status is set) go on as they are,
+        everything else ends the call with its status."""
+        if isinstance(exc, (asyncio.CancelledError, GeneratorExit)) or _is_abort(exc):
+            self.note(exc, context)
+            raise exc
+        await self.fail(exc, context)
+        raise AssertionError("abort_with_status returned")  # pragma: no cover
+
     def note(self, exc: BaseException, context: aio.ServicerContext) -> None:
         """Record the outcome of an exception that propagates untouched."""
         if isinstance(exc, asyncio.CancelledError):
@@ -116,16 +125,8 @@ def _wrap_unary_response(behavior: Callable[..., Any], call_info: Callable[[], _
                 if inspect.isawaitable(result):
                     result = await result
                 return result
-            except PhilipError as exc:
-                await call.fail(exc, context)
-            except (asyncio.CancelledError, GeneratorExit) as exc:
-                call.note(exc, context)
-                raise
-            except Exception as exc:
-                if _is_abort(exc):
-                    call.note(exc, context)
-                    raise
-                await call.fail(exc, context)
+            except (Exception, asyncio.CancelledError, GeneratorExit) as exc:
+                await call.handle(exc, context)
             finally:
                 call.finish(context)
 
@@ -153,16 +154,8 @@ def _wrap_stream_response(behavior: Callable[..., Any], call_info: Callable[[], 
                 elif result is not None:  # a plain (sync) iterator of responses
                     for message in result:
                         yield message
-            except PhilipError as exc:
-                await call.fail(exc, context)
-            except (asyncio.CancelledError, GeneratorExit) as exc:
-                call.note(exc, context)
-                raise
-            except Exception as exc:
-                if _is_abort(exc):
-                    call.note(exc, context)
-                    raise
-                await call.fail(exc, context)
+            except (Exception, asyncio.CancelledError, GeneratorExit) as exc:
+                await call.handle(exc, context)
             finally:
                 call.finish(context)
 

@@ -6,8 +6,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from philip.activity import Activity
-from philip.exploration import beliefs_to_pb, constraints_from_pb, constraints_to_pb
+from philip.exploration import RoundChoice, beliefs_to_pb, constraints_from_pb, constraints_to_pb
 from philip.feedback_weights import weights_from_pb, weights_to_pb
+from philip.generation.codec import params_from_pb, params_to_pb
+from philip.generation.requests import Style
 from philip.v1 import common_pb2, gateway_pb2, generator_pb2, refiner_pb2
 from services.gateway.references import decode_references
 from services.gateway.session_events import (
@@ -29,9 +31,6 @@ from services.gateway.session_events import (
 )
 from services.gateway.session_index import SessionSummary
 from services.gateway.session_store import params_of
-from services.generator.codec import params_from_pb, params_to_pb
-from services.generator.requests import Style
-from services.refiner.explore import RoundChoice
 
 _PHASES = {
     Phase.GENERATING: gateway_pb2.SESSION_PHASE_GENERATING,

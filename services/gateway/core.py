@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from philip.generation.requests import Style
 from philip.rpc.auth import current_tenant
 from philip.rpc.errors import FailedPrecondition
 from philip.store import Store
@@ -12,7 +13,6 @@ from philip.stream_limits import StreamLimits, StreamSlot
 from philip.v1 import generator_pb2_grpc, personalizer_pb2_grpc
 from services.gateway.generations import DetachedGenerations
 from services.gateway.sessions import SessionManager
-from services.generator.requests import Style
 
 
 @dataclass(frozen=True, slots=True)

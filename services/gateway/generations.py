@@ -17,10 +17,9 @@ from grpc import aio
 
 from philip.logs import get_logger
 from philip.quotas import GENERATIONS, Quotas
-from philip.rpc.errors import FailedPrecondition, ResourceExhausted, Unavailable
+from philip.rpc.errors import FailedPrecondition, ResourceExhausted, Unavailable, error_from_code
 from philip.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 from services.gateway.upstream import metadata
-from services.generator.codec import error_from_code
 
 log = get_logger("services.gateway.generations")
 

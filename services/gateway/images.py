@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 
+from philip.generation.jobs import JOB_KIND
 from philip.image_owners import owner_of
 from philip.rpc.auth import owned_by_caller
 from philip.rpc.errors import InvalidArgument, NotFound
 from philip.store import Store
 from services.gateway.session_store import IMAGE_KIND, SESSION_KIND
-from services.generator.jobs import JOB_KIND
 
 _IMAGE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 

@@ -17,9 +17,10 @@ import grpc
 from grpc import aio
 
 from philip.activity import ActivityLog
+from philip.generation.requests import load_styles
 from philip.logs import bind_ids
 from philip.quotas import GENERATIONS, Quotas
-from philip.rpc.errors import InvalidArgument
+from philip.rpc.errors import InvalidArgument, error_from_code
 from philip.rpc.server import RegisterFn
 from philip.settings import Settings
 from philip.store import Store
@@ -41,8 +42,6 @@ from services.gateway.generations import DetachedGenerations
 from services.gateway.personalization import PersonalizationProxy, abort_like
 from services.gateway.sessions import SessionManager
 from services.gateway.upstream import GrpcUpstream, metadata
-from services.generator.codec import error_from_code
-from services.generator.requests import load_styles
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 GENERATOR_SERVICE = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"].full_name

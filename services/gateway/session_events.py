@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
-from philip.exploration import SessionDefaults, SlotBelief, SlotConstraints
-from services.generator.requests import GenerationParams
-from services.refiner.explore import RoundChoice
+from philip.exploration import RoundChoice, SessionDefaults, SlotBelief, SlotConstraints
+from philip.generation.requests import GenerationParams
 
 
 class Phase(StrEnum):

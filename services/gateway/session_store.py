@@ -12,7 +12,9 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from typing import Any
 
-from philip.exploration import SlotConstraints, beliefs_from_json
+from philip.exploration import RoundChoice, SlotConstraints, beliefs_from_json
+from philip.generation.jobs import JOB_KIND, job_stream
+from philip.generation.requests import GenerationParams
 from philip.image_owners import IMAGE_OWNER_KIND, record_owner
 from philip.rpc.auth import owned_by_caller
 from philip.rpc.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -30,9 +32,6 @@ from services.gateway.session_events import (
     SessionImage,
     SessionView,
 )
-from services.generator.jobs import JOB_KIND, job_stream
-from services.generator.requests import GenerationParams
-from services.refiner.explore import RoundChoice
 
 SESSION_KIND = "session"
 IMAGE_KIND = "simage"

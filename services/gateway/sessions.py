@@ -31,6 +31,7 @@ from typing import Any
 from philip.activity import ActivityLog
 from philip.exploration import SlotConstraints
 from philip.feedback_weights import parse_weights
+from philip.generation.requests import MAX_PROMPT_CHARS, MAX_SEED, GenerationParams
 from philip.logs import get_logger
 from philip.quotas import SESSIONS, Quotas
 from philip.rpc.auth import current_tenant
@@ -60,7 +61,6 @@ from services.gateway.session_store import (
     params_to_json,
 )
 from services.gateway.session_work import ROUND_SEED_STRIDE, SessionWork, cancel_and_wait, finalizing, running_round
-from services.generator.requests import MAX_PROMPT_CHARS, MAX_SEED, GenerationParams
 
 log = get_logger("services.gateway.sessions")
 

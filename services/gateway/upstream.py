@@ -16,6 +16,7 @@ import structlog
 from grpc import aio
 
 from philip.exploration import (
+    RoundChoice,
     SessionDefaults,
     SlotConstraints,
     beliefs_from_pb,
@@ -23,8 +24,10 @@ from philip.exploration import (
     defaults_from_pb,
 )
 from philip.feedback_weights import builtin_weights, weights_to_pb
+from philip.generation.codec import params_to_pb
+from philip.generation.requests import DEFAULT_GUIDANCE, DEFAULT_STEPS, GenerationParams
 from philip.rpc.auth import tenant_metadata
-from philip.rpc.errors import Cancelled, PhilipError
+from philip.rpc.errors import Cancelled, PhilipError, error_from_code
 from philip.rpc.interceptor import REQUEST_ID_KEY
 from philip.v1 import common_pb2, generator_pb2, generator_pb2_grpc, refiner_pb2, refiner_pb2_grpc
 from services.gateway.codec import history_to_pb, image_from_pb, picture_to_pb, trace_to_pb
@@ -40,9 +43,6 @@ from services.gateway.session_events import (
     TileProgress,
     UpscaleEvent,
 )
-from services.generator.codec import error_from_code, params_to_pb
-from services.generator.requests import DEFAULT_GUIDANCE, DEFAULT_STEPS, GenerationParams
-from services.refiner.explore import RoundChoice
 
 DEFAULTS_TTL_S = 30.0
 
@@ -71,11 +71,8 @@ class GrpcUpstream:
             await call.done_writing()
             async for event in call:
                 kind = event.WhichOneof("event")
-                if kind == "progress":
-                    yield StepProgress(event.progress.step, event.progress.total_steps)
-                elif kind == "preview":
-                    yield PreviewPictures(event.preview.step, tuple(
-                        Picture(i.png, i.width, i.height) for i in event.preview.images))
+                if (step := _step_event(event)) is not None:
+                    yield step
                 elif kind == "result":
                     yield RoundOutput(_plain_images(event.result.images), _plain_compute(params, len(
                         event.result.images)))
@@ -102,13 +99,9 @@ class GrpcUpstream:
         call = self.refiner.Refine(request, timeout=self.timeout_s, metadata=metadata())
         try:
             async for event in call:
-                kind = event.WhichOneof("event")
-                if kind == "progress":
-                    yield StepProgress(event.progress.step, event.progress.total_steps)
-                elif kind == "preview":
-                    yield PreviewPictures(event.preview.step, tuple(
-                        Picture(i.png, i.width, i.height) for i in event.preview.images))
-                elif kind == "result":
+                if (step := _step_event(event)) is not None:
+                    yield step
+                elif event.WhichOneof("event") == "result":
                     c = event.result.compute
                     yield RoundOutput(tuple(image_from_pb(i) for i in event.result.images),
                                       Compute(c.steps, c.main_image_evals, c.reference_image_evals),
@@ -151,6 +144,17 @@ class GrpcUpstream:
             raise _from_rpc(exc, "refiner") from None
         finally:
             call.cancel()
+
+
+def _step_event(event: generator_pb2.GenerateEvent | refiner_pb2.RefineEvent) -> RoundEvent | None:
+    """A denoising step's progress or preview, as the generator and the refiner both send them."""
+    kind = event.WhichOneof("event")
+    if kind == "progress":
+        return StepProgress(event.progress.step, event.progress.total_steps)
+    if kind == "preview":
+        return PreviewPictures(event.preview.step, tuple(Picture(i.png, i.width, i.height)
+                                                          for i in event.preview.images))
+    return None
 
 
 def _plain_images(images: Sequence[common_pb2.Image]) -> tuple[SessionImage, ...]:

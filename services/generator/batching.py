@@ -20,10 +20,10 @@ from typing import Protocol
 
 from philip import metrics
 from philip.batch_policy import next_batch
+from philip.generation.requests import GenerationRequest
 from philip.logs import get_logger
 from philip.rpc.errors import PhilipError, ResourceExhausted
 from services.generator.events import Cancelled, Failed, JobEvent, Queued, Started, is_terminal
-from services.generator.requests import GenerationRequest
 
 log = get_logger("services.generator.batching")
 

@@ -17,6 +17,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from philip.generation.jobs import JOB_KIND, job_stream
+from philip.generation.requests import (
+    GenerationParams,
+    GenerationRequest,
+    RequestResolver,
+    check_preview_every,
+)
 from philip.image_owners import record_owner
 from philip.logs import bind_ids, get_logger
 from philip.rpc.auth import current_tenant, owned_by_caller
@@ -33,23 +40,12 @@ from services.generator.events import (
     Started,
     is_terminal,
 )
-from services.generator.requests import (
-    GenerationParams,
-    GenerationRequest,
-    RequestResolver,
-    check_preview_every,
-)
 
 __all__ = ["EventEncoder", "GenerationParams", "GenerationRequest", "Generator", "JobHandle", "JobState", "JobView"]
 
 log = get_logger("services.generator.jobs")
 
-JOB_KIND = "job"
 EventEncoder = Callable[[str, JobEvent], bytes]  # (job_id, event) -> bytes for the job's store stream
-
-
-def job_stream(job_id: str) -> str:
-    return f"job:{job_id}"
 
 
 def _now_ms() -> int:

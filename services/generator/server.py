@@ -8,6 +8,8 @@ from typing import Protocol
 
 from grpc import aio
 
+from philip.generation.codec import params_from_pb
+from philip.generation.requests import RequestResolver, load_styles
 from philip.rpc.errors import InvalidArgument, PhilipError
 from philip.rpc.server import RegisterFn
 from philip.settings import Settings
@@ -17,7 +19,6 @@ from services.generator import codec
 from services.generator.batching import BatchRunner, GenerationQueue
 from services.generator.events import Failed
 from services.generator.jobs import Generator, JobHandle
-from services.generator.requests import RequestResolver, load_styles
 
 SERVICE_NAME = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"].full_name
 # A gateway whose own copy of the deadline fires first cancels us a moment before ours does; a
@@ -45,7 +46,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         self, request_iterator: AsyncIterator[generator_pb2.GenerateClientMessage], context: aio.ServicerContext
     ) -> AsyncIterator[generator_pb2.GenerateEvent]:
         start = await _read_start(request_iterator)
-        request = self.generator.resolve(codec.params_from_pb(start.params))
+        request = self.generator.resolve(params_from_pb(start.params))
         handle = await self.generator.submit(request)
         controls = asyncio.create_task(_follow_controls(request_iterator, handle))
         finished = False

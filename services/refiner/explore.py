@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from philip.exploration import TOP_VALUES, SlotBelief, SlotConstraints, Slots
+from philip.exploration import TOP_VALUES, RoundChoice, SlotBelief, SlotConstraints, Slots
 
 VOCABULARY_FILE = "prompt_vocabulary.json"
 # How sharply the choice model prefers the image that misses fewer slots; 2-4 simulate alike.
@@ -37,15 +37,6 @@ DEFAULT_BETA = 2.0
 MAX_TARGETS = 250_000
 Target = tuple[str, ...]  # one value per slot, in the vocabulary's slot order
 Asked = tuple[str | None, ...]  # what an image was asked to show; None where its prompt did not say
-
-
-@dataclass(frozen=True)
-class RoundChoice:
-    """An earlier round: the prompt each image was drawn from, and the indices liked / disliked (or None)."""
-
-    prompts: tuple[str, ...]
-    liked: int | None = None
-    disliked: int | None = None
 
 
 def words(text: str) -> list[str]:

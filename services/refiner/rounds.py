@@ -39,14 +39,14 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from philip.exploration import SlotBelief, SlotConstraints
+from philip.exploration import RoundChoice, SlotBelief, SlotConstraints
 from philip.models.adapters import AdapterSwitch
 from philip.models.pipelines import SCHEDULERS
 from philip.previews import PreviewEncoder
 from philip.priority import DEVICE
 from philip.rpc.errors import FailedPrecondition, InvalidArgument, PhilipError
 from services.refiner.batch_round import RoundWork, run_batch
-from services.refiner.explore import RoundChoice, SlotVocabulary, explore_round
+from services.refiner.explore import SlotVocabulary, explore_round
 from services.refiner.fabric import FeedbackWeights, encode_images
 from services.refiner.seeds import steer_noise
 

@@ -9,12 +9,12 @@ from grpc import aio
 
 from philip.exploration import SessionDefaults, constraints_from_pb, defaults_to_pb
 from philip.feedback_weights import weights_from_pb
+from philip.generation.codec import params_from_pb
+from philip.generation.requests import RequestResolver, load_styles
 from philip.logs import bind_ids, get_logger
 from philip.rpc.server import RegisterFn
 from philip.settings import DEFAULT_SESSION_DEFAULTS_PATH, DEFAULT_VOCABULARY_PATH, Settings
 from philip.v1 import refiner_pb2, refiner_pb2_grpc
-from services.generator.codec import params_from_pb
-from services.generator.requests import RequestResolver, load_styles
 from services.refiner import codec
 from services.refiner.defaults import load_defaults
 from services.refiner.explore import PromptVocabulary, SlotVocabulary

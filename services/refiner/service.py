@@ -17,13 +17,12 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from philip.exploration import SessionDefaults, SlotConstraints
+from philip.exploration import RoundChoice, SessionDefaults, SlotConstraints
 from philip.feedback_weights import parse_weights
+from philip.generation.requests import GenerationParams, RequestResolver
 from philip.rpc.errors import InvalidArgument
-from services.generator.requests import GenerationParams, RequestResolver
 from services.refiner.batch_round import RoundWork
 from services.refiner.batching import RoundQueue
-from services.refiner.explore import RoundChoice
 from services.refiner.rounds import Feedback, FeedbackImage, FeedbackRound, RoundParams, RoundRunner
 from services.refiner.upscale import UpscaleEvent, Upscaler
 

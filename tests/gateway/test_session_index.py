@@ -11,14 +11,14 @@ import asyncio
 
 import pytest
 
+from philip.generation.jobs import JOB_KIND
+from philip.generation.requests import GenerationParams
 from philip.image_owners import record_owner
 from philip.rpc.auth import acting_as
 from philip.rpc.errors import InvalidArgument, NotFound
 from services.gateway.images import image_png
 from services.gateway.session_events import Phase
 from services.gateway.sessions import SessionManager
-from services.generator.jobs import JOB_KIND
-from services.generator.requests import GenerationParams
 from tests.gateway.test_sessions import _round_done, manager, store, upstream  # noqa: F401  (fixtures)
 
 

@@ -10,8 +10,9 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 import pytest
 from PIL import Image
 
-from philip.exploration import SessionDefaults, SlotConstraints
+from philip.exploration import RoundChoice, SessionDefaults, SlotConstraints
 from philip.feedback_weights import builtin_weights
+from philip.generation.requests import GenerationParams
 from philip.quotas import GENERATIONS, SESSIONS, Quotas
 from philip.rpc.auth import acting_as
 from philip.rpc.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
@@ -33,8 +34,6 @@ from services.gateway.session_events import (
     UpscaleEvent,
 )
 from services.gateway.sessions import SessionManager
-from services.generator.requests import GenerationParams
-from services.refiner.explore import RoundChoice
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+from philip.generation.requests import GenerationParams, GenerationRequest, RequestResolver
 from services.generator.batching import WorkItem
 from services.generator.events import Cancelled, GeneratedImage, Preview, Progress, Result
-from services.generator.requests import GenerationParams, GenerationRequest, RequestResolver
 
 
 class FakeEngine:

@@ -22,12 +22,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 from redis.asyncio import Redis
 
+from philip.generation.jobs import JOB_KIND
 from philip.rpc.status import error_details
 from philip.settings import Settings
 from philip.store import RedisStore
 from philip.v1 import common_pb2, gateway_pb2_grpc, generator_pb2
 from services.app import serve
-from services.generator.jobs import JOB_KIND
 from tests.generator.conftest import STYLES_PATH
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

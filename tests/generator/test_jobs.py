@@ -6,14 +6,15 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from philip.generation.jobs import JOB_KIND, job_stream
+from philip.generation.requests import RequestResolver
 from philip.rpc.errors import InvalidArgument, NotFound
 from philip.store import MemoryStore
 from philip.v1 import generator_pb2
 from services.generator import codec
 from services.generator.batching import GenerationQueue
 from services.generator.events import Cancelled, JobEvent, Progress, Queued, Result, Started
-from services.generator.jobs import JOB_KIND, Generator, JobState, job_stream
-from services.generator.requests import RequestResolver
+from services.generator.jobs import Generator, JobState
 from tests.generator.fakes import FakeEngine, request
 
 

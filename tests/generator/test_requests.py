@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from philip.rpc.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.generator.requests import (
+from philip.generation.requests import (
     MAX_SEED,
     GenerationParams,
     RequestResolver,
     load_styles,
     preset_size,
 )
+from philip.rpc.errors import FailedPrecondition, InvalidArgument, NotFound
 from tests.generator.conftest import STYLES_PATH
 
 SCHEDULERS = ("dpm++", "euler", "euler_a", "ddim", "lcm")

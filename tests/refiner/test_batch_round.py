@@ -10,12 +10,13 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from philip.exploration import RoundChoice
 from philip.models.pipelines import load_pipeline
 from philip.rpc.errors import Cancelled
 from philip.tiny.dataset import prompt_vocabulary
 from services.refiner.batch_round import RoundWork
 from services.refiner.batching import RoundQueue
-from services.refiner.explore import PromptVocabulary, RoundChoice
+from services.refiner.explore import PromptVocabulary
 from services.refiner.fabric import FeedbackWeights
 from services.refiner.rounds import Feedback, FeedbackImage, FeedbackRound, RoundParams, RoundRunner
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from philip.exploration import SlotConstraints
+from philip.exploration import RoundChoice, SlotConstraints
 from philip.rpc.errors import InvalidArgument
 from philip.tiny.dataset import prompt_vocabulary
-from services.refiner.explore import PromptExplorer, PromptVocabulary, RoundChoice, explore_round
+from services.refiner.explore import PromptExplorer, PromptVocabulary, explore_round
 from services.refiner.modifiers import ModifierVocabulary, load_vocabulary
 
 SHIPPED = ModifierVocabulary.load("config/vocabulary.toml")

@@ -14,10 +14,11 @@ import torch
 from PIL import Image
 
 import services.refiner.rounds as rounds
+from philip.exploration import RoundChoice
 from philip.models.pipelines import make_scheduler
 from philip.rpc.errors import Cancelled, FailedPrecondition, InvalidArgument
 from philip.tiny.dataset import prompt_vocabulary
-from services.refiner.explore import PromptVocabulary, RoundChoice
+from services.refiner.explore import PromptVocabulary
 from services.refiner.fabric import FeedbackWeights
 from services.refiner.rounds import Feedback, FeedbackImage, NoiseOrigin, RoundParams, RoundRunner
 from services.refiner.seeds import initial_noise

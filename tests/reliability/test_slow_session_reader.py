@@ -17,8 +17,9 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 import pytest
 from grpc import aio
 
-from philip.exploration import SessionDefaults, SlotConstraints
+from philip.exploration import RoundChoice, SessionDefaults, SlotConstraints
 from philip.feedback_weights import builtin_weights
+from philip.generation.requests import GenerationParams
 from philip.rpc.server import GrpcServer
 from philip.settings import Settings
 from philip.store import RedisStore
@@ -39,8 +40,6 @@ from services.gateway.session_events import (
     UpscaleEvent,
 )
 from services.gateway.sessions import SessionManager
-from services.generator.requests import GenerationParams
-from services.refiner.explore import RoundChoice
 from tests.http.support import drop_redis_keys
 from tests.reliability.support import REDIS_URL
 

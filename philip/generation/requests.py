@@ -19,7 +19,7 @@ from philip.logs import get_logger
 from philip.models.adapters import adapter_exists, is_adapter_id
 from philip.rpc.errors import FailedPrecondition, InvalidArgument, NotFound
 
-log = get_logger("services.generator.requests")
+log = get_logger("philip.generation.requests")
 
 MAX_SEED = 2**63 - 1
 MAX_PROMPT_CHARS = 1000
