@@ -34,3 +34,15 @@ return 0
 COUNT_LEASES = _NOW + """
 return redis.call('ZCARD', KEYS[1])
 """
+
+# Compare-and-set of one record (a Redis Cluster runs no MULTI across a WATCH here, see redis_cluster.py):
+# replace the value only if it is still, byte for byte, the one the caller read and merged. The JSON is
+# only compared and stored, never decoded, so cjson cannot mangle it. A record that expired or was deleted
+# reads as false, never equal: nothing is resurrected. KEYS[1] the record; ARGV old value, new value.
+SET_IF_UNCHANGED = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+  return 1
+end
+return 0
+"""

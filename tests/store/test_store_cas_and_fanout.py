@@ -1,4 +1,4 @@
-"""Compare-and-set, TTL refresh and event removal (both backends), and Redis's one-connection fan-out."""
+"""Compare-and-set, TTL refresh and event removal (every backend), and Redis's one-connection fan-out."""
 
 from __future__ import annotations
 

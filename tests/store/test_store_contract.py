@@ -1,4 +1,4 @@
-"""One contract, two backends: every test here runs against MemoryStore and RedisStore."""
+"""One contract, three backends: every test here runs against MemoryStore, RedisStore and RedisClusterStore."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The store's newest-first paging, retention by age and leases (quotas), on both backends."""
+"""The store's newest-first paging, retention by age and leases (quotas), on every backend."""
 
 from __future__ import annotations
 
