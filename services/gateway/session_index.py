@@ -15,6 +15,7 @@ from philip.paging import check_page
 from philip.rpc.auth import current_tenant
 from philip.store import Store, StoreError
 from services.gateway.session_events import Phase
+from services.gateway.session_record import SessionRecord
 from services.gateway.session_store import SESSION_KIND
 
 log = get_logger("services.gateway.session_index")
@@ -63,12 +64,11 @@ class SessionIndex:
         return summaries, found[size - 1].id if more else ""
 
 
-def summarise(session_id: str, record: dict[str, Any]) -> SessionSummary:
-    final = (record.get("final") or {}).get("image_id", "")
-    rounds = record.get("rounds", [])
-    last_images = rounds[-1]["image_ids"] if rounds else []
-    return SessionSummary(session_id, Phase(record["phase"]), record["params"]["prompt"],
-                          int(record.get("created_ms", 0)), len(rounds),
+def summarise(session_id: str, stored: dict[str, Any]) -> SessionSummary:
+    record = SessionRecord.from_record(stored)
+    final = record.final.image_id if record.final else ""
+    last_images = record.rounds[-1].image_ids if record.rounds else ()
+    return SessionSummary(session_id, record.phase, record.params["prompt"], record.created_ms, len(record.rounds),
                           final or (last_images[0] if last_images else ""), final)
 
 

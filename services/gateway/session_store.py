@@ -7,12 +7,11 @@ images), stream ``session:{id}`` (events). See docs/ARCHITECTURE.md.
 from __future__ import annotations
 
 import dataclasses
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from typing import Any
 
-from philip.exploration import RoundChoice, SlotConstraints, beliefs_from_json
+from philip.exploration import RoundChoice
 from philip.generation.jobs import JOB_KIND, job_stream
 from philip.generation.requests import GenerationParams
 from philip.image_owners import IMAGE_OWNER_KIND, record_owner
@@ -22,7 +21,6 @@ from philip.store import Store
 from philip.store.base import StreamEntry
 from services.gateway.session_events import (
     TERMINAL_PHASES,
-    Compute,
     Finalized,
     NoiseTrace,
     Phase,
@@ -32,6 +30,7 @@ from services.gateway.session_events import (
     SessionImage,
     SessionView,
 )
+from services.gateway.session_record import SessionRecord
 
 SESSION_KIND = "session"
 IMAGE_KIND = "simage"
@@ -46,10 +45,6 @@ class Superseded(Exception):
 
 def session_stream(session_id: str) -> str:
     return f"session:{session_id}"
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def params_to_json(params: GenerationParams) -> dict[str, Any]:
@@ -127,10 +122,10 @@ class SessionStore:
         raise FailedPrecondition(f"cannot {action}: another request changed this session at the same moment; "
                                  "look at its new state and try again")
 
-    async def _touch(self, session_id: str, record: dict[str, Any]) -> None:
+    async def _touch(self, session_id: str, record: SessionRecord) -> None:
         """Activity: every key of the session lives ``ttl_s`` (PHILIP_SESSION_IDLE_S) from now."""
-        images = [i for entry in record["rounds"] for i in entry["image_ids"]] + list(record.get("references", []))
-        finals = [record["final"]["image_id"]] if record.get("final") else []
+        images = record.image_ids
+        finals = [record.final.image_id] if record.final else []
         await self.store.refresh_ttl(
             self.ttl_s, records=[(SESSION_KIND, session_id), *((IMAGE_KIND, i) for i in images),
                                  *((IMAGE_OWNER_KIND, i) for i in images + finals)],
@@ -140,22 +135,22 @@ class SessionStore:
         await self.store.close_stream(session_stream(session_id))
         await self.store.expire_stream(session_stream(session_id), self.ttl_s)
 
-    async def _record(self, session_id: str) -> dict[str, Any]:
+    async def _record(self, session_id: str) -> SessionRecord:
         if not session_id:
             raise InvalidArgument("session_id is required", field="session_id")
         record = await self.store.get_record(SESSION_KIND, session_id)
         if record is None or not owned_by_caller(record):  # another tenant's session reads as unknown
             raise NotFound(f"no session {session_id!r} (unknown or expired)", field="session_id")
-        return record
+        return SessionRecord.from_record(record)
 
-    async def _ready(self, session_id: str, action: str) -> dict[str, Any]:
+    async def _ready(self, session_id: str, action: str) -> SessionRecord:
         record = await self._record(session_id)
-        phase = Phase(record["phase"])
+        phase = record.phase
         if phase is Phase.AWAITING_FEEDBACK:
             return record
         if phase in TERMINAL_PHASES:
             raise FailedPrecondition(f"session {session_id} has ended ({phase.value}); start a new one")
-        what = f"round {record['running_round']}" if phase is Phase.GENERATING else "the upscale"
+        what = f"round {record.running_round}" if phase is Phase.GENERATING else "the upscale"
         raise FailedPrecondition(f"cannot {action} while {what} is running; wait for it or cancel")
 
     async def _own_image(self, session_id: str, image_id: str) -> SessionImage:
@@ -166,26 +161,23 @@ class SessionStore:
             raise InvalidArgument(f"image {image_id} belongs to another session", field="image_id")
         return await self._require_image(image_id)
 
-    async def _view(self, session_id: str, record: dict[str, Any]) -> SessionView:
+    async def _view(self, session_id: str, record: SessionRecord) -> SessionView:
         """The session as a record and its stored images say it is."""
         rounds = []
-        for entry in record["rounds"]:
-            images = [img for img in [await self._load_image(i) for i in entry["image_ids"]] if img is not None]
-            rounds.append(RoundImages(entry["round"], tuple(images), Compute(**entry["compute"]),
-                                      beliefs_from_json(entry.get("learned"))))
+        for entry in record.rounds:
+            images = [img for img in [await self._load_image(i) for i in entry.image_ids] if img is not None]
+            rounds.append(RoundImages(entry.round, tuple(images), entry.compute, entry.learned))
         final = None
-        if record["final"]:
-            png = await self.store.get_blob(record["final"]["image_id"])
+        if record.final:
+            png = await self.store.get_blob(record.final.image_id)
             if png is not None:
-                meta = record["final"]
-                final = Finalized(meta["image_id"], Picture(png, meta["width"], meta["height"]),
-                                  meta["source_image_id"])
+                meta = record.final
+                final = Finalized(meta.image_id, Picture(png, meta.width, meta.height), meta.source_image_id)
         return SessionView(
-            session_id=session_id, phase=Phase(record["phase"]), params=record["params"], rounds=tuple(rounds),
-            liked=tuple(record["liked"]), disliked=tuple(record["disliked"]), chosen=record["chosen"], final=final,
-            running_round=int(record["running_round"]), event_id=record["event_id"], weights=record["weights"],
-            learned=next((r.learned for r in reversed(rounds) if r.learned), ()),
-            constraints=SlotConstraints.from_json(record.get("constraints")),
+            session_id=session_id, phase=record.phase, params=record.params, rounds=tuple(rounds),
+            liked=record.liked, disliked=record.disliked, chosen=record.chosen, final=final,
+            running_round=record.running_round, event_id=record.event_id, weights=record.weights,
+            learned=next((r.learned for r in reversed(rounds) if r.learned), ()), constraints=record.constraints,
         )
 
     async def _save_references(self, session_id: str, pictures: Sequence[Picture], first: int) -> list[str]:
@@ -221,17 +213,18 @@ class SessionStore:
             raise NotFound(f"image {image_id!r} has expired", field="image_id")
         return image
 
-    async def _history(self, record: dict[str, Any]) -> list[RoundChoice]:
+    async def _history(self, record: SessionRecord) -> list[RoundChoice]:
         """Each finished round's prompts with the first image liked and disliked in the feedback after it."""
-        choices = {c["round"]: c for c in record.get("choices", [])}
+        choices = {c.round: c for c in record.choices}
         history = []
-        for entry in record["rounds"]:
-            images = [await self._load_image(i) for i in entry["image_ids"]]
-            if any(i is None for i in images) or entry["round"] not in choices:
+        for entry in record.rounds:
+            images = [await self._load_image(i) for i in entry.image_ids]
+            if any(i is None for i in images) or entry.round not in choices:
                 continue  # expired images or no feedback after it: nothing to learn from that round
-            ids = list(entry["image_ids"])
-            picks = [next((ids.index(i) for i in choices[entry["round"]][k] if i in ids), None)
-                     for k in ("liked", "disliked")]
+            ids = list(entry.image_ids)
+            choice = choices[entry.round]
+            picks = [next((ids.index(i) for i in picked if i in ids), None)
+                     for picked in (choice.liked, choice.disliked)]
             history.append(RoundChoice(tuple(i.prompt for i in images if i is not None), picks[0], picks[1]))
         return history
 

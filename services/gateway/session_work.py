@@ -16,7 +16,7 @@ from typing import Any
 
 from philip import metrics
 from philip.activity import ActivityLog
-from philip.exploration import SlotConstraints, beliefs_to_json
+from philip.clock import now_ms
 from philip.image_owners import record_owner
 from philip.logs import bind_ids, get_logger
 from philip.quotas import GENERATIONS, SESSIONS, Quotas
@@ -38,12 +38,12 @@ from services.gateway.session_events import (
     UpscaleProgress,
     Upstream,
 )
+from services.gateway.session_record import RoundEntry
 from services.gateway.session_store import (
     SESSION_KIND,
     Expect,
     SessionStore,
     Superseded,
-    now_ms,
     params_from_json,
     session_stream,
 )
@@ -152,10 +152,10 @@ class SessionWork(SessionStore):
 
     async def _run_round(self, session_id: str, number: int, superseded: list[str]) -> None:
         record = await self._record(session_id)
-        params = params_from_json(record["params"])
-        params = dataclasses.replace(params, seed=int(record["base_seed"]) + (number - 1) * ROUND_SEED_STRIDE)
-        liked = [await self._require_image(i) for i in record["liked"][-self.max_references:]]
-        disliked = [await self._require_image(i) for i in record["disliked"][-self.max_references:]]
+        params = params_from_json(record.params)
+        params = dataclasses.replace(params, seed=record.base_seed + (number - 1) * ROUND_SEED_STRIDE)
+        liked = [await self._require_image(i) for i in record.liked[-self.max_references:]]
+        disliked = [await self._require_image(i) for i in record.disliked[-self.max_references:]]
         await self._publish(
             session_id,
             RoundStarted(number, params.prompt, params.num_images or 4, len(liked), len(disliked)),
@@ -163,13 +163,13 @@ class SessionWork(SessionStore):
         )
         await self._touch(session_id, record)
         round_id = f"{session_id}-r{number}"
-        explores = number > 1 and record["weights"].get("explore", 0.0) > 0
+        explores = number > 1 and record.weights.get("explore", 0.0) > 0
         if liked or disliked or explores:
             history = await self._history(record) if explores else []
             # Round 1 (with references) has no choices to explore from: every image follows the references.
-            weights = record["weights"] if explores else {**record["weights"], "explore": 0.0}
+            weights = record.weights if explores else {**record.weights, "explore": 0.0}
             events = self.upstream.feedback_round(params, round_id, liked, disliked, weights, history,
-                                                  SlotConstraints.from_json(record.get("constraints")))
+                                                  record.constraints)
         else:
             events = self.upstream.plain_round(params, round_id)
         # aclosing: a cancel that lands between events (e.g. in a store write) still closes the
@@ -193,16 +193,15 @@ class SessionWork(SessionStore):
                        for img in output.images)
         for image in images:
             await self._save_image(session_id, image)
-        entry = {"round": number, "image_ids": [i.image_id for i in images],
-                 "compute": dataclasses.asdict(output.compute), "learned": beliefs_to_json(output.learned)}
+        entry = RoundEntry(number, tuple(i.image_id for i in images), output.compute, output.learned)
         record = await self._record(session_id)
         # Trimmed before the images appear: whoever sees them finds no stale previews before them.
         await self.store.delete_events(session_stream(session_id), superseded)
         superseded.clear()
         await self._publish(session_id, RoundImages(number, images, output.compute, output.learned),
-                            {"rounds": [*record["rounds"], entry], "phase": Phase.AWAITING_FEEDBACK.value,
-                             "running_round": 0}, running_round(number))
-        await self._touch(session_id, {**record, "rounds": [*record["rounds"], entry]})
+                            {"rounds": [*record.stored["rounds"], entry.to_json()],
+                             "phase": Phase.AWAITING_FEEDBACK.value, "running_round": 0}, running_round(number))
+        await self._touch(session_id, dataclasses.replace(record, rounds=(*record.rounds, entry)))
         log.info("session.round_done", round=number, images=len(images), unet_evals=output.compute.total)
 
     async def _finalize(self, session_id: str, image: SessionImage, scale: int) -> None:

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from philip.activity import ActivityLog
+from philip.clock import now_ms
 from philip.exploration import SlotConstraints
 from philip.feedback_weights import parse_weights
 from philip.generation.requests import MAX_PROMPT_CHARS, MAX_SEED, GenerationParams
@@ -52,12 +53,12 @@ from services.gateway.session_events import (
     Upstream,
 )
 from services.gateway.session_index import SessionIndex
+from services.gateway.session_record import Choice, SessionRecord
 from services.gateway.session_store import (
     SESSION_KIND,
     Expect,
     SessionEncoder,
     Superseded,
-    now_ms,
     params_to_json,
 )
 from services.gateway.session_work import ROUND_SEED_STRIDE, SessionWork, cancel_and_wait, finalizing, running_round
@@ -110,14 +111,12 @@ class SessionManager(SessionWork):
         session_id = f"ses_{uuid.uuid4().hex}"
         await self.quotas.acquire(SESSIONS, session_id, self.quota_idle_s)
         refs = await self._save_references(session_id, references, 0)
-        record = {
-            "phase": Phase.GENERATING.value, "params": params_to_json(dataclasses.replace(params, seed=None)),
-            "base_seed": base, "weights": dict(weights), "client_weights": client_weights, "references": refs,
-            "rounds": [], "liked": list(refs), "disliked": [], "chosen": "",
-            "final": None, "running_round": 1, "event_id": "0-0", "created_ms": now_ms(),
-            "heartbeat_ms": now_ms(), "tenant": current_tenant(),
-        }
-        await self.store.put_record(SESSION_KIND, session_id, record, ttl_s=self.ttl_s)
+        record = SessionRecord(
+            phase=Phase.GENERATING, params=params_to_json(dataclasses.replace(params, seed=None)), base_seed=base,
+            weights=dict(weights), client_weights=client_weights, references=tuple(refs), liked=tuple(refs),
+            running_round=1, created_ms=now_ms(), heartbeat_ms=now_ms(), tenant=current_tenant(),
+        )
+        await self.store.put_record(SESSION_KIND, session_id, record.to_record(), ttl_s=self.ttl_s)
         await self.index.add(session_id)
         log.info("session.started", session_id=session_id, prompt_chars=len(params.prompt))
         await self.activity.record("session.started", session_id, prompt=params.prompt)
@@ -140,34 +139,34 @@ class SessionManager(SessionWork):
             await self._own_image(session_id, image_id)
         if prompt is not None and not (prompt.strip() and len(prompt) <= MAX_PROMPT_CHARS):
             raise InvalidArgument(f"prompt must be 1-{MAX_PROMPT_CHARS} characters", field="prompt")
-        earlier_refs = list(record.get("references", []))
+        earlier_refs = list(record.references)
         check_references(references, len(earlier_refs))
         first_refs = bool(references) and not earlier_refs  # unset weights then take the model's reference defaults
         defaults = await self.upstream.defaults() if constraints or first_refs else None
         if constraints and defaults:  # checked here: stored bad ones would fail every later round
             constraints.check(defaults.slots)
-        rounds = len(record["rounds"])
+        rounds = len(record.rounds)
         if rounds >= self.max_rounds:
             raise FailedPrecondition(f"session has reached {self.max_rounds} rounds; finalize or start a new one")
-        new_liked = [i for i in record["liked"] if i not in disliked] + [i for i in liked if i not in record["liked"]]
-        new_disliked = ([i for i in record["disliked"] if i not in liked]
-                        + [i for i in disliked if i not in record["disliked"]])
+        new_liked = [i for i in record.liked if i not in disliked] + [i for i in liked if i not in record.liked]
+        new_disliked = ([i for i in record.disliked if i not in liked]
+                        + [i for i in disliked if i not in record.disliked])
         number = rounds + 1
-        await self.quotas.acquire(SESSIONS, session_id, self.quota_idle_s, tenant=record.get("tenant", ""))
+        await self.quotas.acquire(SESSIONS, session_id, self.quota_idle_s, tenant=record.tenant)
         refs = await self._save_references(session_id, references, len(earlier_refs))
         new_liked += refs
         # Per round, what this message liked and disliked: prompt exploration learns from each round's choice.
-        choices = [*record.get("choices", []), {"round": rounds, "liked": list(liked), "disliked": list(disliked)}]
+        choices = [*(c.to_json() for c in record.choices), Choice(rounds, tuple(liked), tuple(disliked)).to_json()]
         fields: dict[str, Any] = {"liked": new_liked, "disliked": new_disliked, "phase": Phase.GENERATING.value,
                                   "running_round": number, "heartbeat_ms": now_ms(), "choices": choices}
         if prompt is not None:
-            fields["params"] = {**record["params"], "prompt": prompt}
+            fields["params"] = {**record.params, "prompt": prompt}
         if constraints is not None:
             fields["constraints"] = constraints.to_json()
         if refs:
             fields["references"] = earlier_refs + refs
         if first_refs and defaults:
-            fields["weights"] = defaults.for_session(record.get("client_weights", record["weights"]), True)
+            fields["weights"] = defaults.for_session(record.client_weights, True)
         await self._transition(session_id, fields, _unchanged(record), "send feedback")
         self._spawn(session_id, self._round(session_id, number), running_round(number))
         await self.activity.record("session.feedback", session_id, round=number, liked=liked, disliked=disliked,
@@ -181,7 +180,7 @@ class SessionManager(SessionWork):
         if scale < 0 or scale > 16:
             raise InvalidArgument(f"scale must be 0 (the upscaler's own) or the upscaler's factor, got {scale}",
                                   field="scale")
-        await self.quotas.acquire(SESSIONS, session_id, self.quota_idle_s, tenant=record.get("tenant", ""))
+        await self.quotas.acquire(SESSIONS, session_id, self.quota_idle_s, tenant=record.tenant)
         await self._transition(session_id, {"phase": Phase.FINALIZING.value, "chosen": image_id,
                                             "heartbeat_ms": now_ms()}, _unchanged(record), "finalize")
         await self._touch(session_id, record)
@@ -201,8 +200,8 @@ class SessionManager(SessionWork):
         if ended is None:
             return
         # The slot is free before anyone can see the session end.
-        await self.quotas.release(SESSIONS, session_id, tenant=record.get("tenant", ""))
-        await self.activity.record("session.cancelled", session_id, tenant=record.get("tenant", ""), reason=reason)
+        await self.quotas.release(SESSIONS, session_id, tenant=record.tenant)
+        await self.activity.record("session.cancelled", session_id, tenant=record.tenant, reason=reason)
         await self._publish(session_id, SessionCancelled(reason), {})
         await self._end_stream(session_id)
         log.info("session.cancelled", session_id=session_id, reason=reason)
@@ -220,10 +219,10 @@ class SessionManager(SessionWork):
                 record = await self._record(session_id)
                 await self._publish(
                     session_id,
-                    SessionFailed(int(record["running_round"]), "UNAVAILABLE",
+                    SessionFailed(record.running_round, "UNAVAILABLE",
                                   "the gateway stopped during this step; send the feedback or finalize again"),
                     {"phase": Phase.AWAITING_FEEDBACK.value, "running_round": 0, "chosen": ""},
-                    {"phase": [record["phase"]], "running_round": [record["running_round"]]},
+                    {"phase": [record.phase.value], "running_round": [record.running_round]},
                 )
 
     # ---- queries ---------------------------------------------------------------------------------
@@ -231,22 +230,22 @@ class SessionManager(SessionWork):
     async def snapshot(self, session_id: str) -> SessionView:
         """The stored state; a round orphaned by a gateway that died is failed first."""
         record = await self._record(session_id)
-        phase = Phase(record["phase"])
-        stale = now_ms() - int(record.get("heartbeat_ms", 0)) > self.stale_after_s * 1000
+        phase = record.phase
+        stale = now_ms() - (record.heartbeat_ms or 0) > self.stale_after_s * 1000
         if phase in (Phase.GENERATING, Phase.FINALIZING) and session_id not in self._tasks and stale:
             # Only if its heartbeat has not moved since we read it: the replica running it may be just slow.
             with contextlib.suppress(Superseded):
                 await self._publish(
                     session_id,
-                    SessionFailed(int(record["running_round"]), "UNAVAILABLE",
+                    SessionFailed(record.running_round, "UNAVAILABLE",
                                   "the worker of this step stopped answering; send the feedback or finalize again"),
                     {"phase": Phase.AWAITING_FEEDBACK.value, "running_round": 0, "chosen": ""},
-                    {"phase": [phase.value], "heartbeat_ms": [record.get("heartbeat_ms")]},
+                    {"phase": [phase.value], "heartbeat_ms": [record.heartbeat_ms]},
                 )
             record = await self._record(session_id)
         return await self._view(session_id, record)
 
 
-def _unchanged(record: dict[str, Any]) -> Expect:
-    """A command's precondition: still awaiting feedback after the same rounds it read."""
-    return {"phase": [Phase.AWAITING_FEEDBACK.value], "rounds": [record["rounds"]]}
+def _unchanged(record: SessionRecord) -> Expect:
+    """A command's precondition: still awaiting feedback after the same rounds it read (as stored)."""
+    return {"phase": [Phase.AWAITING_FEEDBACK.value], "rounds": [record.stored.get("rounds")]}

@@ -14,9 +14,9 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
+from philip.clock import now_ms
 from philip.generation.jobs import JOB_KIND, job_stream
 from philip.generation.requests import (
     GenerationParams,
@@ -40,24 +40,13 @@ from services.generator.events import (
     Started,
     is_terminal,
 )
+from services.generator.job_record import JobRecord, JobState
 
 __all__ = ["EventEncoder", "GenerationParams", "GenerationRequest", "Generator", "JobHandle", "JobState", "JobView"]
 
 log = get_logger("services.generator.jobs")
 
 EventEncoder = Callable[[str, JobEvent], bytes]  # (job_id, event) -> bytes for the job's store stream
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-class JobState(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,13 +118,9 @@ class Generator:
         inbox: asyncio.Queue[JobEvent] = asyncio.Queue()
         item = WorkItem(job_id, request, emit=inbox.put_nowait, preview_every=request.preview_every)
         self.queue.submit(item)  # first, so a full queue costs no store writes
-        record = {
-            "state": JobState.QUEUED.value, "params": dataclasses.asdict(request), "step": 0,
-            "total_steps": request.steps, "images": [], "error": "", "created_ms": _now_ms(), "finished_ms": 0,
-            "tenant": current_tenant(),
-        }
+        record = JobRecord(JobState.QUEUED, request, created_ms=now_ms(), tenant=current_tenant())
         try:
-            await self.store.put_record(JOB_KIND, job_id, record, ttl_s=self.blob_ttl_s)
+            await self.store.put_record(JOB_KIND, job_id, record.to_record(), ttl_s=self.blob_ttl_s)
         except BaseException:
             self.queue.cancel(item, "client")
             raise
@@ -148,18 +133,17 @@ class Generator:
         return JobHandle(item, self.queue, outbox)
 
     async def get_job(self, job_id: str) -> JobView:
-        record = await self.store.get_record(JOB_KIND, job_id)
-        if record is None or not owned_by_caller(record):  # another tenant's job reads as unknown
+        stored = await self.store.get_record(JOB_KIND, job_id)
+        if stored is None or not owned_by_caller(stored):  # another tenant's job reads as unknown
             raise NotFound(f"no job {job_id!r} (unknown or expired)", field="job_id")
+        record = JobRecord.from_record(stored)
         images = []
-        for meta in record["images"]:
-            png = await self.store.get_blob(meta["id"])
+        for meta in record.images:
+            png = await self.store.get_blob(meta.id)
             if png is not None:  # an expired blob simply drops out
-                images.append(GeneratedImage(png=png, **meta))
-        params = record["params"]
-        request = GenerationRequest(**{**params, "adapter_ids": tuple(params["adapter_ids"])})
-        return JobView(job_id, JobState(record["state"]), request, record["step"], record["total_steps"],
-                       tuple(images), record["error"], record["created_ms"], record["finished_ms"])
+                images.append(GeneratedImage(png=png, **dataclasses.asdict(meta)))
+        return JobView(job_id, record.state, record.request, record.step, record.request.steps, tuple(images),
+                       record.error, record.created_ms, record.finished_ms)
 
     async def close(self) -> None:
         """Cancel queued and running jobs ("shutdown") and wait until their final events are recorded."""
@@ -211,10 +195,10 @@ def _record_fields(event: JobEvent) -> dict[str, Any]:
     if isinstance(event, Result):
         images = [{"id": i.id, "width": i.width, "height": i.height, "seed": i.seed, "index": i.index}
                   for i in event.images]
-        return {"state": JobState.SUCCEEDED.value, "images": images, "finished_ms": _now_ms()}
+        return {"state": JobState.SUCCEEDED.value, "images": images, "finished_ms": now_ms()}
     if isinstance(event, Failed):
-        return {"state": JobState.FAILED.value, "error": event.message, "finished_ms": _now_ms()}
+        return {"state": JobState.FAILED.value, "error": event.message, "finished_ms": now_ms()}
     if isinstance(event, Cancelled):
         # Job.error is for failures only; the reason is kept for operators.
-        return {"state": JobState.CANCELLED.value, "cancel_reason": event.reason, "finished_ms": _now_ms()}
+        return {"state": JobState.CANCELLED.value, "cancel_reason": event.reason, "finished_ms": now_ms()}
     return {}

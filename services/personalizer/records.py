@@ -13,9 +13,11 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-import time
 from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
 from typing import Any
+
+from philip.clock import now_ms
 
 QUEUE = "train"
 GROUP = "personalizers"
@@ -23,7 +25,17 @@ JOB_KIND = "training"
 ADAPTER_KIND = "adapter"
 TOKEN_KIND = "adapter_token"
 
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+class TrainingState(StrEnum):
+    """A training job's state (stored as its value)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = TrainingState
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
 
@@ -39,10 +51,6 @@ def new_adapter_id() -> str:
     return "ad_" + secrets.token_hex(8)
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 @dataclass(frozen=True, slots=True)
 class TrainingJob:
     job_id: str
@@ -51,7 +59,7 @@ class TrainingJob:
     method: str
     steps: int
     rank: int
-    state: str = QUEUED
+    state: TrainingState = TrainingState.QUEUED
     step: int = 0
     adapter_id: str = ""
     error: str = ""
@@ -70,7 +78,10 @@ class TrainingJob:
 
     @classmethod
     def from_record(cls, data: dict[str, Any]) -> TrainingJob:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        if "state" in fields:
+            fields["state"] = TrainingState(fields["state"])
+        return cls(**fields)
 
     def with_(self, **changes: Any) -> TrainingJob:
         return replace(self, **changes)

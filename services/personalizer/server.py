@@ -1,5 +1,5 @@
-"""PersonalizerService over gRPC: a thin servicer (proto <-> domain), the codec, and the bootstrap
-that also starts this process's training worker."""
+"""PersonalizerService over gRPC: a thin servicer (proto <-> domain through ``codec.py``) and the
+bootstrap that also starts this process's training worker."""
 
 from __future__ import annotations
 
@@ -17,67 +17,12 @@ from philip.quotas import Quotas
 from philip.rpc.server import RegisterFn
 from philip.settings import Settings
 from philip.store import Store
-from philip.v1 import common_pb2, personalizer_pb2, personalizer_pb2_grpc
-from services.personalizer.records import (
-    Adapter,
-    AdapterReady,
-    JobChanged,
-    SamplePreview,
-    StepDone,
-    TrainingEvent,
-    TrainingJob,
-)
-from services.personalizer.requests import AdapterRequest
+from philip.v1 import personalizer_pb2, personalizer_pb2_grpc
+from services.personalizer.codec import adapter_to_pb, event_to_pb, job_to_pb, request_from_pb
 from services.personalizer.service import Personalizer
 from services.personalizer.worker import TrainingWorker, WorkerConfig
 
 SERVICE_NAME = personalizer_pb2.DESCRIPTOR.services_by_name["PersonalizerService"].full_name
-
-_METHODS = {
-    personalizer_pb2.ADAPTER_METHOD_UNSPECIFIED: "lora",
-    personalizer_pb2.ADAPTER_METHOD_LORA: "lora",
-    personalizer_pb2.ADAPTER_METHOD_TEXTUAL_INVERSION: "textual_inversion",
-}
-_METHOD_PB = {"lora": personalizer_pb2.ADAPTER_METHOD_LORA,
-              "textual_inversion": personalizer_pb2.ADAPTER_METHOD_TEXTUAL_INVERSION}
-_STATES = {"queued": common_pb2.JOB_STATE_QUEUED, "running": common_pb2.JOB_STATE_RUNNING,
-           "succeeded": common_pb2.JOB_STATE_SUCCEEDED, "failed": common_pb2.JOB_STATE_FAILED,
-           "cancelled": common_pb2.JOB_STATE_CANCELLED}
-
-
-# ---- codec -------------------------------------------------------------------------------------
-
-
-def request_from_pb(pb: personalizer_pb2.CreateAdapterRequest) -> AdapterRequest:
-    return AdapterRequest(tuple(pb.reference_images), pb.token, pb.class_word,
-                          _METHODS.get(pb.method, f"unknown method {pb.method}"), pb.steps, pb.rank)
-
-
-def job_to_pb(job: TrainingJob) -> personalizer_pb2.TrainingJob:
-    return personalizer_pb2.TrainingJob(
-        job_id=job.job_id, state=_STATES[job.state], step=job.step, total_steps=job.steps, token=job.token,
-        method=_METHOD_PB[job.method], adapter_id=job.adapter_id, error=job.error, created_ms=job.created_ms,
-        attempts=job.attempts)
-
-
-def adapter_to_pb(adapter: Adapter) -> personalizer_pb2.Adapter:
-    return personalizer_pb2.Adapter(
-        adapter_id=adapter.adapter_id, token=adapter.token, class_word=adapter.class_word,
-        method=_METHOD_PB[adapter.method], created_ms=adapter.created_ms, job_id=adapter.job_id, steps=adapter.steps)
-
-
-def event_to_pb(event: TrainingEvent) -> personalizer_pb2.TrainingEvent:
-    if isinstance(event, JobChanged):
-        return personalizer_pb2.TrainingEvent(job=job_to_pb(event.job))
-    if isinstance(event, StepDone):
-        return personalizer_pb2.TrainingEvent(progress=personalizer_pb2.TrainingProgress(
-            step=event.step, total_steps=event.total, loss=event.loss, resumed_from=event.resumed_from))
-    if isinstance(event, SamplePreview):
-        return personalizer_pb2.TrainingEvent(preview=personalizer_pb2.TrainingPreview(
-            step=event.step, image=common_pb2.Image(png=event.png, width=event.width, height=event.height)))
-    assert isinstance(event, AdapterReady)
-    return personalizer_pb2.TrainingEvent(adapter=adapter_to_pb(event.adapter))
-
 
 # ---- servicer ----------------------------------------------------------------------------------
 
