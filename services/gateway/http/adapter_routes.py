@@ -23,50 +23,55 @@ _METHODS = {"": 0, "LORA": 1, "ADAPTER_METHOD_LORA": 1, "TEXTUAL_INVERSION": 2, 
 _DROPPABLE = frozenset({"progress", "preview"})
 
 
-def adapter_routes(state: EdgeState) -> list[ApiRoute]:
-    core = state.core
+class _AdapterRoutes:
+    """The handlers of ``adapter_routes``: plain methods over the edge's domain objects."""
 
-    async def call(method: str, message: Message) -> Message:
-        reply: Message = await getattr(core.personalization(), method)(message, timeout=UPSTREAM_TIMEOUT_S,
+    def __init__(self, state: EdgeState) -> None:
+        self.state = state
+        self.core = state.core
+
+    async def call(self, method: str, message: Message) -> Message:
+        reply: Message = await getattr(self.core.personalization(), method)(message, timeout=UPSTREAM_TIMEOUT_S,
                                                                          metadata=metadata())
         return reply
 
-    async def create(request: Request) -> Response:
-        body = await read_body(request, state.max_upload_bytes)
+    async def create(self, request: Request) -> Response:
+        body = await read_body(request, self.state.max_upload_bytes)
 
         async def work() -> Response:
-            job = await call("CreateAdapter", await _create_request(request, body))
+            job = await self.call("CreateAdapter", await _create_request(request, body))
             return ProtoResponse(job, 202, {"Location": f"/v1/training-jobs/{job.job_id}"})  # type: ignore[attr-defined]
 
-        return await state.idempotency.run(request.headers.get("idempotency-key"), "adapters", body, work)
+        return await self.state.idempotency.run(request.headers.get("idempotency-key"), "adapters", body, work)
 
-    async def list_adapters(request: Request) -> Response:
-        return ProtoResponse(await call("ListAdapters", personalizer_pb2.ListAdaptersRequest()))
+    async def list_adapters(self, request: Request) -> Response:
+        return ProtoResponse(await self.call("ListAdapters", personalizer_pb2.ListAdaptersRequest()))
 
-    async def get_adapter(request: Request) -> Response:
+    async def get_adapter(self, request: Request) -> Response:
         adapter_id = request.path_params["adapter_id"]
-        return ProtoResponse(await call("GetAdapter", personalizer_pb2.GetAdapterRequest(adapter_id=adapter_id)))
+        return ProtoResponse(await self.call("GetAdapter", personalizer_pb2.GetAdapterRequest(adapter_id=adapter_id)))
 
-    async def delete_adapter(request: Request) -> Response:
+    async def delete_adapter(self, request: Request) -> Response:
         adapter_id = request.path_params["adapter_id"]
-        return ProtoResponse(await call("DeleteAdapter", personalizer_pb2.DeleteAdapterRequest(adapter_id=adapter_id)))
+        request_pb = personalizer_pb2.DeleteAdapterRequest(adapter_id=adapter_id)
+        return ProtoResponse(await self.call("DeleteAdapter", request_pb))
 
-    async def get_job(request: Request) -> Response:
+    async def get_job(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
-        return ProtoResponse(await call("GetTrainingJob", personalizer_pb2.WatchJobRequest(job_id=job_id)))
+        return ProtoResponse(await self.call("GetTrainingJob", personalizer_pb2.WatchJobRequest(job_id=job_id)))
 
-    async def cancel_job(request: Request) -> Response:
+    async def cancel_job(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
         parse(await read_body(request), personalizer_pb2.CancelJobRequest)
-        return ProtoResponse(await call("CancelJob", personalizer_pb2.CancelJobRequest(job_id=job_id)))
+        return ProtoResponse(await self.call("CancelJob", personalizer_pb2.CancelJobRequest(job_id=job_id)))
 
-    async def events(request: Request) -> Response:
+    async def events(self, request: Request) -> Response:
         job_id, after = request.path_params["job_id"], int(last_event_id(request, stream_ids=False))
-        await call("GetTrainingJob", personalizer_pb2.WatchJobRequest(job_id=job_id))  # a 404 now, not mid-stream
+        await self.call("GetTrainingJob", personalizer_pb2.WatchJobRequest(job_id=job_id))  # a 404 now, not mid-stream
 
         async def watched() -> AsyncIterator[tuple[int, personalizer_pb2.TrainingEvent]]:
             # WatchJob replays the job's events in order: event n is the n-th of the replay.
-            stream = core.personalization().WatchJob(personalizer_pb2.WatchJobRequest(job_id=job_id),
+            stream = self.core.personalization().WatchJob(personalizer_pb2.WatchJobRequest(job_id=job_id),
                                                      metadata=metadata())
             try:
                 number = 0
@@ -82,24 +87,28 @@ def adapter_routes(state: EdgeState) -> list[ApiRoute]:
                                                 SUBSCRIBER_BUFFER):
                 yield str(number), event
 
-        return sse_response(event_frames(items(), closing=state.closing, request_id=request_id(request)),
-                            core.open_stream())
+        return sse_response(event_frames(items(), closing=self.state.closing, request_id=request_id(request)),
+                            self.core.open_stream())
 
+
+
+def adapter_routes(state: EdgeState) -> list[ApiRoute]:
+    r = _AdapterRoutes(state)
     one = "/v1/adapters/{adapter_id}"
     job = "/v1/training-jobs/{job_id}"
     return [
-        ApiRoute("POST", "/v1/adapters", create, "Train an adapter from 4-7 photos of a subject", "adapters",
+        ApiRoute("POST", "/v1/adapters", r.create, "Train an adapter from 4-7 photos of a subject", "adapters",
                  personalizer_pb2.CreateAdapterRequest, personalizer_pb2.TrainingJob, 202, kind="multipart",
                  idempotent_create=True, errors=(400, 401, 409, 413, 429, 503)),
-        ApiRoute("GET", "/v1/adapters", list_adapters, "The tenant's adapters, newest first", "adapters",
+        ApiRoute("GET", "/v1/adapters", r.list_adapters, "The tenant's adapters, newest first", "adapters",
                  None, personalizer_pb2.ListAdaptersResponse),
-        ApiRoute("GET", one, get_adapter, "One adapter", "adapters", None, personalizer_pb2.Adapter),
-        ApiRoute("DELETE", one, delete_adapter, "Delete an adapter (its token is free again)", "adapters",
+        ApiRoute("GET", one, r.get_adapter, "One adapter", "adapters", None, personalizer_pb2.Adapter),
+        ApiRoute("DELETE", one, r.delete_adapter, "Delete an adapter (its token is free again)", "adapters",
                  None, personalizer_pb2.DeleteAdapterResponse),
-        ApiRoute("GET", job, get_job, "A training job's state", "adapters", None, personalizer_pb2.TrainingJob),
-        ApiRoute("POST", f"{job}/cancel", cancel_job, "Cancel a training job", "adapters",
+        ApiRoute("GET", job, r.get_job, "A training job's state", "adapters", None, personalizer_pb2.TrainingJob),
+        ApiRoute("POST", f"{job}/cancel", r.cancel_job, "Cancel a training job", "adapters",
                  personalizer_pb2.CancelJobRequest, personalizer_pb2.TrainingJob, errors=(400, 401, 404, 409, 503)),
-        ApiRoute("GET", f"{job}/events", events, "The training job's events (SSE): progress, loss, samples",
+        ApiRoute("GET", f"{job}/events", r.events, "The training job's events (SSE): progress, loss, samples",
                  "adapters", kind="sse", stream_of=personalizer_pb2.TrainingEvent),
     ]
 
