@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -35,22 +37,15 @@ def session_cmd(
     timeout: float = typer.Option(1800.0, help="Deadline for the whole session, seconds."),
 ) -> None:
     """Human in the loop: rounds as numbered contact sheets, like/dislike, then upscale the chosen one."""
-    import asyncio
-    import signal
     import sys
 
-    import grpc
-
-    from philip.clients.generate import gateway_channel
-    from philip.clients.session import SessionClient, SessionError
-    from philip.clients.session_cli import Constraints, resume_point, run_session
+    from philip.clients.session_cli import Constraints
     from philip.feedback_weights import parse_weight_options
-    from philip.v1 import common_pb2, gateway_pb2_grpc, refiner_pb2
+    from philip.v1 import common_pb2
 
     if (prompt is None) == (resume is None):
         console.print("[red]give a PROMPT to start a session, or --resume ID to continue one (not both)[/red]")
         raise typer.Exit(2)
-    interactive = rounds is None and sys.stdin.isatty()
     params = None
     if prompt is not None:
         params = common_pb2.GenerationParams(prompt=prompt, negative_prompt=negative, num_images=n, steps=steps,
@@ -63,52 +58,93 @@ def session_cmd(
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
-    session_id = ""  # set once the gateway has started or resumed the session
+    _run_reporting(_Plan(gateway, params, resume, weights, bool(weight) or explore is not None, timeout, out,
+                         rounds, rounds is None and sys.stdin.isatty(), like, dislike, finalize, scale, constraints))
 
-    def say(text: str) -> None:
-        console.print(text, soft_wrap=True, markup=False, highlight=False)  # paths stay on one line, verbatim
 
-    def ask(question: str) -> str:
-        # asyncio.run's own SIGINT handler only cancels the task, which a blocking input() never notices:
-        # at the prompt, Ctrl-C must raise at once.
-        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+@dataclass
+class _Plan:
+    """What ``philip session`` was asked to do, checked."""
+
+    gateway: str
+    params: Any  # common_pb2.GenerationParams to start, or None to resume
+    resume: str | None
+    weights: dict[str, float]
+    weights_given: bool
+    timeout: float
+    out: Path
+    rounds: int | None
+    interactive: bool
+    like: list[str]
+    dislike: list[str]
+    finalize: str
+    scale: int
+    constraints: Any  # session_cli.Constraints
+    session_id: str = ""  # set once the gateway has started or resumed the session
+
+
+def _say(text: str) -> None:
+    console.print(text, soft_wrap=True, markup=False, highlight=False)  # paths stay on one line, verbatim
+
+
+def _ask(question: str) -> str:
+    import signal
+
+    # asyncio.run's own SIGINT handler only cancels the task, which a blocking input() never notices:
+    # at the prompt, Ctrl-C must raise at once.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return console.input(f"{question}\n> ")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+async def _drive(plan: _Plan) -> None:
+    from philip.clients.generate import gateway_channel
+    from philip.clients.session import SessionClient
+    from philip.clients.session_cli import resume_point, run_session
+    from philip.v1 import gateway_pb2_grpc, refiner_pb2
+
+    async with gateway_channel(plan.gateway) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        if plan.params is not None:
+            session = await SessionClient.start(stub, plan.params, timeout_s=plan.timeout, weights=(
+                refiner_pb2.FeedbackWeights(**plan.weights) if plan.weights else None))
+        else:
+            session = await SessionClient.resume(stub, plan.resume or "", timeout_s=plan.timeout)
+        plan.session_id = session.session_id
+        _say(f"session {plan.session_id}")
+        if session.snapshot is not None and session.snapshot.HasField("weights"):
+            w = session.snapshot.weights
+            _say("weights: " + ", ".join(f"{f.name} {v:g}" for f, v in w.ListFields())
+                 + ("" if plan.weights_given else " (the served model's defaults)"))
         try:
-            return console.input(f"{question}\n> ")
+            start = await resume_point(session, plan.out, _say) if plan.params is None else None
+            rounds = plan.rounds if plan.rounds is not None else (None if plan.interactive else 1)
+            final = start if isinstance(start, Path) else await run_session(
+                session, out_dir=plan.out, rounds=rounds, likes=plan.like, dislikes=plan.dislike,
+                finalize=plan.finalize, scale=plan.scale, ask=_ask if plan.interactive else None, say=_say,
+                current=start, constraints=plan.constraints)
         finally:
-            signal.signal(signal.SIGINT, previous)
+            await session.close()
+        if final is not None:
+            console.print(f"[green]final image[/green] {final}", soft_wrap=True)
 
-    async def run() -> None:
-        nonlocal session_id
-        async with gateway_channel(gateway) as channel:
-            stub = gateway_pb2_grpc.GatewayStub(channel)
-            if params is not None:
-                session = await SessionClient.start(stub, params, timeout_s=timeout, weights=(
-                    refiner_pb2.FeedbackWeights(**weights) if weights else None))
-            else:
-                session = await SessionClient.resume(stub, resume or "", timeout_s=timeout)
-            session_id = session.session_id
-            say(f"session {session_id}")
-            if session.snapshot is not None and session.snapshot.HasField("weights"):
-                w = session.snapshot.weights
-                say("weights: " + ", ".join(f"{f.name} {v:g}" for f, v in w.ListFields())
-                    + ("" if weight or explore is not None else " (the served model's defaults)"))
-            try:
-                start = await resume_point(session, out, say) if params is None else None
-                final = start if isinstance(start, Path) else await run_session(
-                    session, out_dir=out, rounds=rounds if rounds is not None else (None if interactive else 1),
-                    likes=like, dislikes=dislike, finalize=finalize, scale=scale,
-                    ask=ask if interactive else None, say=say, current=start, constraints=constraints)
-            finally:
-                await session.close()
-            if final is not None:
-                console.print(f"[green]final image[/green] {final}", soft_wrap=True)
+
+def _run_reporting(plan: _Plan) -> None:
+    """Run the session; on an error or Ctrl-C, say what went wrong and how to come back to the session."""
+    import asyncio
+
+    import grpc
+
+    from philip.clients.session import SessionError
 
     def resume_hint() -> None:
-        if session_id:
-            say(f"the session is kept: philip session --resume {session_id} --gateway {gateway}")
+        if plan.session_id:
+            _say(f"the session is kept: philip session --resume {plan.session_id} --gateway {plan.gateway}")
 
     try:
-        asyncio.run(run())
+        asyncio.run(_drive(plan))
     except KeyboardInterrupt:
         resume_hint()
         raise typer.Exit(130) from None
