@@ -53,8 +53,8 @@ DEFAULT_THREADS = 2
 
 
 @dataclass(frozen=True)
-class GenerateBenchConfig:
-    """What to measure and how often."""
+class SamplingConfig:
+    """What every generation bench asks the model for."""
 
     model_dir: Path = Path("models/philip-tiny")
     images: int = 8
@@ -64,6 +64,12 @@ class GenerateBenchConfig:
     scheduler: str = "dpm++"
     prompt: str = "a red circle on a blue background"
     seed: int = 1234
+
+
+@dataclass(frozen=True)
+class GenerateBenchConfig(SamplingConfig):
+    """What to measure and how often."""
+
     repeats: int = 3
     threads: int = DEFAULT_THREADS
     port: int = 0  # 0 = a free port

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 from google.protobuf import json_format
 
+from philip.bench.generate import SamplingConfig
 from philip.bench.http_report import max_pixel_diff, summarize
 from philip.bench.server_process import ServerProcess, free_port
 from philip.bench.sse_client import (
@@ -54,17 +55,10 @@ RSS_SAMPLE_S = 0.05
 
 
 @dataclass(frozen=True)
-class HttpBenchConfig:
+class HttpBenchConfig(SamplingConfig):
     """What to measure and how often."""
 
-    model_dir: Path = Path("models/philip-tiny")
     images: int = 4
-    steps: int = 8
-    guidance: float = 5.0
-    size: int = 64
-    scheduler: str = "dpm++"
-    prompt: str = "a red circle on a blue background"
-    seed: int = 1234
     preview_every: int = 1
     repeats: int = 5
     viewers: int = 200

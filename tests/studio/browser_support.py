@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
@@ -14,6 +16,14 @@ PROMPT = "a red circle on a blue background"
 STEPS = 6
 IMAGES = 4
 TIMEOUT_S = 60
+
+# The marks of every browser test module: slow, and skipped where Debian's chromium is not installed.
+BROWSER_TEST = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
+                       reason="headless Chromium tests need chromium and chromedriver on PATH (apt-get install "
+                              "chromium chromium-driver)"),
+]
 
 
 def wait_for(driver: WebDriver, what: str, check: Callable[[], Any], timeout: float = TIMEOUT_S) -> Any:

@@ -13,13 +13,13 @@ import shutil
 import time
 from pathlib import Path
 
-import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
 from tests.studio.browser_support import (
+    BROWSER_TEST,
     IMAGES,
     PROMPT,
     STEPS,
@@ -35,12 +35,7 @@ from tests.studio.browser_support import (
 )
 from tests.studio.conftest import REPO, StudioServer
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
-                       reason="headless Chromium tests need chromium and chromedriver on PATH (apt-get install "
-                              "chromium chromium-driver)"),
-]
+pytestmark = BROWSER_TEST
 
 
 def test_session_from_prompt_to_final_image(studio_server: StudioServer, browser: WebDriver, tmp_path: Path) -> None:

@@ -4,18 +4,17 @@ feedback and honoured by the next round (against the real server and model of co
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
 from tests.studio.browser_support import (
+    BROWSER_TEST,
     IMAGES,
     STEPS,
     Console,
@@ -29,12 +28,7 @@ from tests.studio.browser_support import (
 )
 from tests.studio.conftest import StudioServer
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
-                       reason="headless Chromium tests need chromium and chromedriver on PATH (apt-get install "
-                              "chromium chromium-driver)"),
-]
+pytestmark = BROWSER_TEST
 
 
 def learned_rows(driver: WebDriver) -> list[dict[str, Any]]:
