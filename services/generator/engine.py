@@ -1,11 +1,10 @@
-"""The diffusion engine: one pipeline, one merged batch at a time, on a dedicated worker thread.
+"""The diffusion engine: one pipeline, one merged batch at a time, on its device's worker thread.
 
-It plugs into diffusers' extension points instead of copying the denoising loop:
-* ``callback_on_step_end`` reports progress, renders previews and honours cancellation
-  (a cancelled job is dropped at the next step; when every job of the batch is cancelled,
-  ``pipe._interrupt`` skips the remaining steps);
-* a UNet forward hook keeps the latest (scaled model input, timestep, output), from which the
-  x0 estimate is computed for any scheduler (see ``x0_estimate``).
+A batch is one :class:`~philip.diffusion.run.DenoisingRun`, each job a member of it with its own rows:
+* the run's step callbacks honour cancellation first (a cancelled job is dropped at the next step; when every
+  job of the batch is cancelled the remaining steps are skipped), then report progress and render previews
+  from the x0 estimate of the UNet capture (see ``x0_estimate``), for any scheduler;
+* only the jobs still wanted are decoded, and a cancel that arrives during the decode still wins.
 Each image has its own CPU generator seeded with its seed, so an image depends only on
 (prompts, batch parameters, seed), whether its job ran alone or merged with others.
 """
@@ -13,20 +12,21 @@ Each image has its own CPU generator seeded with its seed, so an image depends o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from philip.diffusion.callbacks import DropCancelled, RenderPreviews, ReportProgress
+from philip.diffusion.executors import post_to_loop
+from philip.diffusion.run import Denoiser
 from philip.images import png_bytes
 from philip.logs import bind_ids, get_logger
 from philip.models.adapters import AdapterSwitch, activate_adapters
-from philip.models.pipelines import SCHEDULERS, load_pipeline, make_scheduler, native_size
-from philip.previews import PreviewEncoder, UNetCapture, decode_latents, x0_estimate
-from philip.priority import DEVICE
+from philip.models.pipelines import SCHEDULERS, load_pipeline, native_size
+from philip.previews import PreviewEncoder
 from services.generator.batching import WorkItem
 from services.generator.events import Cancelled, GeneratedImage, JobEvent, Preview, Progress, Result
 
@@ -40,11 +40,7 @@ class DiffusionEngine:
         self.pipe = pipe
         self.previews = previews
         self.adapters = adapters
-        # One thread: the pipeline (and its scheduler swap) is not safe to share, and torch work
-        # must never run on the event loop.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffusion")
-        self._capture = UNetCapture()
-        self._hook = pipe.unet.register_forward_hook(self._capture, with_kwargs=True)
+        self.denoiser = Denoiser(pipe)
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "cpu", *, threads: int | None = None,
@@ -66,112 +62,77 @@ class DiffusionEngine:
         return tuple(SCHEDULERS)
 
     async def run(self, batch: Sequence[WorkItem]) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._run_batch, list(batch), loop)
+        await self.denoiser.worker.run(self._run_batch, list(batch), asyncio.get_running_loop())
 
     def close(self) -> None:
-        self._hook.remove()
-        self._executor.shutdown(wait=True)
+        self.denoiser.close()
 
     def x0_estimate(self) -> torch.Tensor:
         """x0 of the latest UNet call, with classifier-free guidance applied as the pipeline does."""
-        return x0_estimate(self.pipe, self._capture)
-
-    # ---- worker thread ---------------------------------------------------------------------------
+        return self.denoiser.x0_estimate()
 
     def _run_batch(self, batch: list[WorkItem], loop: asyncio.AbstractEventLoop) -> None:
-        with DEVICE.interactive():  # training in this process waits
-            self._run_batch_now(batch, loop)
-
-    def _run_batch_now(self, batch: list[WorkItem], loop: asyncio.AbstractEventLoop) -> None:
+        """One pipeline call for the batch, on the device's thread; every event goes back to the loop."""
         key = batch[0].key
         activate_adapters(self.adapters, key.adapter_ids)  # a batch holds one adapter set (batching.py)
-        run = _BatchRun(self, batch, loop)
-        pipe = self.pipe
-        base_scheduler = pipe.scheduler
-        pipe.scheduler = make_scheduler(pipe, key.scheduler)
-        try:
-            with bind_ids(job_id=",".join(item.job_id for item in batch)), torch.inference_mode():
-                latents = pipe(
-                    prompt=[item.request.prompt for item in batch for _ in range(item.num_images)],
-                    negative_prompt=[item.request.negative_prompt for item in batch for _ in range(item.num_images)],
-                    width=key.width,
-                    height=key.height,
-                    num_inference_steps=key.steps,
-                    guidance_scale=key.guidance,
-                    generator=[torch.Generator("cpu").manual_seed(seed) for item in batch
-                               for seed in item.request.image_seeds],
-                    output_type="latent",  # we decode only the jobs still wanted
-                    callback_on_step_end=run.on_step_end,
-                ).images
-                run.finish(latents)
-        finally:
-            pipe.scheduler = base_scheduler
+        run = self.denoiser.start([_JobRows(item, loop, self) for item in batch], scheduler=key.scheduler,
+                                  steps=key.steps)
+        latents = run(
+            [DropCancelled(run), ReportProgress(run), RenderPreviews(run)],
+            hooks=[bind_ids(job_id=",".join(item.job_id for item in batch))],
+            prompt=[item.request.prompt for item in batch for _ in range(item.num_images)],
+            negative_prompt=[item.request.negative_prompt for item in batch for _ in range(item.num_images)],
+            width=key.width,
+            height=key.height,
+            guidance_scale=key.guidance,
+            generator=[torch.Generator("cpu").manual_seed(seed) for item in batch for seed in item.request.image_seeds],
+        )
+        run.drop_cancelled()
+        decoded = run.decode_live(latents)
+        run.drop_cancelled()  # a cancel that arrived during the decode still wins
+        for job, images in decoded:
+            if job in run.live:
+                job.send(Result(job.generated(images)))
 
 
-class _BatchRun:
-    """Per-batch state on the worker thread: which rows belong to which job, who is still live."""
+@dataclass(eq=False)
+class _JobRows:
+    """A job's rows in a run (a ``BatchMember``): its events go to the job's ``send`` on the event loop."""
 
-    def __init__(self, engine: DiffusionEngine, batch: list[WorkItem], loop: asyncio.AbstractEventLoop) -> None:
-        self.engine = engine
-        self.items = batch
-        self.loop = loop
-        self.rows: list[slice] = []
-        start = 0
-        for item in batch:
-            self.rows.append(slice(start, start + item.num_images))
-            start += item.num_images
-        self.live = list(range(len(batch)))
-        self.total_steps = batch[0].request.steps
+    item: WorkItem
+    loop: asyncio.AbstractEventLoop
+    engine: DiffusionEngine
 
-    def send(self, k: int, event: JobEvent) -> None:
-        with contextlib.suppress(RuntimeError):  # loop closed during shutdown: nobody is listening
-            self.loop.call_soon_threadsafe(self.items[k].send, event)
+    @property
+    def images(self) -> int:
+        return self.item.num_images
 
-    def drop_cancelled(self) -> None:
-        for k in list(self.live):
-            reason = self.items[k].cancel_reason
-            if reason is not None:
-                self.live.remove(k)
-                self.send(k, Cancelled(reason))
+    def send(self, event: JobEvent) -> None:
+        post_to_loop(self.loop, self.item.send, event)
 
-    def on_step_end(self, pipe: Any, i: int, t: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
-        step = i + 1
-        self.drop_cancelled()
-        if not self.live:
-            pipe._interrupt = True  # diffusers skips the remaining steps; output_type="latent" skips decoding
-            return callback_kwargs
-        for k in self.live:
-            self.send(k, Progress(step, self.total_steps))
-        wanting = [k for k in self.live if self.items[k].wants_preview(step, self.total_steps)]
-        if wanting:
-            x0 = self.engine.x0_estimate()
-            for k in wanting:
-                self.send(k, Preview(step, self._images(k, self._render_preview(x0[self.rows[k]]))))
-        return callback_kwargs
+    def check_cancelled(self, after_step: int) -> bool:
+        reason = self.item.cancel_reason  # read once: the loop may change it meanwhile
+        if reason is None:
+            return False
+        self.send(Cancelled(reason))
+        return True
 
-    def _render_preview(self, x0: torch.Tensor) -> list[Any]:
-        if self.items[0].request.preview_mode == "vae":
-            return self.engine.previews.encode_vae(self.engine.pipe, x0)
-        return self.engine.previews.encode_linear(x0)
+    def progress(self, step: int, total: int) -> None:
+        self.send(Progress(step, total))
 
-    def _images(self, k: int, pil_images: list[Any]) -> tuple[GeneratedImage, ...]:
-        seeds = self.items[k].request.image_seeds
+    def wants_preview(self, step: int, total: int) -> bool:
+        return self.item.wants_preview(step, total)
+
+    def preview(self, step: int, x0: torch.Tensor) -> None:
+        if self.item.request.preview_mode == "vae":
+            images = self.engine.previews.encode_vae(self.engine.pipe, x0)
+        else:
+            images = self.engine.previews.encode_linear(x0)
+        self.send(Preview(step, self.generated(images)))
+
+    def generated(self, pil_images: list[Any]) -> tuple[GeneratedImage, ...]:
+        seeds = self.item.request.image_seeds
         return tuple(
             GeneratedImage(png=png_bytes(image), width=image.width, height=image.height, seed=seeds[n], index=n)
             for n, image in enumerate(pil_images)
         )
-
-    def finish(self, latents: torch.Tensor) -> None:
-        self.drop_cancelled()
-        if not self.live:
-            return
-        wanted = list(self.live)
-        decoded = decode_latents(self.engine.pipe, torch.cat([latents[self.rows[k]] for k in wanted]))
-        self.drop_cancelled()  # a cancel that arrived during the decode still wins
-        offset = 0
-        for k in wanted:
-            n = self.items[k].num_images
-            if k in self.live:
-                self.send(k, Result(self._images(k, decoded[offset : offset + n])))
-            offset += n

@@ -12,8 +12,8 @@ Every image's initial noise is recorded as a :class:`NoiseOrigin` (a seed plus t
 steering steps that led to it), from which :meth:`NoiseOrigin.noise` redraws it exactly, so a
 steered image can itself be liked and steered from in a later round.
 
-:meth:`RoundRunner.run` is synchronous and meant for a worker thread (the pipeline is not
-thread-safe: one runner, one thread); :meth:`RoundRunner.refine` is its asyncio face::
+:meth:`RoundRunner.run` is synchronous and meant for a worker thread (the pipeline is not thread-safe);
+:meth:`RoundRunner.refine` is its asyncio face, on the device's worker thread (:mod:`philip.diffusion`)::
 
     runner = RoundRunner(pipe)
     params = RoundParams(prompt="a red circle", width=128, height=128, steps=20, guidance=6.0,
@@ -26,12 +26,10 @@ thread-safe: one runner, one thread); :meth:`RoundRunner.refine` is its asyncio 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,11 +37,12 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from philip.diffusion.executors import post_to_loop
+from philip.diffusion.run import Denoiser
 from philip.exploration import RoundChoice, SlotBelief, SlotConstraints
 from philip.models.adapters import AdapterSwitch
 from philip.models.pipelines import SCHEDULERS
 from philip.previews import PreviewEncoder
-from philip.priority import DEVICE
 from philip.rpc.errors import FailedPrecondition, InvalidArgument, PhilipError
 from services.refiner.batch_round import RoundWork, run_batch
 from services.refiner.explore import SlotVocabulary, explore_round
@@ -183,14 +182,13 @@ class RoundRunner:
         self.previews = previews
         self.adapters = adapters
         self.cache_size = cache_size
+        self.denoiser = Denoiser(pipe)
         self._latents: OrderedDict[tuple[str, int, int], torch.Tensor] = OrderedDict()
         self._empty_prompt: torch.Tensor | None = None
-        self._executor: ThreadPoolExecutor | None = None
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        """Wait for this runner's rounds on the device's thread. Blocking."""
+        self.denoiser.close()
 
     async def refine(
         self,
@@ -202,37 +200,19 @@ class RoundRunner:
         preview_every: int = 0,
         on_preview: PreviewCallback | None = None,
     ) -> FeedbackRound:
-        """:meth:`run` on the runner's worker thread; ``on_step``/``on_preview`` are called on the event loop.
+        """:meth:`run` on the device's worker thread; ``on_step``/``on_preview`` are called on the event loop.
 
         Cancelling the awaiting task sets ``cancel`` and waits (at most one step) for the worker
         to stop, so the pipeline is free when the ``CancelledError`` propagates.
         """
         loop = asyncio.get_running_loop()
-        cancel = cancel if cancel is not None else threading.Event()
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refiner")
-
-        def report(step: int, total: int) -> None:
-            if on_step is not None:
-                with contextlib.suppress(RuntimeError):  # loop closed: nobody is listening
-                    loop.call_soon_threadsafe(on_step, step, total)
-
-        def preview(step: int, images: list[Image.Image]) -> None:
-            if on_preview is not None:
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(on_preview, step, images)
-
-        future = loop.run_in_executor(
-            self._executor, functools.partial(DEVICE.run_interactive, self.run, params, feedback, cancel=cancel,
-                                              on_step=report, preview_every=preview_every, on_preview=preview)
-        )
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            cancel.set()
-            with contextlib.suppress(Exception):
-                await future
-            raise
+        work = RoundWork(params, feedback, cancel if cancel is not None else threading.Event(),
+                         on_step and functools.partial(post_to_loop, loop, on_step), preview_every,
+                         on_preview and functools.partial(post_to_loop, loop, on_preview))
+        [outcome] = await self.refine_batch([work])
+        if isinstance(outcome, PhilipError):
+            raise outcome
+        return outcome
 
     def run(
         self,
@@ -262,21 +242,15 @@ class RoundRunner:
         return run_batch(self, works)
 
     async def refine_batch(self, works: Sequence[RoundWork]) -> list[FeedbackRound | PhilipError]:
-        """:meth:`run_batch` on the runner's worker thread. Cancelling the awaiting task cancels every work and
+        """:meth:`run_batch` on the device's worker thread. Cancelling the awaiting task cancels every work and
         waits (at most one step) for the pipeline to be free."""
-        loop = asyncio.get_running_loop()
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refiner")
-        future = loop.run_in_executor(self._executor, functools.partial(DEVICE.run_interactive, self.run_batch,
-                                                                        list(works)))
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
+        works = list(works)
+
+        def cancel_all() -> None:
             for work in works:
                 work.cancel.set()
-            with contextlib.suppress(Exception):
-                await future
-            raise
+
+        return await self.denoiser.worker.run(self.run_batch, works, stop=cancel_all)
 
     # ---- helpers ----------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from philip.diffusion.executors import post_to_loop
 from philip.exploration import RoundChoice, SessionDefaults, SlotConstraints
 from philip.feedback_weights import parse_weights
 from philip.generation.requests import GenerationParams, RequestResolver
@@ -112,8 +113,7 @@ class Refiner:
         events: asyncio.Queue[RefineEvent] = asyncio.Queue()
 
         def later(event: RefineEvent) -> None:  # from the worker thread
-            with contextlib.suppress(RuntimeError):  # loop closed: nobody is listening
-                loop.call_soon_threadsafe(events.put_nowait, event)
+            post_to_loop(loop, events.put_nowait, event)
 
         work = RoundWork(job.params, job.feedback, on_step=lambda step, total: later(StepDone(step, total)),
                          preview_every=job.preview_every,

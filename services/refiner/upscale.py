@@ -9,13 +9,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from PIL import Image
 
+from philip.diffusion.executors import post_to_loop
 from philip.images import InvalidImage, decode_upload, png_bytes
 from philip.models.upscaler import OnnxUpscaler
 from philip.priority import DEVICE
@@ -102,8 +102,7 @@ class Upscaler:
         events: asyncio.Queue[UpscaleProgress] = asyncio.Queue()
 
         def progress(done: int, total: int) -> None:
-            with contextlib.suppress(RuntimeError):  # loop closed: nobody is listening
-                loop.call_soon_threadsafe(events.put_nowait, UpscaleProgress(done, total))
+            post_to_loop(loop, events.put_nowait, UpscaleProgress(done, total))
 
         def work() -> bytes:
             return png_bytes(self.model.upscale(image, progress=progress))
