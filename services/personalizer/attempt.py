@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from types import TracebackType
 
+from philip.diffusion.executors import post_to_loop
 from philip.images import png_bytes
 from philip.logs import get_logger
 from philip.store import Store, StoreError
@@ -78,7 +79,7 @@ class Attempt:
     def on_progress(self, p: TrainProgress) -> None:
         """The trainer's callback (on its thread): hand the step's events to the pump."""
         for event in _to_events(p):
-            self._loop.call_soon_threadsafe(self._events.put_nowait, event)
+            post_to_loop(self._loop, self._events.put_nowait, event)
 
     def _stop_training(self, reason: str) -> None:
         if self.reason is None:
