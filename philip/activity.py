@@ -51,8 +51,8 @@ class ActivityLog:
 
     @classmethod
     def from_settings(cls, store: Store, settings: Settings) -> ActivityLog:
-        return cls(store, retention_s=settings.activity_retention_days * 86_400,
-                   max_entries=settings.activity_max_entries)
+        return cls(store, retention_s=settings.quotas.activity_retention_days * 86_400,
+                   max_entries=settings.quotas.activity_max_entries)
 
     async def record(self, kind: str, subject_id: str, *, tenant: str | None = None, **details: Any) -> None:
         """Append an entry for ``tenant`` (default: the caller's); details are kept as strings."""

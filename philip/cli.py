@@ -45,7 +45,7 @@ def serve_cmd(
 
     settings = Settings.from_env(port=port, host=host, redis_url=redis_url, model_dir=model_dir,
                                  http_port=http_port)
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(settings.server.log_format, settings.server.log_level)
     asyncio.run(serve(role, settings))
 
 
@@ -64,11 +64,14 @@ def config_cmd(as_json: bool = typer.Option(False, "--json", help="Print one JSO
         console.print(f"[red]invalid setting:[/red] {exc}")
         raise typer.Exit(2) from None
     if as_json:
-        print(json.dumps({name: entry["value"] for name, entry in report.items()}, indent=2))
+        print(json.dumps({group: {name: entry["value"] for name, entry in values.items()}
+                          for group, values in report.items()}, indent=2))
         return
-    for name, entry in report.items():
-        marker = "*" if entry["from"] == "env" else " "
-        console.print(f"{marker} {name} = {entry['value']!r}", highlight=False)
+    for group, values in report.items():
+        console.print(f"[bold]{group}[/bold]")
+        for name, entry in values.items():
+            marker = "*" if entry["from"] == "env" else " "
+            console.print(f"  {marker} {name} = {entry['value']!r}", highlight=False)
     console.print("(* set in the environment)")
 
 

@@ -48,8 +48,9 @@ class Quotas:
 
     @classmethod
     def from_settings(cls, store: Store, settings: Settings) -> Quotas:
-        return cls(store, {SESSIONS.name: settings.quota_sessions, GENERATIONS.name: settings.quota_generations,
-                           TRAINING_JOBS.name: settings.quota_training_jobs})
+        q = settings.quotas
+        return cls(store, {SESSIONS.name: q.quota_sessions, GENERATIONS.name: q.quota_generations,
+                           TRAINING_JOBS.name: q.quota_training_jobs})
 
     @staticmethod
     def _key(quota: Quota, tenant: str) -> str:

@@ -1,7 +1,7 @@
 """Process entry point: run the generator, the refiner, the personalizer, the gateway, or all four.
 
 ``all`` is the embedded mode for a laptop or a single pod: generator, refiner and personalizer
-listen on ephemeral loopback ports and the gateway (on ``settings.port``) dials them, so the code
+listen on ephemeral loopback ports and the gateway (on ``settings.server.port``) dials them, so the code
 path is the same as in a split deployment. A personalizer process also runs one training worker.
 With auth on, the workers serve only the gateway (philip/rpc/internal.py). SIGTERM/SIGINT stop the
 gateway first (it stops taking calls, drains them and fails the session steps still running), then
@@ -50,11 +50,11 @@ async def serve(
     """Serve ``role`` until SIGTERM/SIGINT (or ``stop`` is set), then shut down gracefully.
 
     ``on_ready`` receives the bound addresses ({"generator": ..., "personalizer": ..., "gateway": ...});
-    ``store`` overrides the one named by ``settings.redis_url`` (and is then not closed here).
+    ``store`` overrides the one named by ``settings.store.redis_url`` (and is then not closed here).
     """
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}; got {role!r}")
-    if role == "gateway" and (settings.generator_addr is None or settings.refiner_addr is None):
+    if role == "gateway" and (settings.upstreams.generator_addr is None or settings.upstreams.refiner_addr is None):
         raise ValueError("the gateway role needs PHILIP_GENERATOR_ADDR and PHILIP_REFINER_ADDR; "
                          "use role 'all' to embed the workers")
     internal = internal_auth(role, settings)  # before anything loads: a misconfigured pod fails at once
@@ -62,16 +62,16 @@ async def serve(
     addresses: dict[str, str] = {}
     async with contextlib.AsyncExitStack() as stack:  # unwinds in reverse: gateway, workers, store
         if store is None:
-            store = open_store(settings.redis_url, memory_mb=settings.memory_store_mb,
-                               max_connections=settings.redis_max_connections)
+            store = open_store(settings.store.redis_url, memory_mb=settings.store.memory_store_mb,
+                               max_connections=settings.store.redis_max_connections)
             stack.push_async_callback(store.close)
         await _start_workers(stack, role, settings, store, internal, addresses)
         if role in ("gateway", "all"):
             await _start_gateway(stack, role, settings, store, internal, addresses)
-        if settings.metrics_port is not None:
-            metrics_port, stop_metrics = serve_metrics(settings.metrics_port, settings.host)
+        if settings.server.metrics_port is not None:
+            metrics_port, stop_metrics = serve_metrics(settings.server.metrics_port, settings.server.host)
             stack.callback(stop_metrics)
-            addresses["metrics"] = f"{settings.host}:{metrics_port}"
+            addresses["metrics"] = f"{settings.server.host}:{metrics_port}"
         stack.enter_context(_stop_on_signals(stop))
         log.info("app.serving", role=role, **addresses)
         if on_ready is not None:
@@ -116,15 +116,15 @@ async def _start_server(stack: contextlib.AsyncExitStack, settings: Settings, se
 async def _start_gateway(stack: contextlib.AsyncExitStack, role: str, settings: Settings, store: Store,
                          internal: InternalAuth | None, addresses: dict[str, str]) -> None:
     """The gateway's channels to the internal services, its domain objects, its gRPC and HTTP edges."""
-    generator_addr = addresses.get("generator", settings.generator_addr)
-    refiner_addr = addresses.get("refiner", settings.refiner_addr)
-    personalizer_addr = addresses.get("personalizer", settings.personalizer_addr)
+    generator_addr = addresses.get("generator", settings.upstreams.generator_addr)
+    refiner_addr = addresses.get("refiner", settings.upstreams.refiner_addr)
+    personalizer_addr = addresses.get("personalizer", settings.upstreams.personalizer_addr)
     assert generator_addr is not None and refiner_addr is not None
     tls_out = channel_credentials(settings) if role != "all" else None
     upstream = upstream_interceptors(internal)  # every upstream call proves it is the gateway's
 
     def channel(address: str, service: str) -> aio.Channel:
-        opened = make_channel(address, [service], max_message_mb=settings.max_message_mb, credentials=tls_out,
+        opened = make_channel(address, [service], max_message_mb=settings.server.max_message_mb, credentials=tls_out,
                               interceptors=upstream)
         stack.push_async_callback(opened.close)
         return opened
@@ -135,7 +135,7 @@ async def _start_gateway(stack: contextlib.AsyncExitStack, role: str, settings: 
                             if personalizer_addr is not None else None)
     sessions = gateway_server.open_sessions(settings, store, generator_channel, refiner_channel)
     # Runs after the gateway has stopped taking calls: running steps get the grace, then fail.
-    stack.push_async_callback(sessions.close, settings.grace_s)
+    stack.push_async_callback(sessions.close, settings.server.grace_s)
     core = gateway_server.open_core(settings, store, generator_channel, sessions, personalizer_channel)
     stack.push_async_callback(core.generations.close)
     keys = _api_keys(settings)
@@ -144,7 +144,7 @@ async def _start_gateway(stack: contextlib.AsyncExitStack, role: str, settings: 
     await gateway.start()
     stack.push_async_callback(gateway.stop)
     addresses["gateway"] = gateway.address
-    if settings.http_port:
+    if settings.http.http_port:
         edge = open_http_edge(settings, core, keys)
         await edge.start()
         stack.push_async_callback(edge.stop)  # first: not ready, streams end, then gRPC drains
@@ -153,10 +153,10 @@ async def _start_gateway(stack: contextlib.AsyncExitStack, role: str, settings: 
 
 def _api_keys(settings: Settings) -> ApiKeys | None:
     """The gateway's API keys (both edges use the same), or None for an open gateway."""
-    if settings.api_keys_file is None:
+    if settings.auth.api_keys_file is None:
         log.warning("gateway.open", why="no PHILIP_API_KEYS_FILE: every caller is the same tenant")
         return None
-    keys = ApiKeys.load(settings.api_keys_file)
+    keys = ApiKeys.load(settings.auth.api_keys_file)
     log.info("gateway.auth", keys=len(keys.by_hash), tenants=len(set(keys.by_hash.values())))
     return keys
 
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     role = args[0] if args else "all"
     settings = Settings.from_env()
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(settings.server.log_format, settings.server.log_level)
     asyncio.run(serve(role, settings))
 
 

@@ -104,7 +104,7 @@ def resolve_threads(threads: int | None) -> int:
         return threads
     from philip.settings import Settings
 
-    return Settings.from_env().torch_threads
+    return Settings.from_env().server.torch_threads
 
 
 # ---- the bare pipeline in this process ----------------------------------------------------------

@@ -149,7 +149,7 @@ async def compare_load(concurrencies: tuple[int, ...], steps: int = 8, redis_url
 
     from philip.settings import Settings
 
-    threads = Settings.from_env().torch_threads
+    threads = Settings.from_env().server.torch_threads
     ips, best_batch = await asyncio.to_thread(pipeline_images_per_s, steps, threads=threads)
     ips_all, _ = await asyncio.to_thread(pipeline_images_per_s, steps, threads=os.cpu_count() or 1)
     rows = []

@@ -105,7 +105,7 @@ def read_tokens(path: str) -> tuple[str, ...]:
 
 
 def auth_on(settings: Settings) -> bool:
-    return bool(settings.api_keys_file or settings.internal_token_file or settings.gateway_identity)
+    return bool(settings.auth.api_keys_file or settings.auth.internal_token_file or settings.auth.gateway_identity)
 
 
 def internal_auth(role: str, settings: Settings) -> InternalAuth | None:
@@ -113,20 +113,20 @@ def internal_auth(role: str, settings: Settings) -> InternalAuth | None:
     gateway is). Raises ValueError, naming what to set, where auth is on but cannot work."""
     if not auth_on(settings):
         return None
-    tokens = read_tokens(settings.internal_token_file) if settings.internal_token_file else ()
-    require_tenant = settings.api_keys_file is not None
+    tokens = read_tokens(settings.auth.internal_token_file) if settings.auth.internal_token_file else ()
+    require_tenant = settings.auth.api_keys_file is not None
     if role == "all":
         # Its services listen on plaintext loopback, where no certificate tells who calls; a token it
         # makes for itself, shared in memory with its own gateway, keeps other local processes out.
         return InternalAuth(tokens or (secrets.token_urlsafe(32),), None, require_tenant)
     if role == "gateway":
-        if not tokens and not settings.tls_cert:
+        if not tokens and not settings.tls.tls_cert:
             raise ValueError("the gateway has no credentials the internal services accept: set "
                              "PHILIP_INTERNAL_TOKEN_FILE (the internal token Secret they mount too), or mTLS "
                              "(PHILIP_TLS_CERT/KEY/CA, a certificate whose SAN is their PHILIP_GATEWAY_IDENTITY)")
         return InternalAuth(tokens)
-    identity = settings.gateway_identity
-    if identity is not None and not settings.tls_cert:
+    identity = settings.auth.gateway_identity
+    if identity is not None and not settings.tls.tls_cert:
         raise ValueError("PHILIP_GATEWAY_IDENTITY needs mTLS: set PHILIP_TLS_CERT, PHILIP_TLS_KEY and PHILIP_TLS_CA "
                          "(or use PHILIP_INTERNAL_TOKEN_FILE alone)")
     if not tokens and identity is None:

@@ -84,8 +84,8 @@ class GrpcServer:
         self.max_connection_age_ms = max_connection_age_ms
         self.extra_interceptors = list(interceptors)
         self.health = health.aio.HealthServicer()
-        self.port: int = settings.port  # the bound port once started (useful with port 0)
-        self.health_port: int | None = settings.health_port
+        self.port: int = settings.server.port  # the bound port once started (useful with port 0)
+        self.health_port: int | None = settings.server.health_port
         self._server: aio.Server | None = None
         self._health_server: aio.Server | None = None
         self._stop_task: asyncio.Task[None] | None = None
@@ -93,7 +93,7 @@ class GrpcServer:
     @property
     def address(self) -> str:
         """``host:port`` clients can dial once started."""
-        return f"{self.settings.host}:{self.port}"
+        return f"{self.settings.server.host}:{self.port}"
 
     @property
     def service_names(self) -> list[str]:
@@ -106,19 +106,21 @@ class GrpcServer:
         server = aio.server(
             # The error interceptor runs first so it also sees failures of later interceptors.
             interceptors=[ErrorInterceptor(), *self.extra_interceptors],
-            options=server_options(self.settings.max_message_mb, max_connection_age_ms=self.max_connection_age_ms),
+            options=server_options(self.settings.server.max_message_mb,
+                                   max_connection_age_ms=self.max_connection_age_ms),
             maximum_concurrent_rpcs=self.maximum_concurrent_rpcs,
         )
         for _, register in self.services:
             register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection([*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-        self.port = _bind(server, f"{self.settings.host}:{self.settings.port}", self.credentials)
-        if self.settings.health_port is not None:
+        self.port = _bind(server, f"{self.settings.server.host}:{self.settings.server.port}", self.credentials)
+        if self.settings.server.health_port is not None:
             # Its own server, so that this plaintext port answers health checks and nothing else.
             self._health_server = aio.server(options=server_options(1))
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
-            self.health_port = _bind(self._health_server, f"{self.settings.host}:{self.settings.health_port}", None)
+            own = self.settings.server
+            self.health_port = _bind(self._health_server, f"{own.host}:{own.health_port}", None)
             await self._health_server.start()
         await server.start()
         self._server = server
@@ -138,7 +140,7 @@ class GrpcServer:
         Idempotent: concurrent or repeated calls wait for the same shutdown.
         """
         if self._stop_task is None:
-            grace = self.settings.grace_s if grace_s is None else grace_s
+            grace = self.settings.server.grace_s if grace_s is None else grace_s
             self._stop_task = asyncio.ensure_future(self._stop(grace))
         # Shielded so that cancelling one waiter (e.g. a timed-out caller) does not abort the drain.
         await asyncio.shield(self._stop_task)
@@ -174,7 +176,7 @@ class GrpcServer:
             log.info("server.signal_ignored", signal=sig.name, reason="already stopping")
             return
         log.info("server.signal", signal=sig.name)
-        self._stop_task = asyncio.ensure_future(self._stop(self.settings.grace_s))
+        self._stop_task = asyncio.ensure_future(self._stop(self.settings.server.grace_s))
 
     async def serve(self) -> None:
         """Start, stop gracefully on SIGTERM/SIGINT, and return once terminated."""

@@ -25,11 +25,11 @@ def _read(setting: str, path: str) -> bytes:
 
 
 def _pems(settings: Settings) -> tuple[bytes, bytes, bytes] | None:
-    if not settings.tls_cert:
+    if not settings.tls.tls_cert:
         return None
-    assert settings.tls_key and settings.tls_ca  # Settings checks all three or none
-    return (_read("PHILIP_TLS_CERT", settings.tls_cert), _read("PHILIP_TLS_KEY", settings.tls_key),
-            _read("PHILIP_TLS_CA", settings.tls_ca))
+    assert settings.tls.tls_key and settings.tls.tls_ca  # Settings checks all three or none
+    return (_read("PHILIP_TLS_CERT", settings.tls.tls_cert), _read("PHILIP_TLS_KEY", settings.tls.tls_key),
+            _read("PHILIP_TLS_CA", settings.tls.tls_ca))
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:

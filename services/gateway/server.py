@@ -249,10 +249,11 @@ def open_sessions(settings: Settings, store: Store, generator_channel: aio.Chann
     """The session domain on real upstreams; the caller closes it (and the channels)."""
     upstream = GrpcUpstream(generator_pb2_grpc.GeneratorServiceStub(generator_channel),
                             refiner_pb2_grpc.RefinerServiceStub(refiner_channel))
-    return SessionManager(store, upstream, encode_event=codec.encode_event, ttl_s=settings.session_idle_s,
-                          max_references=settings.max_references, quotas=Quotas.from_settings(store, settings),
+    return SessionManager(store, upstream, encode_event=codec.encode_event, ttl_s=settings.sessions.session_idle_s,
+                          max_references=settings.sessions.max_references, quotas=Quotas.from_settings(store, settings),
                           activity=ActivityLog.from_settings(store, settings),
-                          quota_idle_s=settings.quota_session_idle_s, stale_after_s=settings.session_stale_s)
+                          quota_idle_s=settings.quotas.quota_session_idle_s,
+                          stale_after_s=settings.sessions.session_stale_s)
 
 
 def open_core(settings: Settings, store: Store, generator_channel: aio.Channel, sessions: SessionManager,
@@ -261,8 +262,8 @@ def open_core(settings: Settings, store: Store, generator_channel: aio.Channel, 
     generator = generator_pb2_grpc.GeneratorServiceStub(generator_channel)
     personalizer = personalizer_pb2_grpc.PersonalizerServiceStub(personalizer_channel) if personalizer_channel else None
     return GatewayCore(store, sessions, generator, DetachedGenerations(generator, sessions.quotas),
-                       load_styles(settings.styles_path), personalizer,
-                       StreamLimits(settings.max_streams, settings.max_streams_per_tenant))
+                       load_styles(settings.models.styles_path), personalizer,
+                       StreamLimits(settings.sessions.max_streams, settings.sessions.max_streams_per_tenant))
 
 
 def build(core: GatewayCore) -> list[tuple[str, RegisterFn]]:

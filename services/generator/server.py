@@ -111,13 +111,16 @@ def open_generator(settings: Settings, store: Store, *, engine: Engine | None = 
     if engine is None:
         from services.generator.engine import DiffusionEngine  # torch stays out of the servicer's imports
 
-        engine = DiffusionEngine.load(settings.model_dir, settings.device, threads=settings.torch_threads,
-                                      adapters_dir=settings.adapters_dir, adapter_cache=settings.adapter_cache)
+        models = settings.models
+        engine = DiffusionEngine.load(models.model_dir, settings.server.device, threads=settings.server.torch_threads,
+                                      adapters_dir=models.adapters_dir, adapter_cache=models.adapter_cache)
     resolver = RequestResolver(native_size=engine.native_size, schedulers=engine.schedulers,
-                               styles=load_styles(settings.styles_path), adapters_dir=settings.adapters_dir)
-    queue = GenerationQueue(engine, max_queue=settings.max_queue, max_batch=settings.max_batch,
-                            batch_window_ms=settings.batch_window_ms)
-    return Generator(store, queue, resolver, encode_event=codec.encode_event, blob_ttl_s=settings.blob_ttl_s)
+                               styles=load_styles(settings.models.styles_path),
+                               adapters_dir=settings.models.adapters_dir)
+    batching = settings.batching
+    queue = GenerationQueue(engine, max_queue=batching.max_queue, max_batch=batching.max_batch,
+                            batch_window_ms=settings.batching.batch_window_ms)
+    return Generator(store, queue, resolver, encode_event=codec.encode_event, blob_ttl_s=settings.store.blob_ttl_s)
 
 
 def build(settings: Settings, store: Store, *, generator: Generator | None = None) -> list[tuple[str, RegisterFn]]:

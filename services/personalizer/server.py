@@ -74,7 +74,7 @@ def open_personalizer(settings: Settings, store: Store) -> Personalizer:
     """The domain for ``settings`` (reads the model's tokenizer to vet new tokens). Blocking."""
     from philip.models.adapters import load_tokenizer
 
-    return Personalizer(store, settings.adapters_dir, load_tokenizer(settings.model_dir),
+    return Personalizer(store, settings.models.adapters_dir, load_tokenizer(settings.models.model_dir),
                         quotas=Quotas.from_settings(store, settings),
                         activity=ActivityLog.from_settings(store, settings))
 
@@ -85,11 +85,11 @@ class WorkerTask:
     def __init__(self, personalizer: Personalizer, settings: Settings) -> None:
         import torch
 
-        torch.set_num_threads(settings.torch_threads)
-        config = WorkerConfig(model_dir=settings.model_dir, device=settings.device,
-                              reclaim_idle_s=settings.train_reclaim_idle_s,
-                              heartbeat_s=min(1.0, settings.train_reclaim_idle_s / 4),
-                              checkpoint_every=settings.train_checkpoint_every)
+        torch.set_num_threads(settings.server.torch_threads)
+        config = WorkerConfig(model_dir=settings.models.model_dir, device=settings.server.device,
+                              reclaim_idle_s=settings.training.train_reclaim_idle_s,
+                              heartbeat_s=min(1.0, settings.training.train_reclaim_idle_s / 4),
+                              checkpoint_every=settings.training.train_checkpoint_every)
         consumer = f"{socket.gethostname()}-{os.getpid()}"
         self.worker = TrainingWorker(personalizer, config, consumer)
         self._stop = asyncio.Event()

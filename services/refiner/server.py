@@ -68,36 +68,37 @@ def open_refiner(settings: Settings) -> Refiner:
     from services.refiner.rounds import RoundRunner
     from services.refiner.upscale import Upscaler
 
-    torch.set_num_threads(settings.torch_threads)
+    torch.set_num_threads(settings.server.torch_threads)
     defaults, vocabulary = session_defaults(settings)
-    pipe = load_pipeline(settings.model_dir, settings.device)
-    runner = RoundRunner(pipe, previews=PreviewEncoder.for_pipeline(pipe, settings.model_dir),
-                         adapters=AdapterSwitch(pipe, settings.adapters_dir, settings.adapter_cache),
+    pipe = load_pipeline(settings.models.model_dir, settings.server.device)
+    runner = RoundRunner(pipe, previews=PreviewEncoder.for_pipeline(pipe, settings.models.model_dir),
+                         adapters=AdapterSwitch(pipe, settings.models.adapters_dir, settings.models.adapter_cache),
                          vocabulary=vocabulary)
     resolver = RequestResolver(native_size=native_size(pipe), schedulers=tuple(SCHEDULERS),
-                               styles=load_styles(settings.styles_path), adapters_dir=settings.adapters_dir)
-    upscaler = Upscaler(OnnxUpscaler(settings.upscaler_path, providers=settings.onnx_providers),
-                        max_waiting=settings.max_queue)
-    return Refiner(runner, upscaler, resolver, max_queue=settings.max_queue, defaults=defaults,
-                   max_batch=settings.refine_max_batch or settings.max_batch,
-                   batch_window_ms=settings.batch_window_ms)
+                               styles=load_styles(settings.models.styles_path),
+                               adapters_dir=settings.models.adapters_dir)
+    upscaler = Upscaler(OnnxUpscaler(settings.models.upscaler_path, providers=settings.models.onnx_providers),
+                        max_waiting=settings.batching.max_queue)
+    return Refiner(runner, upscaler, resolver, max_queue=settings.batching.max_queue, defaults=defaults,
+                   max_batch=settings.batching.refine_max_batch or settings.batching.max_batch,
+                   batch_window_ms=settings.batching.batch_window_ms)
 
 
 def session_defaults(settings: Settings) -> tuple[SessionDefaults, SlotVocabulary | None]:
     """The served model's vocabulary and the weights a session without any gets; ValueError (at start-up) for a
     bad file. The shipped files missing (a process started outside the project folder) mean none."""
-    vocabulary_path = settings.vocabulary_path
+    vocabulary_path = settings.models.vocabulary_path
     if vocabulary_path == DEFAULT_VOCABULARY_PATH and not Path(vocabulary_path).is_file():
         log.warning("vocabulary.missing", path=vocabulary_path)
         vocabulary_path = ""
-    vocabulary, vocabulary_source = load_vocabulary(settings.model_dir, vocabulary_path)
+    vocabulary, vocabulary_source = load_vocabulary(settings.models.model_dir, vocabulary_path)
     section = ("no_vocabulary" if vocabulary is None else
                "model_vocabulary" if isinstance(vocabulary, PromptVocabulary) else "modifier_vocabulary")
-    defaults_path = settings.session_defaults_path
+    defaults_path = settings.models.session_defaults_path
     if defaults_path == DEFAULT_SESSION_DEFAULTS_PATH and not Path(defaults_path).is_file():
         log.warning("session_defaults.missing", path=defaults_path)
         defaults_path = ""
-    weights, reference_weights, source = load_defaults(settings.model_dir, defaults_path, section)
+    weights, reference_weights, source = load_defaults(settings.models.model_dir, defaults_path, section)
     slots = vocabulary.slots if vocabulary is not None else ()
     return SessionDefaults(weights, source, slots, vocabulary_source, reference_weights), vocabulary
 

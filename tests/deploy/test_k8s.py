@@ -4,7 +4,6 @@ schemas (kubernetes-validate, strict, pinned version), then the wiring a schema 
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
 import pytest
@@ -37,7 +36,7 @@ POOL_TAINTS = {"7448": "w7900", "740f": "mi210"}
 CRDS = {("keda.sh/v1alpha1", "ScaledObject"), ("keda.sh/v1alpha1", "TriggerAuthentication")}
 TRAIN_STREAM, TRAIN_GROUP = "philip:queue:train", "personalizers"
 SECRET = "philip-secrets"
-SETTINGS_VARS = {env_name(f.name) for f in dataclasses.fields(Settings)}
+SETTINGS_VARS = {env_name(name) for name in Settings.field_names()}
 
 
 # ---- schema ---------------------------------------------------------------------------------
@@ -89,7 +88,7 @@ def test_amd_gpu_containers_request_a_gpu_on_their_pool(rendered: dict[str, Rend
         assert device_id == POOLS[role] and isinstance(device_id, str), f"{role}: pool {POOLS[role]!r} (quoted)"
         tolerated = {(t.get("key"), t.get("value"), t.get("effect")) for t in spec.get("tolerations", [])}
         assert ("gpu-pool", POOL_TAINTS[device_id], "NoSchedule") in tolerated, f"{role}: tolerates its pool"
-        assert settings_of(amd, main_container(workload)).device == "cuda", f"{role}: PHILIP_DEVICE=cuda"
+        assert settings_of(amd, main_container(workload)).server.device == "cuda", f"{role}: PHILIP_DEVICE=cuda"
 
 
 def test_dev_is_cpu_only_with_one_replica_each(rendered: dict[str, Rendered]) -> None:
@@ -101,7 +100,7 @@ def test_dev_is_cpu_only_with_one_replica_each(rendered: dict[str, Rendered]) ->
         assert not (spec.get("nodeSelector") or spec.get("tolerations") or spec.get("affinity"))
         assert workload["spec"].get("replicas", 1) == 1, workload["metadata"]["name"]
         if component(workload) in ROLES:
-            assert settings_of(dev, container).device == "cpu"
+            assert settings_of(dev, container).server.device == "cpu"
     assert not dev.of_kind("HorizontalPodAutoscaler", "ScaledObject", "TriggerAuthentication")
 
 
@@ -111,7 +110,7 @@ def test_probes_use_grpc_health_on_the_served_port(each: Rendered) -> None:
     for workload in philip_workloads(each):
         container = main_container(workload)
         ports = {p["containerPort"] for p in container["ports"]}
-        served = settings_of(each, container).port
+        served = settings_of(each, container).server.port
         assert served in ports, f"{workload['metadata']['name']}: PHILIP_PORT {served} not a containerPort"
         if component(workload) == "gateway":
             continue  # probes its HTTP edge: test_gateway_probes_use_the_http_edge
@@ -130,7 +129,7 @@ def test_termination_grace_covers_prestop_and_drain(each: Rendered) -> None:
     for workload in philip_workloads(each):
         container, role = main_container(workload), component(workload)
         prestop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
-        grace_s = settings_of(each, container).grace_s
+        grace_s = settings_of(each, container).server.grace_s
         # services/app.py: the gateway drains calls for grace_s, then gives running session
         # steps another grace_s; workers drain once.
         drain = 2 * grace_s if role == "gateway" else grace_s
@@ -216,7 +215,7 @@ def test_gateway_dials_headless_services_by_dns(each: Rendered) -> None:
     gateway = main_container(each.get("Deployment", "philip-gateway"))
     settings = settings_of(each, gateway)
     for role in WORKERS:
-        address = getattr(settings, f"{role}_addr")
+        address = getattr(settings.upstreams, f"{role}_addr")
         match = re.fullmatch(r"dns:///([a-z0-9-]+)\.([a-z0-9-]+)\.svc\.cluster\.local:(\d+)", address or "")
         assert match, f"PHILIP_{role.upper()}_ADDR={address!r}: dns:///name.namespace.svc.cluster.local:port"
         service = each.get("Service", match.group(1))
@@ -299,7 +298,7 @@ def test_every_role_reads_the_internal_token_from_the_secret(each: Rendered) -> 
     (philip/rpc/internal.py), and a role without it refuses to start: all four mount the same key."""
     for workload in philip_workloads(each):
         name, container = workload["metadata"]["name"], main_container(workload)
-        path = settings_of(each, container).internal_token_file
+        path = settings_of(each, container).auth.internal_token_file
         assert path, f"{name}: PHILIP_INTERNAL_TOKEN_FILE"
         mounts = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"].rstrip("/") + "/")]
         assert len(mounts) == 1 and mounts[0].get("readOnly"), f"{name}: one read-only mount holds {path}"
@@ -318,13 +317,13 @@ def test_models_and_adapters_are_mounted_where_settings_point(each: Rendered) ->
         container = main_container(workload)
         settings = settings_of(each, container)
         volumes = {v["name"]: v for v in pod_spec(workload)["volumes"]}
-        for path in (settings.model_dir, settings.upscaler_path, settings.adapters_dir):
+        for path in (settings.models.model_dir, settings.models.upscaler_path, settings.models.adapters_dir):
             mounts = [m for m in container["volumeMounts"]
                       if path == m["mountPath"] or path.startswith(m["mountPath"].rstrip("/") + "/")]
             assert mounts, f"{workload['metadata']['name']}: nothing mounted at {path}"
             source = volumes[mounts[-1]["name"]].get("persistentVolumeClaim", {}).get("claimName")
             assert source == "philip-models", f"{workload['metadata']['name']}: {path} not on the models volume"
-        adapters = next(m for m in container["volumeMounts"] if m["mountPath"] == settings.adapters_dir)
+        adapters = next(m for m in container["volumeMounts"] if m["mountPath"] == settings.models.adapters_dir)
         # Only the personalizer writes adapters.
         assert adapters.get("readOnly", False) == (component(workload) != "personalizer")
 

@@ -54,11 +54,11 @@ def test_gateway_serves_http_on_its_exposed_port(each: Rendered) -> None:
     http = container_port(container, HTTP_PORT_NAME)
     assert int(env["PHILIP_HTTP_PORT"]) == http == 8080, f"PHILIP_HTTP_PORT={env['PHILIP_HTTP_PORT']}, port {http}"
     settings = settings_of(each, container)
-    assert settings.http_port == http
-    assert http != settings.port, "HTTP beside gRPC, on a port of its own"
+    assert settings.http.http_port == http
+    assert http != settings.server.port, "HTTP beside gRPC, on a port of its own"
     service = each.get("Service", "philip-gateway")
     assert service_target(each, service, HTTP_PORT_NAME) == http
-    assert service_target(each, service, "grpc") == settings.port, "gRPC stays on the Service"
+    assert service_target(each, service, "grpc") == settings.server.port, "gRPC stays on the Service"
     for var in ("PHILIP_HTTP_PORT", "PHILIP_HTTP_CORS_ORIGINS"):
         for workload in philip_workloads(each):
             if component(workload) != "gateway":
@@ -81,7 +81,8 @@ def test_ingress_streams_the_gateways_http_port(each: Rendered) -> None:
         for timeout in ("proxy-read-timeout", "proxy-send-timeout"):
             assert int(notes.get(NGINX + timeout, "60")) > HEARTBEAT_S, f"{name}: {timeout} <= the heartbeat"
         body = nginx_size_bytes(notes.get(NGINX + "proxy-body-size", "1m"))
-        assert body == 0 or body >= settings.max_message_mb * 2**20, f"{name}: proxy-body-size < PHILIP_MAX_MESSAGE_MB"
+        assert body == 0 or body >= settings.server.max_message_mb * 2**20, \
+            f"{name}: proxy-body-size < PHILIP_MAX_MESSAGE_MB"
         hosts = [rule.get("host") for rule in spec["rules"]]
         assert hosts and all(hosts), f"{name}: every rule names its host"
         for rule in spec["rules"]:

@@ -135,7 +135,7 @@ def test_new_settings_are_validated_where_defined() -> None:
         Settings(internal_token_file="  ")
     settings = Settings.from_env({"PHILIP_INTERNAL_TOKEN_FILE": "/etc/philip/internal/internal-token",
                                   "PHILIP_GATEWAY_IDENTITY": "spiffe://cluster.local/ns/philip/sa/philip-gateway"})
-    assert settings.gateway_identity and settings.internal_token_file
+    assert settings.auth.gateway_identity and settings.auth.internal_token_file
 
 
 async def test_auth_on_without_the_gateways_identity_fails_at_start_up(tmp_path: Path, certs: ServiceCerts) -> None:

@@ -26,7 +26,7 @@ async def served() -> AsyncIterator[Served]:
     task = asyncio.create_task(serve("all", settings, store=store, stop=stop, on_ready=ready.set_result))
     try:
         addresses = await asyncio.wait_for(asyncio.shield(ready), 120)
-        assert addresses["http"].endswith(f":{settings.http_port}")
+        assert addresses["http"].endswith(f":{settings.http.http_port}")
         async with httpx.AsyncClient(base_url=f"http://{addresses['http']}") as http:
             doc = (await http.get("/openapi.json")).json()
         yield Served(f"http://{addresses['http']}", addresses["gateway"], doc)

@@ -32,7 +32,8 @@ async def _reachable() -> None:
 
 @contextlib.asynccontextmanager
 async def _served(role: str, prefix: str, settings: Settings) -> AsyncIterator[dict[str, str]]:
-    store = RedisStore(REDIS_URL, prefix=prefix, socket_timeout=2.0, max_connections=settings.redis_max_connections)
+    store = RedisStore(REDIS_URL, prefix=prefix, socket_timeout=2.0,
+                       max_connections=settings.store.redis_max_connections)
     stop = asyncio.Event()
     ready: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(serve(role, settings, store=store, stop=stop, on_ready=ready.set_result))

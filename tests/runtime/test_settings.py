@@ -10,9 +10,9 @@ from philip.settings import Settings, env_name
 def test_defaults_without_env() -> None:
     s = Settings.from_env({})
     assert s == Settings()
-    assert s.redis_url is None and s.port == 50051 and s.log_format == "json"
-    assert s.onnx_providers == ("CPUExecutionProvider",)
-    assert s.threads is None and s.metrics_port is None and s.generator_addr is None
+    assert s.store.redis_url is None and s.server.port == 50051 and s.server.log_format == "json"
+    assert s.models.onnx_providers == ("CPUExecutionProvider",)
+    assert s.server.threads is None and s.server.metrics_port is None and s.upstreams.generator_addr is None
 
 
 def test_env_values_are_parsed_to_types() -> None:
@@ -29,19 +29,19 @@ def test_env_values_are_parsed_to_types() -> None:
         "UNRELATED": "ignored",
     }
     s = Settings.from_env(env)
-    assert s.redis_url == "redis://redis:6379/0"
-    assert s.port == 6000 and s.grace_s == 2.5 and s.threads == 4
-    assert s.log_format == "console" and s.device == "cuda:1"
-    assert s.onnx_providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
-    assert s.generator_addr == "dns:///generator:50051" and s.metrics_port is None
+    assert s.store.redis_url == "redis://redis:6379/0"
+    assert s.server.port == 6000 and s.server.grace_s == 2.5 and s.server.threads == 4
+    assert s.server.log_format == "console" and s.server.device == "cuda:1"
+    assert s.models.onnx_providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
+    assert s.upstreams.generator_addr == "dns:///generator:50051" and s.server.metrics_port is None
 
 
 def test_overrides_win_and_none_means_unset() -> None:
     env = {"PHILIP_PORT": "6000", "PHILIP_HOST": "0.0.0.0"}
     s = Settings.from_env(env, port=7000, host=None, max_batch="3", onnx_providers=["A", "B"], grace_s=1)
-    assert s.port == 7000  # CLI flag beats env
-    assert s.host == "0.0.0.0"  # an unset flag (None) does not clobber env
-    assert s.max_batch == 3 and s.onnx_providers == ("A", "B") and s.grace_s == 1.0
+    assert s.server.port == 7000  # CLI flag beats env
+    assert s.server.host == "0.0.0.0"  # an unset flag (None) does not clobber env
+    assert s.batching.max_batch == 3 and s.models.onnx_providers == ("A", "B") and s.server.grace_s == 1.0
 
 
 def test_frozen_and_with() -> None:
@@ -49,7 +49,7 @@ def test_frozen_and_with() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.port = 1  # type: ignore[misc]
     t = s.with_(port=0, redis_url="redis://x")
-    assert (t.port, t.redis_url, s.port) == (0, "redis://x", 50051)
+    assert (t.server.port, t.store.redis_url, s.server.port) == (0, "redis://x", 50051)
     with pytest.raises(ValueError, match="PHILIP_PORT"):
         s.with_(port=-1)
 
@@ -87,6 +87,6 @@ def test_bad_override_types_and_unknown_names() -> None:
 
 
 def test_every_field_has_an_env_var() -> None:
-    env = {env_name(f.name): "" for f in dataclasses.fields(Settings) if f.name.endswith("_addr")}
+    env = {env_name(name): "" for name in Settings.field_names() if name.endswith("_addr")}
     assert set(env) == {"PHILIP_GENERATOR_ADDR", "PHILIP_REFINER_ADDR", "PHILIP_PERSONALIZER_ADDR"}
-    assert Settings.from_env(env).refiner_addr is None
+    assert Settings.from_env(env).upstreams.refiner_addr is None

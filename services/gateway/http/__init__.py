@@ -12,10 +12,10 @@ from services.gateway.http.server import HttpEdge
 
 
 def open_http_edge(settings: Settings, core: GatewayCore, keys: ApiKeys | None) -> HttpEdge:
-    """The edge on ``settings.host:settings.http_port``, over the same domain objects as the gRPC servicer."""
-    state = EdgeState(core, Idempotency(core.store), max_upload_bytes=settings.max_message_mb * 1024 * 1024)
-    app = build_app(state, keys, settings.http_cors_origins)
-    return HttpEdge(app, state, settings.host, settings.http_port, settings.grace_s)
+    """The edge on ``settings.server.host`` : ``settings.http.http_port``, over the gRPC servicer's domain objects."""
+    state = EdgeState(core, Idempotency(core.store), max_upload_bytes=settings.server.max_message_mb * 1024 * 1024)
+    app = build_app(state, keys, settings.http.http_cors_origins)
+    return HttpEdge(app, state, settings.server.host, settings.http.http_port, settings.server.grace_s)
 
 
 __all__ = ["HttpEdge", "open_http_edge"]
