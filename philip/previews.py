@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from philip.logs import get_logger
+from philip.models.latents import decode_pixels
 
 log = get_logger("philip.previews")
 
@@ -56,8 +57,7 @@ def vae_fingerprint(model_dir: str | Path) -> str:
 @torch.inference_mode()
 def decode_latents(pipe: Any, latents: torch.Tensor) -> list[Image.Image]:
     """Full VAE decode of (scaled) latents to PIL images at output size."""
-    vae = pipe.vae
-    pixels = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+    pixels = decode_pixels(pipe, latents)
     images: list[Image.Image] = pipe.image_processor.postprocess(pixels, output_type="pil")
     return images
 
@@ -95,9 +95,7 @@ class PreviewEncoder:
         generators = [torch.Generator("cpu").manual_seed(i) for i in range(fit_images)]
         latents = pipe(prompts, num_inference_steps=steps, guidance_scale=5.0, generator=generators,
                        output_type="latent").images
-        vae = pipe.vae
-        rgb = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
-        rgb = ((rgb.float() + 1) / 2).clamp(0, 1)
+        rgb = ((decode_pixels(pipe, latents).float() + 1) / 2).clamp(0, 1)
         small = F.adaptive_avg_pool2d(rgb, latents.shape[-2:])
         x = latents.float().permute(0, 2, 3, 1).reshape(-1, latents.shape[1]).cpu()
         y = small.permute(0, 2, 3, 1).reshape(-1, 3).cpu()

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from philip.models.families import DTYPES as _DTYPES  # torch-free
 from philip.settings_fields import Rule, check_group, check_value, coerce, env_name, field_types, parse
 
 DEFAULT_HTTP_PORT = 8080
@@ -110,9 +111,13 @@ class ModelSettings:
     session_defaults_path: str = DEFAULT_SESSION_DEFAULTS_PATH
     onnx_providers: tuple[str, ...] = field(default=("CPUExecutionProvider",))
     adapter_cache: int = 8  # adapters each generating process keeps loaded (LRU)
+    # The pipelines' weights: fp16 | bf16 | fp32; "" = fp16 on a GPU, fp32 on the CPU (a force_upcast VAE stays fp32).
+    dtype: str = ""
 
     RULES: ClassVar[dict[str, Rule]] = {
         "onnx_providers": (lambda v: len(v) > 0, "must name at least one provider"),
+        "dtype": (lambda v: v.lower() in ("", *_DTYPES), f"must be one of {', '.join(_DTYPES)} "
+                                                          "(empty: fp16 on a GPU, fp32 on the CPU)"),
         "adapter_cache": (lambda v: 4 <= v <= 64, "must be in 4..64 (a batch may use 4 adapters)"),
     }
 

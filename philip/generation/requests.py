@@ -17,6 +17,7 @@ from pathlib import Path
 
 from philip.logs import get_logger
 from philip.models.adapters import adapter_exists, is_adapter_id
+from philip.models.families import GenerationDefaults
 from philip.rpc.errors import FailedPrecondition, InvalidArgument, NotFound
 
 log = get_logger("philip.generation.requests")
@@ -25,9 +26,10 @@ MAX_SEED = 2**63 - 1
 MAX_PROMPT_CHARS = 1000
 MAX_ADAPTERS = 4
 DEFAULT_NUM_IMAGES = 4
-DEFAULT_STEPS = 8
-DEFAULT_GUIDANCE = 5.0
-DEFAULT_SCHEDULER = "dpm++"
+# SD-1.x's defaults (philip-tiny's); a served model's own come with it (RequestResolver.defaults).
+DEFAULT_STEPS = GenerationDefaults().steps
+DEFAULT_GUIDANCE = GenerationDefaults().guidance
+DEFAULT_SCHEDULER = GenerationDefaults().scheduler
 PREVIEW_MODES = ("linear", "vae")
 # Aspect presets (width units, height units); the long side becomes the model's native size.
 ASPECT_RATIOS: dict[str, tuple[int, int]] = {
@@ -147,10 +149,16 @@ def preset_size(aspect_ratio: str, native_size: int) -> tuple[int, int]:
 class RequestResolver:
     """Validates ``GenerationParams`` against the served model and fills in defaults."""
 
-    native_size: int  # unet.config.sample_size * vae scale factor
+    native_size: int  # the model's defaults, else unet.config.sample_size * vae scale factor
     schedulers: tuple[str, ...]
     styles: Mapping[str, Style] = field(default_factory=dict)
     adapters_dir: str | None = None  # None: this server loads no adapters
+    defaults: GenerationDefaults = field(default_factory=GenerationDefaults)  # steps, guidance, scheduler
+
+    def __post_init__(self) -> None:
+        if self.defaults.scheduler not in self.schedulers:  # at start-up, not on the first request
+            raise ValueError(f"the model's default scheduler {self.defaults.scheduler!r} is not one of "
+                             f"{', '.join(self.schedulers)}")
 
     def resolve(self, params: GenerationParams) -> GenerationRequest:
         if not params.prompt.strip():
@@ -174,11 +182,12 @@ class RequestResolver:
                 field="negative_prompt",
             )
         width, height = self._resolve_size(params)
-        guidance = DEFAULT_GUIDANCE if params.guidance is None else params.guidance
+        defaults = self.defaults
+        guidance = defaults.guidance if params.guidance is None else params.guidance
         if not (math.isfinite(guidance) and 0.0 <= guidance <= 30.0):
-            raise InvalidArgument(f"guidance must be in 0-30 (absent = default {DEFAULT_GUIDANCE}); got {guidance}",
+            raise InvalidArgument(f"guidance must be in 0-30 (absent = default {defaults.guidance}); got {guidance}",
                                   field="guidance")
-        scheduler = params.scheduler or DEFAULT_SCHEDULER
+        scheduler = params.scheduler or defaults.scheduler
         if scheduler not in self.schedulers:
             raise InvalidArgument(f"scheduler must be one of {', '.join(self.schedulers)}; got {scheduler!r}",
                                   field="scheduler")
@@ -192,7 +201,7 @@ class RequestResolver:
             num_images=_int_in("num_images", params.num_images, 1, 8, DEFAULT_NUM_IMAGES),
             width=width,
             height=height,
-            steps=_int_in("steps", params.steps, 1, 100, DEFAULT_STEPS),
+            steps=_int_in("steps", params.steps, 1, 100, defaults.steps),
             guidance=float(guidance),
             scheduler=scheduler,
             seed=secrets.randbelow(MAX_SEED + 1) if params.seed is None else params.seed,

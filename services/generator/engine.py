@@ -25,7 +25,9 @@ from philip.diffusion.run import Denoiser
 from philip.images import png_bytes
 from philip.logs import bind_ids, get_logger
 from philip.models.adapters import AdapterSwitch, activate_adapters
-from philip.models.pipelines import SCHEDULERS, load_pipeline, native_size
+from philip.models.conditioning import prompt_kwargs
+from philip.models.families import GenerationDefaults
+from philip.models.pipelines import SCHEDULERS, load_pipeline, native_size, served_defaults
 from philip.previews import PreviewEncoder
 from services.generator.batching import WorkItem
 from services.generator.events import Cancelled, GeneratedImage, JobEvent, Preview, Progress, Result
@@ -34,28 +36,32 @@ log = get_logger("services.generator.engine")
 
 
 class DiffusionEngine:
-    """Owns one Stable Diffusion pipeline and runs merged batches (a ``BatchRunner``)."""
+    """Owns one diffusion pipeline (any served family) and runs merged batches (a ``BatchRunner``)."""
 
-    def __init__(self, pipe: Any, previews: PreviewEncoder, adapters: AdapterSwitch | None = None) -> None:
+    def __init__(self, pipe: Any, previews: PreviewEncoder, adapters: AdapterSwitch | None = None,
+                 defaults: GenerationDefaults | None = None) -> None:
         self.pipe = pipe
         self.previews = previews
         self.adapters = adapters
+        self.defaults = defaults or GenerationDefaults()  # what a request leaving a field unset gets
         self.denoiser = Denoiser(pipe)
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "cpu", *, threads: int | None = None,
-             adapters_dir: str | Path | None = None, adapter_cache: int = 8) -> DiffusionEngine:
-        """Load the model folder and its preview projection (fitted on first use). Blocking."""
+             adapters_dir: str | Path | None = None, adapter_cache: int = 8, dtype: str = "") -> DiffusionEngine:
+        """Load the model folder (``dtype``: a ``PHILIP_DTYPE`` name, "" = the device's default), its generation
+        defaults and its preview projection (fitted on first use). Blocking."""
         if threads:
             torch.set_num_threads(threads)
-        pipe = load_pipeline(model_dir, device)
+        pipe = load_pipeline(model_dir, device, dtype)
         adapters = AdapterSwitch(pipe, adapters_dir, adapter_cache) if adapters_dir is not None else None
-        return cls(pipe, PreviewEncoder.for_pipeline(pipe, model_dir), adapters)
+        return cls(pipe, PreviewEncoder.for_pipeline(pipe, model_dir), adapters, served_defaults(model_dir, pipe))
 
     @property
     def native_size(self) -> int:
-        """Default long side in pixels: the UNet's sample size times the VAE's downscale."""
-        return native_size(self.pipe)
+        """Default long side in pixels: the model's defaults, else the UNet's sample size times the VAE's
+        downscale."""
+        return self.defaults.native_size or native_size(self.pipe)
 
     @property
     def schedulers(self) -> tuple[str, ...]:
@@ -80,8 +86,8 @@ class DiffusionEngine:
         latents = run(
             [DropCancelled(run), ReportProgress(run), RenderPreviews(run)],
             hooks=[bind_ids(job_id=",".join(item.job_id for item in batch))],
-            prompt=[item.request.prompt for item in batch for _ in range(item.num_images)],
-            negative_prompt=[item.request.negative_prompt for item in batch for _ in range(item.num_images)],
+            **prompt_kwargs(self.pipe, [item.request.prompt for item in batch for _ in range(item.num_images)],
+                            [item.request.negative_prompt for item in batch for _ in range(item.num_images)]),
             width=key.width,
             height=key.height,
             guidance_scale=key.guidance,

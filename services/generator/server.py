@@ -10,6 +10,7 @@ from grpc import aio
 
 from philip.generation.codec import params_from_pb
 from philip.generation.requests import RequestResolver, load_styles
+from philip.models.families import GenerationDefaults
 from philip.rpc.errors import InvalidArgument, PhilipError
 from philip.rpc.server import RegisterFn
 from philip.settings import Settings
@@ -113,10 +114,13 @@ def open_generator(settings: Settings, store: Store, *, engine: Engine | None = 
 
         models = settings.models
         engine = DiffusionEngine.load(models.model_dir, settings.server.device, threads=settings.server.torch_threads,
-                                      adapters_dir=models.adapters_dir, adapter_cache=models.adapter_cache)
+                                      adapters_dir=models.adapters_dir, adapter_cache=models.adapter_cache,
+                                      dtype=models.dtype)
     resolver = RequestResolver(native_size=engine.native_size, schedulers=engine.schedulers,
                                styles=load_styles(settings.models.styles_path),
-                               adapters_dir=settings.models.adapters_dir)
+                               adapters_dir=settings.models.adapters_dir,
+                               # an engine without defaults of its own (a test double) gets SD-1.x's
+                               defaults=getattr(engine, "defaults", None) or GenerationDefaults())
     batching = settings.batching
     queue = GenerationQueue(engine, max_queue=batching.max_queue, max_batch=batching.max_batch,
                             batch_window_ms=settings.batching.batch_window_ms)

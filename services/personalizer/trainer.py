@@ -26,6 +26,7 @@ from PIL import Image
 
 from philip import metrics
 from philip.models.adapters import AdapterInfo, save_adapter, token_in_vocabulary
+from philip.models.families import SD, detect_family
 from philip.models.pipelines import load_pipeline, native_size
 from philip.priority import DEVICE
 
@@ -104,6 +105,10 @@ class AdapterTrainer:
                  work_dir: Path, device: str = "cpu") -> None:
         self.config = config
         self.work_dir = work_dir
+        family = detect_family(model_dir)
+        if family is not SD:  # one text encoder, no added conditions: what this trainer knows
+            raise ValueError(f"training adapters on {family.label} models is not supported yet (issue 21); "
+                             "only SD-1.x/2.x folders train")
         self.pipe = pipe = load_pipeline(model_dir, device, dtype=torch.float32)
         tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
         if token_in_vocabulary(tokenizer, config.token) or tokenizer.add_tokens(config.token) != 1:

@@ -21,6 +21,7 @@ from PIL import Image
 
 from philip.diffusion.callbacks import DropCancelled, RenderPreviews, ReportProgress
 from philip.models.adapters import activate_adapters
+from philip.models.conditioning import prompt_kwargs
 from philip.previews import PreviewEncoder
 from philip.rpc.errors import Cancelled, PhilipError
 from services.refiner.fabric import FabricConditioner, ReferenceGroup
@@ -141,13 +142,13 @@ class _RoundBatch:
         for item in items:
             if item.work.on_start is not None:
                 item.work.on_start()
-        fabric = FabricConditioner(pipe, empty_prompt_embeds=runner.empty_prompt_embeds(), **self._fabric_groups())
+        fabric = FabricConditioner(pipe, empty_prompt_embeds=runner.empty_prompt(), **self._fabric_groups())
         run = runner.denoiser.start(items, scheduler=params.scheduler, steps=params.steps)
         # Progress first, then the cancel check: a round cancelled from its own step callback stops at once.
         latents = run(
             [ReportProgress(run), RenderPreviews(run), DropCancelled(run)], hooks=[fabric],
-            prompt=[p for item in items for p in item.prompts],
-            negative_prompt=[item.work.params.negative_prompt for item in items for _ in range(item.images)],
+            **prompt_kwargs(pipe, [p for item in items for p in item.prompts],
+                            [item.work.params.negative_prompt for item in items for _ in range(item.images)]),
             width=params.width, height=params.height, guidance_scale=params.guidance,
             latents=noise,  # unscaled: prepare_latents multiplies by init_noise_sigma itself
             generator=[gen for item in items for _, _, gen in item.plan],  # scheduler noise (ancestral)

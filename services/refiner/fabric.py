@@ -6,13 +6,12 @@ batched pass for all of them) while each ``attn1`` layer records its input token
 pass then lets the images attend to those tokens as extra keys and values. Nothing of the
 pipeline is copied: a :class:`FabricAttnProcessor` is installed on every ``attn1`` with
 ``unet.set_attn_processor`` and a UNet forward pre-hook runs the reference pass, so the
-unmodified ``StableDiffusionPipeline.__call__`` does the rest::
+unmodified pipeline ``__call__`` (SD-1.x's or SDXL's) does the rest::
 
     liked = encode_images(pipe, liked_pil)        # clean latents, already scaled
     disliked = encode_images(pipe, disliked_pil)
-    empty = pipe.encode_prompt("", pipe.device, 1, False)[0]
     with FabricConditioner(pipe, liked=liked, disliked=disliked, weights=FeedbackWeights(),
-                           empty_prompt_embeds=empty) as fab:
+                           empty_prompt_embeds=unconditional(pipe)) as fab:
         images = pipe(prompts, num_inference_steps=20, guidance_scale=5).images
     print(fab.unet_image_evals)  # main + reference images evaluated, for compute comparisons
 
@@ -20,7 +19,10 @@ Likes act through the conditional half of the classifier-free-guidance batch and
 through the unconditional half, which CFG pushes away from. Without CFG (guidance <= 1, or
 guidance-distilled models such as SD-Turbo/LCM that never double the batch) the whole batch
 gets the likes and dislikes do nothing; they are then left out of the reference pass.
-Supports SD-1.x-style UNets (no ``added_cond_kwargs``).
+
+The reference pass is conditioned on no prompt (:func:`~philip.models.conditioning.unconditional`); an SDXL UNet
+also gets that pooled embedding and the main call's time ids (``added_cond_kwargs``). Every ``attn1`` takes
+references (16 on SD-1.5, 70 on SDXL): choosing fewer for SDXL is measured work still to do (issue 21).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from PIL import Image
 
 from philip.feedback_weights import FeedbackWeights
+from philip.models.conditioning import PromptEmbeds, reference_added_cond, unconditional
+from philip.models.latents import encode_pixels
 from philip.models.pipelines import native_size
 
 Mode = Literal["off", "record", "inject"]
@@ -197,7 +201,7 @@ class FabricConditioner:
         liked: torch.Tensor | None = None,
         disliked: torch.Tensor | None = None,
         weights: FeedbackWeights | None = None,
-        empty_prompt_embeds: torch.Tensor | None = None,
+        empty_prompt_embeds: PromptEmbeds | torch.Tensor | None = None,
         seed: int = 0,
         exempt: int = 0,
         groups: Sequence[ReferenceGroup] | None = None,
@@ -219,7 +223,9 @@ class FabricConditioner:
         self.liked, self.disliked = self._refs[0]
         self.weights = self.groups[0].weights
         self.exempt = exempt  # the first images of the batch (explored captions) are not conditioned
-        self.empty_prompt_embeds = empty_prompt_embeds
+        # No prompt's embeddings (a bare tensor: SD-1.x's, without a pooled one); encoded on first use if None.
+        self.empty_prompt = (PromptEmbeds(empty_prompt_embeds) if isinstance(empty_prompt_embeds, torch.Tensor)
+                             else empty_prompt_embeds)
         self._noise = [torch.Generator().manual_seed(g.seed) for g in self.groups]
         self.unet_image_evals = 0  # images through the UNet: main batches + reference batches
         self.main_calls = 0
@@ -311,8 +317,6 @@ class FabricConditioner:
                 kwargs: dict[str, Any]) -> None:
         """One batched UNet pass over every group's references, noised to ``timestep`` (each group's noise from its
         own generator, as it would draw alone), recording attn1 inputs."""
-        if kwargs.get("added_cond_kwargs"):
-            raise NotImplementedError("FABRIC conditioning supports SD-1.x-style UNets (no added_cond_kwargs)")
         parts, noise = [], []
         for group, (liked, disliked), generator, (n, m, _, _) in zip(self.groups, self._refs, self._noise, counts,
                                                                     strict=True):
@@ -331,7 +335,9 @@ class FabricConditioner:
         if hasattr(scheduler, "scale_model_input"):
             # Same input scaling as the main batch got (sigma-parameterised schedulers divide by sqrt(sigma^2+1)).
             z_t = scheduler.scale_model_input(z_t, timestep)
-        empty = self._empty_embeds(sample.device).to(dtype=sample.dtype).expand(n_all, -1, -1)
+        uncond = self._unconditional()
+        empty = uncond.embeds.to(device=sample.device, dtype=sample.dtype).expand(n_all, -1, -1)
+        added = reference_added_cond(kwargs.get("added_cond_kwargs"), uncond, n_all, sample)
         timestep_cond = kwargs.get("timestep_cond")
         if timestep_cond is not None:
             timestep_cond = timestep_cond[:1].expand(n_all, -1)
@@ -342,19 +348,19 @@ class FabricConditioner:
             with torch.no_grad():
                 self.unet(
                     z_t, timestep, encoder_hidden_states=empty, timestep_cond=timestep_cond,
-                    cross_attention_kwargs=kwargs.get("cross_attention_kwargs"), return_dict=False,
+                    cross_attention_kwargs=kwargs.get("cross_attention_kwargs"), added_cond_kwargs=added,
+                    return_dict=False,
                 )
         finally:
             self._in_reference = False
         self.reference_calls += 1
         self.unet_image_evals += n_all
 
-    def _empty_embeds(self, device: torch.device) -> torch.Tensor:
-        if self.empty_prompt_embeds is None:
+    def _unconditional(self) -> PromptEmbeds:
+        if self.empty_prompt is None:
             with torch.no_grad():
-                self.empty_prompt_embeds = self.pipe.encode_prompt("", device, 1, False)[0]
-        assert self.empty_prompt_embeds is not None
-        return self.empty_prompt_embeds.to(device)
+                self.empty_prompt = unconditional(self.pipe)
+        return self.empty_prompt
 
 
 def _references(name: str, latents: torch.Tensor | None, channels: int) -> torch.Tensor:
@@ -368,16 +374,9 @@ def _references(name: str, latents: torch.Tensor | None, channels: int) -> torch
 def encode_images(
     pipe: Any, images: Sequence[Image.Image], height: int | None = None, width: int | None = None
 ) -> torch.Tensor:
-    """Clean latents of ``images`` resized to the pipeline's size, scaled by ``vae.config.scaling_factor``.
-
-    Uses the posterior mean for ``AutoencoderKL`` and ``.latents`` for ``AutoencoderTiny``
-    (which has no distribution).
-    """
+    """Clean UNet latents of ``images`` resized to the pipeline's size (``encode_pixels``: the posterior mean,
+    scaled by ``vae.config.scaling_factor``)."""
     size = native_size(pipe)
-    vae = pipe.vae
     pixels = pipe.image_processor.preprocess(list(images), height=height or size, width=width or size)
     with torch.no_grad():
-        out = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype))
-    dist = getattr(out, "latent_dist", None)
-    latents = dist.mean if dist is not None else out.latents
-    return latents * vae.config.scaling_factor
+        return encode_pixels(pipe, pixels)

@@ -41,6 +41,7 @@ from philip.diffusion.executors import post_to_loop
 from philip.diffusion.run import Denoiser
 from philip.exploration import RoundChoice, SlotBelief, SlotConstraints
 from philip.models.adapters import AdapterSwitch
+from philip.models.conditioning import PromptEmbeds, unconditional
 from philip.models.pipelines import SCHEDULERS
 from philip.previews import PreviewEncoder
 from philip.rpc.errors import FailedPrecondition, InvalidArgument, PhilipError
@@ -184,7 +185,7 @@ class RoundRunner:
         self.cache_size = cache_size
         self.denoiser = Denoiser(pipe)
         self._latents: OrderedDict[tuple[str, int, int], torch.Tensor] = OrderedDict()
-        self._empty_prompt: torch.Tensor | None = None
+        self._empty_prompt: PromptEmbeds | None = None
 
     def close(self) -> None:
         """Wait for this runner's rounds on the device's thread. Blocking."""
@@ -314,11 +315,11 @@ class RoundRunner:
             self._latents.popitem(last=False)
         return torch.cat(out)
 
-    def empty_prompt_embeds(self) -> torch.Tensor:
+    def empty_prompt(self) -> PromptEmbeds:
+        """No prompt's embeddings (and SDXL's pooled one), for FABRIC's reference passes; encoded once."""
         if self._empty_prompt is None:
             with torch.inference_mode():
-                self._empty_prompt = self.pipe.encode_prompt("", self.pipe.device, 1, False)[0]
-        assert self._empty_prompt is not None
+                self._empty_prompt = unconditional(self.pipe)
         return self._empty_prompt
 
 

@@ -62,7 +62,7 @@ def open_refiner(settings: Settings) -> Refiner:
     import torch
 
     from philip.models.adapters import AdapterSwitch
-    from philip.models.pipelines import SCHEDULERS, load_pipeline, native_size
+    from philip.models.pipelines import SCHEDULERS, load_pipeline, served_defaults
     from philip.models.upscaler import OnnxUpscaler
     from philip.previews import PreviewEncoder
     from services.refiner.rounds import RoundRunner
@@ -70,13 +70,14 @@ def open_refiner(settings: Settings) -> Refiner:
 
     torch.set_num_threads(settings.server.torch_threads)
     defaults, vocabulary = session_defaults(settings)
-    pipe = load_pipeline(settings.models.model_dir, settings.server.device)
+    pipe = load_pipeline(settings.models.model_dir, settings.server.device, settings.models.dtype)
+    generation = served_defaults(settings.models.model_dir, pipe)
     runner = RoundRunner(pipe, previews=PreviewEncoder.for_pipeline(pipe, settings.models.model_dir),
                          adapters=AdapterSwitch(pipe, settings.models.adapters_dir, settings.models.adapter_cache),
                          vocabulary=vocabulary)
-    resolver = RequestResolver(native_size=native_size(pipe), schedulers=tuple(SCHEDULERS),
+    resolver = RequestResolver(native_size=generation.native_size, schedulers=tuple(SCHEDULERS),
                                styles=load_styles(settings.models.styles_path),
-                               adapters_dir=settings.models.adapters_dir)
+                               adapters_dir=settings.models.adapters_dir, defaults=generation)
     upscaler = Upscaler(OnnxUpscaler(settings.models.upscaler_path, providers=settings.models.onnx_providers),
                         max_waiting=settings.batching.max_queue)
     return Refiner(runner, upscaler, resolver, max_queue=settings.batching.max_queue, defaults=defaults,

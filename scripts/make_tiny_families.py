@@ -1,0 +1,122 @@
+"""Build tiny random-weight diffusers folders, one per model family, in seconds (tests and CPU checks).
+
+    .venv/bin/python scripts/make_tiny_families.py OUT_DIR [--family sd1 --family sdxl]
+
+writes ``OUT_DIR/tiny-sd1`` (``StableDiffusionPipeline``: one CLIP text encoder) and ``OUT_DIR/tiny-sdxl``
+(``StableDiffusionXLPipeline``: a ``text_time`` UNet, ``CLIPTextModel`` + ``CLIPTextModelWithProjection``, a
+VAE with ``force_upcast``, ``EulerDiscreteScheduler``), each saved with ``save_pretrained`` so they load exactly
+as a downloaded checkpoint would. Both tokenizers are philip-tiny's CLIP tokenizer (``models/philip-tiny/
+tokenizer``): nothing is downloaded.
+
+RANDOM WEIGHTS: these folders prove shapes and wiring only (what each family feeds its UNet, what the loader
+picks, that previews, FABRIC and the services run end to end). Their images are noise. Never use them for
+demos, benchmarks of quality or any claim about what a family generates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+TOKENIZER = REPO / "models" / "philip-tiny" / "tokenizer"
+# Every folder's text encoders read philip-tiny's tokenizer: its vocabulary, length and special ids.
+_TOKENS = {"vocab_size": 576, "max_position_embeddings": 24, "bos_token_id": 574, "eos_token_id": 575,
+           "pad_token_id": 575}
+_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "steps_offset": 1}
+_UNET = {  # 64 px at the VAE's 4x: two levels, attention on the lower one, as small as the configs allow
+    "sample_size": 16, "block_out_channels": (32, 64), "layers_per_block": 1, "norm_num_groups": 8,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"), "attention_head_dim": (2, 4),
+}
+
+
+def _text_config(hidden: int, projection: int) -> CLIPTextConfig:
+    # Two layers: SDXL reads the penultimate hidden state.
+    return CLIPTextConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                          num_attention_heads=2, projection_dim=projection, hidden_act="quick_gelu", **_TOKENS)
+
+
+def _vae(force_upcast: bool, scaling_factor: float) -> AutoencoderKL:
+    return AutoencoderKL(block_out_channels=(8, 16, 16), down_block_types=("DownEncoderBlock2D",) * 3,
+                         up_block_types=("UpDecoderBlock2D",) * 3, latent_channels=4, norm_num_groups=4,
+                         layers_per_block=1, sample_size=64, force_upcast=force_upcast,
+                         scaling_factor=scaling_factor)
+
+
+def build_sd1() -> StableDiffusionPipeline:
+    """SD-1.x's shape: one CLIP encoder whose last hidden state is the UNet's cross-attention context."""
+    unet = UNet2DConditionModel(cross_attention_dim=32, **_UNET)
+    scheduler = DPMSolverMultistepScheduler(**_SCHEDULE, algorithm_type="dpmsolver++")
+    # force_upcast off (SDXL's is on): the tests see both a half-precision VAE kept as loaded and one kept fp32.
+    return StableDiffusionPipeline(vae=_vae(False, 0.18215), text_encoder=CLIPTextModel(_text_config(32, 32)),
+                                   tokenizer=CLIPTokenizer.from_pretrained(str(TOKENIZER)), unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def build_sdxl() -> StableDiffusionXLPipeline:
+    """SDXL's shape: two encoders concatenated as context (16 + 32), encoder 2's pooled projection plus six
+    time ids (original size, crop, target size) as the UNet's added condition."""
+    time_dim, projection = 8, 16
+    unet = UNet2DConditionModel(cross_attention_dim=48, addition_embed_type="text_time", use_linear_projection=True,
+                                addition_time_embed_dim=time_dim,
+                                projection_class_embeddings_input_dim=projection + 6 * time_dim, **_UNET)
+    scheduler = EulerDiscreteScheduler(**_SCHEDULE, timestep_spacing="leading")
+    tokenizer = CLIPTokenizer.from_pretrained(str(TOKENIZER))
+    return StableDiffusionXLPipeline(
+        vae=_vae(True, 0.13025), text_encoder=CLIPTextModel(_text_config(16, 16)),
+        text_encoder_2=CLIPTextModelWithProjection(_text_config(32, projection)), tokenizer=tokenizer,
+        tokenizer_2=tokenizer, unet=unet, scheduler=scheduler, force_zeros_for_empty_prompt=True,
+        add_watermarker=False)
+
+
+BUILDERS: dict[str, Callable[[], Any]] = {"sd1": build_sd1, "sdxl": build_sdxl}
+
+
+def make_family(family: str, out_dir: str | Path, *, seed: int = 0) -> Path:
+    """``out_dir/tiny-<family>``, rebuilt from scratch with weights drawn from ``seed`` (same seed, same bytes)."""
+    folder = Path(out_dir) / f"tiny-{family}"
+    if folder.exists():
+        shutil.rmtree(folder)
+    torch.manual_seed(seed)
+    BUILDERS[family]().save_pretrained(str(folder), safe_serialization=True)
+    for name in ("tokenizer", "tokenizer_2"):  # philip-tiny's own files, not transformers' re-serialisation
+        if (folder / name).is_dir():
+            shutil.rmtree(folder / name)
+            shutil.copytree(TOKENIZER, folder / name)
+    return folder
+
+
+def make_tiny_families(out_dir: str | Path, families: tuple[str, ...] = tuple(BUILDERS)) -> dict[str, Path]:
+    """Every family's tiny folder under ``out_dir``: ``{family: folder}``."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return {family: make_family(family, out_dir) for family in families}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--family", action="append", choices=tuple(BUILDERS),
+                        help="a family to build (repeatable); default: all")
+    args = parser.parse_args(argv)
+    for family, folder in make_tiny_families(args.out_dir, tuple(args.family or BUILDERS)).items():
+        print(f"{family}: {folder}")
+
+
+if __name__ == "__main__":
+    main()

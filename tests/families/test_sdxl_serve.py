@@ -1,0 +1,77 @@
+"""`philip serve all` on the tiny SDXL folder (in process, as tests/gateway does): it starts (fitting the preview
+projection, which used to exit with a TypeError in the UNet), and serves a Generate and a session's FABRIC round
+over gRPC through the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from grpc import aio
+from PIL import Image
+
+from philip.settings import Settings
+from philip.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, generator_pb2
+from services.app import serve
+from tests.families.conftest import REPO
+from tests.gateway.grpc_sessions_support import FABRIC, Msg, read_until
+
+pytestmark = pytest.mark.slow
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def gateway(sdxl_dir: Path,
+                  tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[gateway_pb2_grpc.GatewayStub]:
+    model = tmp_path_factory.mktemp("serve") / "tiny-sdxl"
+    shutil.copytree(sdxl_dir, model)  # a folder of its own: start-up fits and saves its preview projection
+    settings = Settings(model_dir=str(model), upscaler_path=str(REPO / "models" / "philip-tiny-x4.onnx"), port=0,
+                        http_port=0, max_queue=4, batch_window_ms=5, grace_s=1.0, threads=1,
+                        adapters_dir=str(model.parent / "adapters"))
+    stop = asyncio.Event()
+    ready: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(serve("all", settings, stop=stop, on_ready=ready.set_result))
+    addresses = await asyncio.wait_for(asyncio.shield(ready), 120)
+    assert (model / "preview_projection.json").is_file()
+    channel = aio.insecure_channel(addresses["gateway"])
+    try:
+        yield gateway_pb2_grpc.GatewayStub(channel)
+    finally:
+        await channel.close()
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+def _params(**fields: int) -> common_pb2.GenerationParams:
+    return common_pb2.GenerationParams(prompt="a red circle", width=64, height=64, steps=3, **fields)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_generate_over_grpc(gateway: gateway_pb2_grpc.GatewayStub) -> None:
+    call = gateway.Generate(timeout=60)
+    await call.write(generator_pb2.GenerateClientMessage(start=generator_pb2.GenerateStart(
+        params=_params(num_images=2, seed=3, preview_every=1))))
+    await call.done_writing()
+    events = [event async for event in call]
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[-1] == "result" and "preview" in kinds, kinds
+    images = events[-1].result.images
+    assert len(images) == 2 and all(Image.open(io.BytesIO(i.png)).size == (64, 64) for i in images)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_session_feedback_round_over_grpc(gateway: gateway_pb2_grpc.GatewayStub) -> None:
+    call = gateway.Session()
+    await call.write(Msg(start=gateway_pb2.SessionStart(params=_params(num_images=2, seed=11), weights=FABRIC)))
+    first = (await read_until(call, "round_images"))[-1].round_images.images
+    await call.write(Msg(feedback=gateway_pb2.SessionFeedback(liked_image_ids=[first[0].image.id],
+                                                              disliked_image_ids=[first[1].image.id])))
+    second = (await read_until(call, "round_images", round_number=2))[-1]
+    assert len(second.round_images.images) == 2
+    assert second.round_images.compute.reference_image_evals > 0  # FABRIC ran on the refiner
+    await call.done_writing()
+    call.cancel()
