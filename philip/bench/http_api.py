@@ -31,7 +31,8 @@ import asyncio
 import contextlib
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -250,7 +251,16 @@ async def watch_viewers(edges: Edges, server: ServerProcess, viewers: int) -> Vi
     finally:
         stop_sampling.set()
         await sampler
-    received, counts, errors = 0, [], set()
+    received, counts, errors = _tally(tasks, pending)
+    return ViewersRun(viewers=viewers, received_final=received, rss_before_mb=rss_before, rss_peak_mb=peak,
+                      wall_s=wall_s, events_min=min(counts, default=0), events_max=max(counts, default=0),
+                      errors=sorted(errors)[:5])
+
+
+def _tally(tasks: Sequence[asyncio.Task[tuple[bool, int]]],
+           pending: AbstractSet[asyncio.Task[tuple[bool, int]]]) -> tuple[int, list[int], set[str]]:
+    """(viewers that got the final, events each received, distinct errors) of the viewers' tasks."""
+    received, counts, errors = 0, [], set[str]()
     for task in tasks:
         if task in pending:
             errors.add("timed out")
@@ -262,9 +272,7 @@ async def watch_viewers(edges: Edges, server: ServerProcess, viewers: int) -> Vi
         got_final, count = task.result()
         received += got_final
         counts.append(count)
-    return ViewersRun(viewers=viewers, received_final=received, rss_before_mb=rss_before, rss_peak_mb=peak,
-                      wall_s=wall_s, events_min=min(counts, default=0), events_max=max(counts, default=0),
-                      errors=sorted(errors)[:5])
+    return received, counts, errors
 
 
 # ---- the whole run ------------------------------------------------------------------------------
