@@ -23,6 +23,15 @@ app.command("session")(session_cmd)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+@app.callback()
+def _quiet_logs() -> None:
+    """Library logs go to stderr, warnings and up, so a command's own output (and its JSON) stays clean;
+    `philip serve` configures the servers' JSON logs from PHILIP_LOG_* itself."""
+    from philip.logs import configure_logging
+
+    configure_logging("console", "warning")
+
+
 @app.command("serve")
 def serve_cmd(
     role: str = typer.Argument(
