@@ -14,10 +14,10 @@ from PIL import Image
 
 from philip.generation.requests import GenerationParams, RequestResolver
 from philip.models.conditioning import prompt_kwargs
-from philip.models.pipelines import make_scheduler
 from services.generator.batching import WorkItem
 from services.generator.engine import DiffusionEngine
 from services.generator.events import JobEvent, Preview, Result
+from tests.generator.x0_check import assert_last_x0_is_the_final_latent
 
 
 @pytest.fixture(scope="module")
@@ -55,18 +55,7 @@ def test_a_merged_batch_generates_with_previews(engine: DiffusionEngine) -> None
 
 @pytest.mark.parametrize("scheduler", ["dpm++", "euler"])
 def test_x0_estimate_of_the_last_step_is_the_final_latent(engine: DiffusionEngine, scheduler: str) -> None:
-    # Mirrors tests/generator/test_engine.py: at sigma 0 the sample is the model's x0, so the capture, the CFG
-    # combination and the input scaling agree with the scheduler's own maths, here with SDXL's added conditions.
-    pipe = engine.pipe
-    base = pipe.scheduler
-    pipe.scheduler = make_scheduler(pipe, scheduler)
-    try:
-        latents = pipe(["a red circle", "a blue star"], num_inference_steps=4, guidance_scale=4.0,
-                       generator=[torch.Generator().manual_seed(i) for i in range(2)], output_type="latent").images
-        estimate = engine.x0_estimate()
-    finally:
-        pipe.scheduler = base
-    assert torch.allclose(estimate, latents, atol=1e-4)
+    assert_last_x0_is_the_final_latent(engine, scheduler)
 
 
 def test_empty_negatives_are_zeros_row_by_row(engine: DiffusionEngine) -> None:

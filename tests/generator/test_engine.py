@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from philip.models.pipelines import make_scheduler
 from philip.previews import PROJECTION_FILE, PreviewEncoder, vae_fingerprint, x0_from_prediction
 from services.generator.engine import DiffusionEngine
+from tests.generator.x0_check import assert_last_x0_is_the_final_latent
 
 
 @pytest.fixture(scope="module")
@@ -31,18 +31,7 @@ def test_x0_from_prediction_inverts_the_forward_process(prediction_type: str) ->
 
 @pytest.mark.parametrize("scheduler", ["dpm++", "euler"])
 def test_x0_estimate_of_the_last_step_is_the_final_latent(engine: DiffusionEngine, scheduler: str) -> None:
-    # Both schedulers end at sigma 0, where the sample *is* the model's x0 estimate: a check of the
-    # hook, the CFG combination and the Euler input scaling against the scheduler's own maths.
-    pipe = engine.pipe
-    base = pipe.scheduler
-    pipe.scheduler = make_scheduler(pipe, scheduler)
-    try:
-        latents = pipe(["a red circle", "a blue star"], num_inference_steps=4, guidance_scale=4.0,
-                       generator=[torch.Generator().manual_seed(i) for i in range(2)], output_type="latent").images
-        estimate = engine.x0_estimate()
-    finally:
-        pipe.scheduler = base
-    assert torch.allclose(estimate, latents, atol=1e-4)
+    assert_last_x0_is_the_final_latent(engine, scheduler)
 
 
 def test_native_size_and_schedulers(engine: DiffusionEngine) -> None:
