@@ -12,8 +12,7 @@ import contextlib
 import json
 import time
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from philip.store import memory_limits
 from philip.store.base import (
@@ -26,81 +25,11 @@ from philip.store.base import (
     holds,
     parse_stream_id,
 )
-
-T = TypeVar("T")
-StreamId = tuple[int, int]
-
-
-@dataclass(slots=True)
-class _Item(Generic[T]):
-    value: T
-    expires_at: float | None = None  # time.monotonic() deadline
-
-    def expired(self, now: float) -> bool:
-        return self.expires_at is not None and now >= self.expires_at
+from philip.store.memory_items import Item, Stream, StreamId, deadline, timeout_s
+from philip.store.memory_queue import MemoryQueues, QueueState
 
 
-@dataclass(slots=True)
-class _Entry:
-    key: StreamId
-    id: str
-    payload: bytes
-    terminal: bool = False
-
-    def public(self) -> StreamEntry:
-        return StreamEntry(self.id, self.payload, self.terminal)
-
-
-@dataclass(slots=True)
-class _Stream:
-    entries: list[_Entry] = field(default_factory=list)
-    last: StreamId = (0, 0)
-    expires_at: float | None = None
-
-    def append(self, payload: bytes, terminal: bool = False) -> _Entry:
-        # Redis-style "<ms>-<seq>" ids from the wall clock, forced to increase strictly even if the
-        # clock stalls or steps back.
-        ms = int(time.time() * 1000)
-        key = (ms, 0) if ms > self.last[0] else (self.last[0], self.last[1] + 1)
-        self.last = key
-        entry = _Entry(key, f"{key[0]}-{key[1]}", payload, terminal)
-        self.entries.append(entry)
-        return entry
-
-    def after(self, after: StreamId, count: int) -> list[_Entry]:
-        start = bisect.bisect_right(self.entries, after, key=lambda e: e.key)
-        return self.entries[start : start + count]
-
-
-@dataclass(slots=True)
-class _Pending:
-    consumer: str
-    delivered_at: float  # time.monotonic()
-    deliveries: int = 1
-
-
-@dataclass(slots=True)
-class _Group:
-    last_delivered: StreamId = (0, 0)  # like XGROUP CREATE ... 0: earlier entries are delivered too
-    pel: dict[str, _Pending] = field(default_factory=dict)  # entry id -> owner, insertion = id order
-
-
-@dataclass(slots=True)
-class _Queue:
-    stream: _Stream = field(default_factory=_Stream)
-    by_id: dict[str, _Entry] = field(default_factory=dict)
-    groups: dict[str, _Group] = field(default_factory=dict)
-
-
-def _deadline(ttl_s: float | None) -> float | None:
-    return None if ttl_s is None else time.monotonic() + ttl_s
-
-
-def _timeout_s(block_ms: int) -> float | None:
-    return None if block_ms == 0 else block_ms / 1000
-
-
-class MemoryStore(Store):
+class MemoryStore(MemoryQueues, Store):
     """``Store`` kept in process memory; all state is lost when the process exits."""
 
     def __init__(self, prefix: str = DEFAULT_PREFIX, *, max_bytes: int | None = None,
@@ -110,11 +39,11 @@ class MemoryStore(Store):
         self.sweep_every_s = sweep_every_s
         self._written = 0  # bytes written since the last look at the cap
         self._sweeper: asyncio.Task[None] | None = None
-        self._records: dict[tuple[str, str], _Item[str]] = {}
-        self._blobs: dict[str, _Item[bytes]] = {}
-        self._streams: dict[str, _Stream] = {}
-        self._queues: dict[str, _Queue] = {}
-        self._counters: dict[str, _Item[int]] = {}
+        self._records: dict[tuple[str, str], Item[str]] = {}
+        self._blobs: dict[str, Item[bytes]] = {}
+        self._streams: dict[str, Stream] = {}
+        self._queues: dict[str, QueueState] = {}
+        self._counters: dict[str, Item[int]] = {}
         self._leases: dict[str, dict[str, float]] = {}  # key -> holder -> time.monotonic() deadline
         # One condition for every stream and queue: appends are rare enough that waking all
         # blocked readers, who re-check their own stream, costs nothing.
@@ -141,7 +70,7 @@ class MemoryStore(Store):
 
     # ---- records -------------------------------------------------------------------------------
 
-    def _live_record(self, kind: str, record_id: str) -> _Item[str] | None:
+    def _live_record(self, kind: str, record_id: str) -> Item[str] | None:
         item = self._records.get((kind, record_id))
         if item is not None and item.expired(time.monotonic()):
             del self._records[(kind, record_id)]
@@ -153,7 +82,7 @@ class MemoryStore(Store):
         check_ttl(ttl_s)
         # Stored serialised, as in Redis: callers cannot mutate stored state through their dict.
         body = json.dumps(data)
-        self._records[(kind, record_id)] = _Item(body, _deadline(ttl_s))
+        self._records[(kind, record_id)] = Item(body, deadline(ttl_s))
         self._wrote(len(body))
 
     async def create_record(self, kind: str, record_id: str, data: dict[str, Any], ttl_s: float | None = None) -> bool:
@@ -162,7 +91,7 @@ class MemoryStore(Store):
         if self._live_record(kind, record_id) is not None:  # no await in between: atomic on the loop
             return False
         body = json.dumps(data)
-        self._records[(kind, record_id)] = _Item(body, _deadline(ttl_s))
+        self._records[(kind, record_id)] = Item(body, deadline(ttl_s))
         self._wrote(len(body))
         return True
 
@@ -187,14 +116,14 @@ class MemoryStore(Store):
     async def refresh_ttl(self, ttl_s: float, *, records: Sequence[tuple[str, str]] = (), blobs: Sequence[str] = (),
                           streams: Sequence[str] = ()) -> None:
         check_ttl(ttl_s)
-        items: list[_Item[Any] | None] = [self._live_record(k, i) for k, i in records]
+        items: list[Item[Any] | None] = [self._live_record(k, i) for k, i in records]
         items += [self._live_blob(b) for b in blobs]
         for item in items:
             if item is not None:
-                item.expires_at = _deadline(ttl_s)
+                item.expires_at = deadline(ttl_s)
         for name in streams:
             if (s := self._live_stream(name)) is not None:
-                s.expires_at = _deadline(ttl_s)
+                s.expires_at = deadline(ttl_s)
 
     async def delete_record(self, kind: str, record_id: str) -> bool:
         check_kind(kind)
@@ -212,10 +141,10 @@ class MemoryStore(Store):
 
     async def put_blob(self, blob_id: str, data: bytes, ttl_s: float) -> None:
         check_ttl(ttl_s)
-        self._blobs[blob_id] = _Item(bytes(data), _deadline(ttl_s))
+        self._blobs[blob_id] = Item(bytes(data), deadline(ttl_s))
         self._wrote(len(data))
 
-    def _live_blob(self, blob_id: str) -> _Item[bytes] | None:
+    def _live_blob(self, blob_id: str) -> Item[bytes] | None:
         item = self._blobs.get(blob_id)
         if item is not None and item.expired(time.monotonic()):
             del self._blobs[blob_id]
@@ -228,7 +157,7 @@ class MemoryStore(Store):
 
     # ---- event streams -------------------------------------------------------------------------
 
-    def _live_stream(self, stream: str) -> _Stream | None:
+    def _live_stream(self, stream: str) -> Stream | None:
         s = self._streams.get(stream)
         if s is not None and s.expires_at is not None and time.monotonic() >= s.expires_at:
             del self._streams[stream]
@@ -238,7 +167,7 @@ class MemoryStore(Store):
     async def append_event(self, stream: str, payload: bytes, maxlen: int = 10_000) -> str:
         if maxlen < 1:
             raise ValueError("maxlen must be >= 1")
-        s = self._live_stream(stream) or self._streams.setdefault(stream, _Stream())
+        s = self._live_stream(stream) or self._streams.setdefault(stream, Stream())
         entry = s.append(bytes(payload))
         self._wrote(len(payload))
         if len(s.entries) > maxlen:  # exact trimming satisfies "at least maxlen" too
@@ -258,7 +187,7 @@ class MemoryStore(Store):
         if found or block_ms is None:
             return found
         try:
-            async with asyncio.timeout(_timeout_s(block_ms)), self._changed:
+            async with asyncio.timeout(timeout_s(block_ms)), self._changed:
                 await self._changed.wait_for(lambda: bool(self._read_now(stream, after_key, 1)))
                 return self._read_now(stream, after_key, count)
         except TimeoutError:
@@ -292,7 +221,7 @@ class MemoryStore(Store):
         return removed
 
     async def close_stream(self, stream: str) -> str:
-        s = self._live_stream(stream) or self._streams.setdefault(stream, _Stream())
+        s = self._live_stream(stream) or self._streams.setdefault(stream, Stream())
         entry = s.append(b"", terminal=True)
         await self._notify()
         return entry.id
@@ -302,85 +231,8 @@ class MemoryStore(Store):
         s = self._live_stream(stream)
         if s is None:
             return False
-        s.expires_at = _deadline(ttl_s)
+        s.expires_at = deadline(ttl_s)
         return True
-
-    # ---- work queue ----------------------------------------------------------------------------
-
-    async def enqueue(self, queue: str, payload: bytes) -> str:
-        q = self._queues.setdefault(queue, _Queue())
-        entry = q.stream.append(bytes(payload))
-        q.by_id[entry.id] = entry
-        await self._notify()
-        return entry.id
-
-    @staticmethod
-    def _deliver(q: _Queue, g: _Group, consumer: str, count: int) -> list[StreamEntry]:
-        new = q.stream.after(g.last_delivered, count)
-        now = time.monotonic()
-        for e in new:
-            g.pel[e.id] = _Pending(consumer, now)
-        if new:
-            g.last_delivered = new[-1].key
-        return [e.public() for e in new]
-
-    async def claim(
-        self, queue: str, group: str, consumer: str, count: int = 1, block_ms: int | None = None
-    ) -> list[StreamEntry]:
-        q = self._queues.setdefault(queue, _Queue())
-        g = q.groups.setdefault(group, _Group())
-        own = [eid for eid, p in g.pel.items() if p.consumer == consumer][:count]
-        if own:
-            # Re-reading history counts as a delivery, as XREADGROUP ... 0 does.
-            now = time.monotonic()
-            for eid in own:
-                g.pel[eid].delivered_at = now
-                g.pel[eid].deliveries += 1
-            return [q.by_id[eid].public() for eid in own]
-        found = self._deliver(q, g, consumer, count)
-        if found or block_ms is None:
-            return found
-        try:
-            async with asyncio.timeout(_timeout_s(block_ms)), self._changed:
-                await self._changed.wait_for(lambda: bool(q.stream.after(g.last_delivered, 1)))
-                # Still holding the lock with no await since the check: nobody else took them.
-                return self._deliver(q, g, consumer, count)
-        except TimeoutError:
-            return []
-
-    async def ack(self, queue: str, group: str, entry_id: str) -> bool:
-        q = self._queues.get(queue)
-        g = q.groups.get(group) if q else None
-        return g is not None and g.pel.pop(entry_id, None) is not None
-
-    async def reclaim(
-        self, queue: str, group: str, consumer: str, min_idle_ms: int, count: int = 10
-    ) -> list[StreamEntry]:
-        q = self._queues.setdefault(queue, _Queue())
-        g = q.groups.setdefault(group, _Group())
-        now = time.monotonic()
-        taken: list[StreamEntry] = []
-        for eid, p in g.pel.items():
-            if len(taken) >= count:
-                break
-            if (now - p.delivered_at) * 1000 >= min_idle_ms:
-                p.consumer, p.delivered_at, p.deliveries = consumer, now, p.deliveries + 1
-                taken.append(q.by_id[eid].public())
-        return taken
-
-    async def touch(self, queue: str, group: str, consumer: str, entry_id: str) -> bool:
-        q = self._queues.get(queue)
-        g = q.groups.get(group) if q else None
-        pending = g.pel.get(entry_id) if g else None
-        if pending is None or pending.consumer != consumer:
-            return False
-        pending.delivered_at = time.monotonic()
-        return True
-
-    async def pending_count(self, queue: str, group: str) -> int:
-        q = self._queues.get(queue)
-        g = q.groups.get(group) if q else None
-        return 0 if g is None else len(g.pel)
 
     # ---- leases (quotas) -----------------------------------------------------------------------
 
@@ -411,10 +263,10 @@ class MemoryStore(Store):
         check_ttl(ttl_s)
         item = self._counters.get(key)
         if item is None or item.expired(time.monotonic()):
-            item = self._counters[key] = _Item(0)
+            item = self._counters[key] = Item(0)
         item.value += by
         if ttl_s is not None and item.expires_at is None:
-            item.expires_at = _deadline(ttl_s)
+            item.expires_at = deadline(ttl_s)
         return item.value
 
     async def ping(self) -> bool:

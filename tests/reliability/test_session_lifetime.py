@@ -40,6 +40,14 @@ async def _until_round(call: Any, number: int) -> list[gateway_pb2.SessionEvent]
             return seen
 
 
+async def _first_round(stub: Any) -> tuple[Any, list[gateway_pb2.SessionEvent], str]:
+    """A new session's Session call, its events up to round 1's images, and its id."""
+    call = stub.Session()
+    await call.write(_start())
+    events = await _until_round(call, 1)
+    return call, events, events[0].session_id
+
+
 async def _keys_naming(ids: list[str]) -> list[bytes]:
     raw = Redis.from_url(REDIS_URL)
     try:
@@ -53,10 +61,7 @@ async def test_a_session_lives_idle_s_from_its_last_activity_and_then_is_gone_wi
         channel, stub = gateway(a["gateway"])
         try:
             # In use for 3x the idle timeout: each feedback is activity, so nothing expires.
-            call = stub.Session()
-            await call.write(_start())
-            events = await _until_round(call, 1)
-            session_id = events[0].session_id
+            call, events, session_id = await _first_round(stub)
             first_images = [i.image.id for i in events[-1].round_images.images]
             began, number = time.perf_counter(), 1
             while time.perf_counter() - began < 3 * IDLE_S:
@@ -86,10 +91,7 @@ async def test_the_stream_of_a_10_round_session_holds_no_previews_of_finished_ro
     async with deployment(session_idle_s=600) as (a,):
         channel, stub = gateway(a["gateway"])
         try:
-            call = stub.Session()
-            await call.write(_start())
-            events = await _until_round(call, 1)
-            session_id = events[0].session_id
+            call, events, session_id = await _first_round(stub)
             live = [e.WhichOneof("event") for e in events]
             for number in range(2, 11):
                 liked = events[-1].round_images.images[0].image.id

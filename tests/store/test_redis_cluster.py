@@ -18,6 +18,7 @@ from philip.store import RedisClusterStore, RedisStore, Store, StoreError, Store
 from philip.store.redis_cluster import node_url
 from philip.store.redis_keys import ClusterKeys, Keys
 from tests.store.conftest import REDIS_URL, Reopen, redis_reachable
+from tests.store.fanout_support import writes_reach_every_subscriber
 
 
 @pytest.fixture
@@ -115,12 +116,7 @@ async def test_many_subscribers_share_one_xread_per_stream(cluster_store: RedisC
     # nowhere near one per subscriber.
     assert clients_now - clients <= 30 + 3 * 8 + 6
     assert getkeys_now == getkeys  # XREADs find their slot without asking a server first
-    for n in range(30):  # writes still go through while 300 subscribers wait
-        await asyncio.wait_for(store.append_event(f"ev:{n}", b"hello"), 2.0)
-    for n in range(30):
-        await store.close_stream(f"ev:{n}")
-    await asyncio.wait_for(asyncio.gather(*tasks), 10.0)
-    assert all(v == [b"hello"] for v in got.values())
+    await writes_reach_every_subscriber(store, tasks, got)  # while 300 subscribers wait
     assert store._fanout.failed_reads == 0
 
 

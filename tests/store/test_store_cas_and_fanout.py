@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 
 from philip.store import RecordNotFound, RedisStore, Store
 from tests.store.conftest import REDIS_URL, Reopen, payloads
+from tests.store.fanout_support import writes_reach_every_subscriber
 
 # ---- compare-and-set -----------------------------------------------------------------------------
 
@@ -98,12 +99,7 @@ async def test_many_subscribers_share_one_blocking_connection() -> None:
         tasks = [asyncio.create_task(follow(k)) for k in range(300)]
         await asyncio.sleep(1.0)  # all of them idle in the tail
         assert await _clients(prefix) - before <= 9  # the pool (8 at most) and the fan-out's own connection
-        for n in range(30):  # writes still go through while 300 subscribers wait
-            await asyncio.wait_for(store.append_event(f"ev:{n}", b"hello"), 2.0)
-        for n in range(30):
-            await store.close_stream(f"ev:{n}")
-        await asyncio.wait_for(asyncio.gather(*tasks), 10.0)
-        assert all(v == [b"hello"] for v in got.values())
+        await writes_reach_every_subscriber(store, tasks, got)  # while 300 subscribers wait
     finally:
         await store.close()
         raw = Redis.from_url(REDIS_URL)
