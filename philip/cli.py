@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -117,17 +119,36 @@ def health_cmd(
     raise typer.Exit(0 if status == "SERVING" else 1)
 
 
+
+def _progress_reporter(progress: Any) -> Callable[[Any], None]:
+    """A Generate stream's events as a rich progress bar (its total from the first progress event: the model's
+    default steps when the request left them unset)."""
+    task = progress.add_task("queued", total=None)
+
+    def on_event(event: Any) -> None:
+        kind = event.WhichOneof("event")
+        if kind == "queued":
+            progress.update(task, description=f"queued (position {event.queued.position})")
+        elif kind == "progress":
+            progress.update(task, completed=event.progress.step, total=event.progress.total_steps,
+                            description="denoising")
+        elif kind == "preview":
+            progress.update(task, description=f"denoising (preview at step {event.preview.step})")
+
+    return on_event
+
 @app.command("generate")
 def generate_cmd(
     prompt: str = typer.Argument(..., help="What to draw."),
     n: int = typer.Option(4, "-n", "--num-images", help="Images in the batch (1-8)."),
     out: Path = typer.Option(Path("out"), help="Folder for the images and the contact sheet."),
     gateway: str = typer.Option("127.0.0.1:50051", help="Gateway address host:port."),
-    steps: int = typer.Option(8, help="Denoising steps."),
-    guidance: float = typer.Option(5.0, help="Classifier-free guidance."),
+    steps: int = typer.Option(0, help="Denoising steps; 0: the served model's default (GetModelInfo)."),
+    guidance: float | None = typer.Option(None, help="Classifier-free guidance; default: the served model's."),
     seed: int | None = typer.Option(None, help="Base seed (image i uses seed+i); default random."),
     negative: str = typer.Option("", help="Negative prompt."),
-    scheduler: str = typer.Option("dpm++", help="dpm++ | euler | euler_a | ddim | lcm."),
+    scheduler: str = typer.Option("", help="dpm++ | euler | euler_a | ddim | lcm (SD-1.x/SDXL), flow_euler "
+                                           "(SD3/Flux); empty: the served model's default."),
     style: str = typer.Option("", help="Named style preset from the server's styles file."),
     preview_every: int = typer.Option(2, help="Steps between previews (0 = none)."),
     adapter: list[str] = typer.Option([], help="Adapter id to activate (repeatable; `philip adapter list`)."),
@@ -143,28 +164,19 @@ def generate_cmd(
     from philip.v1 import common_pb2, gateway_pb2_grpc
 
     params = common_pb2.GenerationParams(
-        prompt=prompt, negative_prompt=negative, num_images=n, steps=steps, guidance=guidance,
+        prompt=prompt, negative_prompt=negative, num_images=n, steps=steps,
         scheduler=scheduler, style=style, preview_every=preview_every, adapter_ids=adapter,
     )
     if seed is not None:
         params.seed = seed
+    if guidance is not None:
+        params.guidance = guidance
 
     async def run() -> None:
         async with gateway_channel(gateway) as channel:
             stub = gateway_pb2_grpc.GatewayStub(channel)
             with Progress(console=console) as progress:
-                task = progress.add_task("queued", total=steps)
-
-                def on_event(event):  # type: ignore[no-untyped-def]
-                    kind = event.WhichOneof("event")
-                    if kind == "queued":
-                        progress.update(task, description=f"queued (position {event.queued.position})")
-                    elif kind == "progress":
-                        progress.update(task, completed=event.progress.step, description="denoising")
-                    elif kind == "preview":
-                        progress.update(task, description=f"denoising (preview at step {event.preview.step})")
-
-                outcome = await stream_generation(stub, params, on_event, timeout_s=timeout)
+                outcome = await stream_generation(stub, params, _progress_reporter(progress), timeout_s=timeout)
         if outcome.cancelled:
             console.print("[yellow]cancelled[/yellow]")
             raise typer.Exit(1)

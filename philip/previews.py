@@ -1,4 +1,6 @@
-"""Previews of images while they denoise: a cheap linear latent->RGB map, or a full VAE decode.
+"""Previews of images while they denoise: a cheap linear latent->RGB map, or a full VAE decode; a model folder
+holding a TAESD-style tiny decoder (:mod:`philip.models.tiny_decoder`) gets output-size previews from it instead of
+the linear map (``encode_fast``), for a few ms each.
 
 The linear map (a latent_channels x 3 matrix plus a bias) is what SD front-ends use for live
 previews; its factors depend on the VAE, so we fit them by least squares against real decodes
@@ -12,7 +14,7 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from philip.logs import get_logger
-from philip.models.latents import decode_pixels
+from philip.models.families import FLUX, family_of
+from philip.models.latents import decode_pixels, grid_latents, packs_latents, unpack_latents
+from philip.models.tiny_decoder import TinyDecoder, load_tiny_decoder
 
 log = get_logger("philip.previews")
 
@@ -69,9 +73,16 @@ class PreviewEncoder:
     weights: np.ndarray  # (latent_channels, 3): scaled latent -> RGB in [0, 1]
     bias: np.ndarray  # (3,)
     vae_fingerprint: str = ""
+    tiny: TinyDecoder | None = field(default=None, compare=False, repr=False)  # the folder's, if it has one
 
     @classmethod
     def for_pipeline(cls, pipe: Any, model_dir: str | Path, *, fit_images: int = 8) -> PreviewEncoder:
+        """The model's projection (kept: the fallback for inputs the tiny decoder cannot take) with the folder's
+        tiny decoder when it has one."""
+        return replace(cls._projection(pipe, model_dir, fit_images), tiny=load_tiny_decoder(model_dir, pipe))
+
+    @classmethod
+    def _projection(cls, pipe: Any, model_dir: str | Path, fit_images: int) -> PreviewEncoder:
         """The model's saved projection, or a fresh fit (saved beside the model when writable)."""
         path = Path(model_dir) / PROJECTION_FILE
         fingerprint = vae_fingerprint(model_dir)
@@ -93,10 +104,14 @@ class PreviewEncoder:
         """Least-squares fit of RGB (decoded, downsampled to latent size) on latent pixels."""
         prompts = [FIT_PROMPTS[i % len(FIT_PROMPTS)] for i in range(fit_images)]
         generators = [torch.Generator("cpu").manual_seed(i) for i in range(fit_images)]
-        latents = pipe(prompts, num_inference_steps=steps, guidance_scale=5.0, generator=generators,
-                       output_type="latent").images
+        # Flux's pipeline defaults to 1024 px whatever the folder: fit at its VAE's training size (the others'
+        # default is their native size already, so their call and fit stay as they were).
+        side = int(pipe.vae.config.sample_size) if packs_latents(pipe) else 0
+        size = {"height": side, "width": side} if side else {}
+        latents = grid_latents(pipe, pipe(prompts, num_inference_steps=steps, guidance_scale=5.0, generator=generators,
+                                          output_type="latent", **size).images, side, side)
         rgb = ((decode_pixels(pipe, latents).float() + 1) / 2).clamp(0, 1)
-        small = F.adaptive_avg_pool2d(rgb, latents.shape[-2:])
+        small = F.adaptive_avg_pool2d(rgb, (int(latents.shape[-2]), int(latents.shape[-1])))
         x = latents.float().permute(0, 2, 3, 1).reshape(-1, latents.shape[1]).cpu()
         y = small.permute(0, 2, 3, 1).reshape(-1, 3).cpu()
         x1 = torch.cat([x, torch.ones(x.shape[0], 1)], dim=1)
@@ -113,6 +128,13 @@ class PreviewEncoder:
         if size is not None:
             images = [image.resize(size, Image.Resampling.NEAREST) for image in images]
         return images
+
+    def encode_fast(self, x0: torch.Tensor) -> list[Image.Image]:
+        """The cheap preview (``PREVIEW_MODE_LINEAR``, the default): the tiny decoder's output-size images when the
+        model folder has one, else the linear projection at latent size."""
+        if self.tiny is not None:
+            return self.tiny.decode(x0)
+        return self.encode_linear(x0)
 
     @staticmethod
     def encode_vae(pipe: Any, x0: torch.Tensor) -> list[Image.Image]:
@@ -159,15 +181,19 @@ def fit_preview_projection(model_dir: str | Path, device: str = "cpu", *, fit_im
 
 
 class UNetCapture:
-    """Forward hook keeping the UNet's latest (scaled input, timestep, prediction)."""
+    """Forward hook keeping the denoiser's latest (scaled input, timestep, prediction): a UNet's (``sample``,
+    positional in the pipelines) or an SD3/Flux transformer's (``hidden_states``, by keyword), and for Flux the
+    image tokens' positions (``img_ids``: row and column of each 2x2 patch), which give the latent grid's sides."""
 
     def __init__(self) -> None:
         self.latest: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.img_ids: torch.Tensor | None = None
 
     def __call__(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-        sample = args[0] if args else kwargs["sample"]
+        sample = args[0] if args else kwargs["sample"] if "sample" in kwargs else kwargs["hidden_states"]
         timestep = args[1] if len(args) > 1 else kwargs["timestep"]
         self.latest = (sample, torch.as_tensor(timestep), output[0])
+        self.img_ids = kwargs.get("img_ids")
 
 
 def x0_from_prediction(sample: torch.Tensor, prediction: torch.Tensor, alpha_bar: torch.Tensor,
@@ -194,11 +220,29 @@ def x0_estimate(pipe: Any, capture: UNetCapture) -> torch.Tensor:
     if capture.latest is None:
         raise RuntimeError("no UNet call captured yet")
     sample, timestep, output = capture.latest
-    if pipe.do_classifier_free_guidance:
+    if getattr(pipe, "do_classifier_free_guidance", False):  # Flux has no unconditional branch (nor the property)
         uncond, cond = output.chunk(2)
         output = uncond + pipe.guidance_scale * (cond - uncond)
         sample = sample.chunk(2)[0]
+    if family_of(pipe).flow_matching:
+        return _flow_x0(pipe, capture, sample, timestep, output)
     alphas = pipe.scheduler.alphas_cumprod
     index = int(torch.clamp(timestep.float().round(), 0, len(alphas) - 1).item())
     alpha_bar = alphas[index].to(device=sample.device, dtype=torch.float32)
     return x0_from_prediction(sample.float(), output.float(), alpha_bar, pipe.scheduler.config.prediction_type)
+
+
+def _flow_x0(pipe: Any, capture: UNetCapture, sample: torch.Tensor, timestep: torch.Tensor,
+             output: torch.Tensor) -> torch.Tensor:
+    """Flow matching: x_t = (1 - sigma) x0 + sigma noise and the model predicts v = noise - x0, so x0 = x_t - sigma v
+    (exactly the Euler step to sigma 0). SD3's transformer gets t = 1000 sigma, Flux's t / 1000 = sigma. Flux's
+    tokens are unpacked into the latent grid (B x 16 x h x w) the previews and the VAE take."""
+    t = timestep.reshape(-1)[0].float()  # one timestep per call, repeated per row
+    sigma = t if family_of(pipe) is FLUX else t / float(pipe.scheduler.config.num_train_timesteps)
+    x0 = sample.float() - sigma.to(sample.device) * output.float()
+    if x0.ndim == 3:  # packed tokens; img_ids hold each token's (0, row, column)
+        if capture.img_ids is None:
+            raise RuntimeError("packed latents captured without their img_ids")
+        ids = capture.img_ids.reshape(-1, 3)
+        x0 = unpack_latents(x0, 2 * (int(ids[:, 1].max()) + 1), 2 * (int(ids[:, 2].max()) + 1))
+    return x0

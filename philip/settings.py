@@ -113,9 +113,25 @@ class ModelSettings:
     adapter_cache: int = 8  # adapters each generating process keeps loaded (LRU)
     # The pipelines' weights: fp16 | bf16 | fp32; "" = fp16 on a GPU, fp32 on the CPU (a force_upcast VAE stays fp32).
     dtype: str = ""
+    # A UNet (folder or single .safetensors file, e.g. SDXL-Lightning's) loaded over the model folder's ("" = its own).
+    unet_path: str = ""
+    # A LoRA (folder or .safetensors) fused into the base weights at load (SDXL-Lightning's LoRA), at this scale.
+    base_lora: str = ""
+    base_lora_scale: float = 1.0
+    compile: int = 0  # 1 = torch.compile the denoiser's unchanging parts (GPU start-up takes minutes longer)
+    # "" = refuse to start when an asked-for ONNX Runtime GPU provider is missing; "cpu" = fall back to the CPU.
+    onnx_fallback: str = ""
+    # Which self-attention layers take FABRIC's references: all | up | mid+up | down+mid; "" = the family's own
+    # (SD-1.x all, SDXL up: services/refiner/fabric_layers.py), so one deployment setting fits every model folder.
+    fabric_layers: str = ""
 
     RULES: ClassVar[dict[str, Rule]] = {
         "onnx_providers": (lambda v: len(v) > 0, "must name at least one provider"),
+        "base_lora_scale": (lambda v: 0.0 <= v <= 4.0, "must be in 0..4"),
+        "compile": (lambda v: v in (0, 1), "must be 0 or 1"),
+        "onnx_fallback": (lambda v: v in ("", "cpu"), "must be empty (refuse to start) or cpu"),
+        "fabric_layers": (lambda v: v in ("", "all", "up", "mid+up", "down+mid"),
+                          "must be empty (the family's default), all, up, mid+up or down+mid"),
         "dtype": (lambda v: v.lower() in ("", *_DTYPES), f"must be one of {', '.join(_DTYPES)} "
                                                           "(empty: fp16 on a GPU, fp32 on the CPU)"),
         "adapter_cache": (lambda v: 4 <= v <= 64, "must be in 4..64 (a batch may use 4 adapters)"),

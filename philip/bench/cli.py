@@ -160,3 +160,60 @@ def bench_refine_cmd(
     cfg = RefineBenchConfig(model_dir=model_dir, upscaler_path=upscaler, images=images, steps=steps, liked=liked,
                             disliked=disliked, repeats=repeats, sessions=max(1, sessions), batching=sessions > 0)
     emit(run_refine_bench(cfg), as_json)
+
+
+@bench_app.command("fabric-layers")
+def bench_fabric_layers_cmd(
+    model_dir: Path | None = typer.Option(None, help="Diffusers model folder (default: the tiny random-weight SDXL "
+                                                     "folder, built for the run)."),
+    layers: list[str] = typer.Option(["all", "up", "mid+up", "down+mid"], "--fabric-layers",
+                                     help="Layer choices to compare (repeatable)."),
+    images: int = typer.Option(4, help="Images per round."),
+    steps: int = typer.Option(8, help="Denoising steps."),
+    liked: int = typer.Option(2, help="Liked references of the FABRIC round."),
+    disliked: int = typer.Option(2, help="Disliked references of the FABRIC round."),
+    repeats: int = typer.Option(3, help="Timed runs after a warm-up; medians reported."),
+    real: bool = typer.Option(True, help="Also real SDXL (1024 px) and SD-1.5 (512 px) from their configs on the "
+                                         "meta device."),
+    threads: int | None = typer.Option(None, help="Torch threads."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object last."),
+) -> None:
+    """Per FABRIC layer choice (PHILIP_FABRIC_LAYERS): a FABRIC round vs a plain round (fabric_ratio) and the bytes
+    one reference's recorded activations take; random weights measure time and memory only."""
+    from philip.bench.fabric_layers import FabricLayersBenchConfig, run_fabric_layers_bench
+
+    set_threads(threads)
+    cfg = FabricLayersBenchConfig(model_dir=model_dir, choices=tuple(layers), images=images, steps=steps, liked=liked,
+                                  disliked=disliked, repeats=repeats, real=real)
+    emit(run_fabric_layers_bench(cfg), as_json)
+
+
+@bench_app.command("gpu")
+def bench_gpu_cmd(
+    model: list[Path] = typer.Option([], "--model", help="Diffusers model folder (repeatable). None on a CPU: "
+                                     "philip-tiny and tiny random-weight SD-1.x/SDXL/SD3/Flux folders (wiring only)."),
+    steps: int = typer.Option(4, help="Denoising steps per run."),
+    batches: str = typer.Option("1,4,8", help="Batch sizes, e.g. 1,4,8."),
+    size: int = typer.Option(0, help="Width and height in pixels (0 = each model's native size)."),
+    repeats: int = typer.Option(1, help="Timed runs per measurement after one warm-up; medians are reported."),
+    dtype: str = typer.Option("", help="PHILIP_DTYPE: fp16 | bf16 | fp32 ('' = fp16 on a GPU, fp32 on the CPU)."),
+    compile_: bool = typer.Option(False, "--compile", help="PHILIP_COMPILE=1: torch.compile the unchanging blocks."),
+    threads: int | None = typer.Option(None, help="Torch threads."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object last."),
+) -> None:
+    """Per model folder: images/s and step latency per batch size, first-preview latency, FABRIC ratio (2
+    references), peak memory, dtype and attention backend (docs/GPU.md)."""
+    from philip.bench.gpu import GpuBenchConfig, run_gpu_bench
+    from philip.logs import configure_logging
+
+    configure_logging("console", "warning")  # stderr: stdout stays one JSON object
+    try:
+        sizes = tuple(int(b) for b in batches.split(",") if b.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{batches!r} is not a list of numbers like 1,4,8", param_hint="--batches") from None
+    if not sizes or min(sizes) < 1 or steps < 1:
+        raise typer.BadParameter("batch sizes and --steps must be >= 1", param_hint="--batches")
+    set_threads(threads)
+    cfg = GpuBenchConfig(models=tuple(model), steps=steps, batches=sizes, size=size, repeats=repeats, dtype=dtype,
+                         compile=compile_)
+    emit(run_gpu_bench(cfg, log=lambda msg: console.print(f"[dim]{msg}[/dim]")), as_json)

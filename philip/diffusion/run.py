@@ -26,6 +26,8 @@ from PIL import Image
 from philip.diffusion.callbacks import StepCallback, StepCallbacks
 from philip.diffusion.executors import DeviceWorker
 from philip.diffusion.schedulers import swapped_scheduler
+from philip.models.latents import grid_latents, pipeline_latents
+from philip.models.pipelines import denoiser_model
 from philip.previews import UNetCapture, decode_latents, x0_estimate
 
 
@@ -72,8 +74,10 @@ class DenoisingRun(Generic[M]):
     def __call__(self, callbacks: Sequence[StepCallback], *, hooks: Sequence[AbstractContextManager[Any]] = (),
                  **pipe_kwargs: Any) -> torch.Tensor:
         """The pipeline call, inside ``hooks`` and the run's scheduler; returns every row's final latents (the
-        dropped members' too). The run sets the steps, the callbacks and ``output_type``; the rest is
-        ``pipe_kwargs``."""
+        dropped members' too) as a latent grid (B x C x h x w, Flux's unpacked). The run sets the steps, the callbacks
+        and ``output_type``; the rest is ``pipe_kwargs`` (``latents`` as a grid: packed here for Flux)."""
+        if pipe_kwargs.get("latents") is not None:
+            pipe_kwargs["latents"] = pipeline_latents(self.pipe, pipe_kwargs["latents"])
         with contextlib.ExitStack() as stack:
             for hook in hooks:
                 stack.enter_context(hook)
@@ -81,7 +85,8 @@ class DenoisingRun(Generic[M]):
             stack.enter_context(torch.inference_mode())
             output = self.pipe(num_inference_steps=self.steps, callback_on_step_end=StepCallbacks(self, callbacks),
                                output_type="latent", **pipe_kwargs)  # we decode only the members still wanted
-        latents: torch.Tensor = output.images
+        latents: torch.Tensor = grid_latents(self.pipe, output.images, pipe_kwargs.get("height", 0),
+                                             pipe_kwargs.get("width", 0))
         return latents
 
     def drop_cancelled(self) -> None:
@@ -132,5 +137,5 @@ class Denoiser:
             self._hook = None
 
     def _hook_unet(self) -> None:
-        if self._hook is None:
-            self._hook = self.pipe.unet.register_forward_hook(self.capture, with_kwargs=True)
+        if self._hook is None:  # the UNet, or SD3/Flux's transformer
+            self._hook = denoiser_model(self.pipe).register_forward_hook(self.capture, with_kwargs=True)

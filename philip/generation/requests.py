@@ -127,10 +127,10 @@ def _int_in(name: str, value: int, low: int, high: int, default: int | None = No
     return value
 
 
-def _size(name: str, value: int) -> int:
-    if value % 8 or not 8 <= value <= 1024:
-        raise InvalidArgument(f"{name} must be a multiple of 8 in 8-1024 (or 0 for the preset); got {value}",
-                              field=name)
+def _size(name: str, value: int, max_size: int) -> int:
+    if value % 8 or not 8 <= value <= max_size:
+        raise InvalidArgument(f"{name} must be a multiple of 8 in 8-{max_size} (this model's max_size; 0 for the "
+                              f"preset); got {value}", field=name)
     return value
 
 
@@ -153,7 +153,8 @@ class RequestResolver:
     schedulers: tuple[str, ...]
     styles: Mapping[str, Style] = field(default_factory=dict)
     adapters_dir: str | None = None  # None: this server loads no adapters
-    defaults: GenerationDefaults = field(default_factory=GenerationDefaults)  # steps, guidance, scheduler
+    # steps (and their range), guidance, scheduler, max_size (each side's cap)
+    defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
 
     def __post_init__(self) -> None:
         if self.defaults.scheduler not in self.schedulers:  # at start-up, not on the first request
@@ -201,7 +202,7 @@ class RequestResolver:
             num_images=_int_in("num_images", params.num_images, 1, 8, DEFAULT_NUM_IMAGES),
             width=width,
             height=height,
-            steps=_int_in("steps", params.steps, 1, 100, defaults.steps),
+            steps=_int_in("steps", params.steps, defaults.min_steps, defaults.max_steps, defaults.steps),
             guidance=float(guidance),
             scheduler=scheduler,
             seed=secrets.randbelow(MAX_SEED + 1) if params.seed is None else params.seed,
@@ -218,9 +219,10 @@ class RequestResolver:
             return preset_size(params.aspect_ratio, self.native_size)
         for name, value in (("width", params.width), ("height", params.height)):
             if value == 0:
-                raise InvalidArgument(f"{name} must be set when the other side is (multiple of 8 in 8-1024), "
-                                      "or leave both 0 for the aspect preset", field=name)
-        return _size("width", params.width), _size("height", params.height)
+                raise InvalidArgument(f"{name} must be set when the other side is (multiple of 8 in "
+                                      f"8-{self.defaults.max_size}), or leave both 0 for the aspect preset", field=name)
+        max_size = self.defaults.max_size
+        return _size("width", params.width, max_size), _size("height", params.height, max_size)
 
     def _resolve_adapters(self, adapter_ids: tuple[str, ...]) -> tuple[str, ...]:
         if len(adapter_ids) > MAX_ADAPTERS:

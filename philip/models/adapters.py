@@ -3,8 +3,14 @@
 An adapter is a folder ``{adapters_dir}/{adapter_id}/`` in the formats diffusers reads itself:
 ``learned_embeds.safetensors`` (``{token: embedding}``, what ``load_textual_inversion`` takes) for
 every method, plus ``pytorch_lora_weights.safetensors`` (what ``load_lora_weights`` takes) for LoRA,
-and ``adapter.json`` (token, class word, method). The same folder works in a notebook:
+and ``adapter.json`` (token, class word, method, family). The same folder works in a notebook:
 ``pipe.load_textual_inversion(dir); pipe.load_lora_weights(dir)``.
+
+Per family (:mod:`philip.models.adapter_support`): SDXL's embeddings file holds ``clip_l`` and ``clip_g`` (load
+each into its encoder and tokenizer, ``pipe.load_textual_inversion(state["clip_g"], token=...,
+text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)``); SD3/Flux adapters are LoRA on the transformer
+only, with no embeddings file. Each LoRA file is written by its family's pipeline class (``unet.`` or
+``transformer.`` keys), so that class's ``load_lora_weights`` reads it.
 
 ``AdapterSwitch`` makes one pipeline serve batches with different adapter sets: LoRA weights
 stay loaded (LRU, ``set_adapters`` picks the active ones), while new tokens are added to the
@@ -21,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from philip.models.adapter_support import TokenSlot, method_refusal, token_slots
+from philip.models.families import FAMILIES, family_of
 from philip.rpc.auth import owned_by_caller
 from philip.rpc.errors import NotFound
 
@@ -32,6 +40,12 @@ EMBEDS_FILE = "learned_embeds.safetensors"
 META_FILE = "adapter.json"
 METHODS = ("lora", "textual_inversion")
 ADAPTER_ID = re.compile(r"^ad_[0-9a-f]{8,32}$")
+# Each family's LoRA writer: the pipeline class whose save_lora_weights writes its layout, and the keyword that
+# names the denoiser's layers (diffusers prefixes them "unet." or "transformer.").
+LORA_WRITERS = {"sd": ("StableDiffusionPipeline", "unet_lora_layers"),
+                "sdxl": ("StableDiffusionXLPipeline", "unet_lora_layers"),
+                "sd3": ("StableDiffusion3Pipeline", "transformer_lora_layers"),
+                "flux": ("FluxPipeline", "transformer_lora_layers")}
 
 
 class AdapterError(NotFound, ValueError):
@@ -48,10 +62,11 @@ class AdapterInfo:
     class_word: str
     method: str
     tenant: str = ""  # who may use it (API-key tenant; "" with an open gateway)
+    family: str = "sd"  # the model family it was trained on (files from before 2026-12-06: SD-1.x, all there was)
 
     def to_json(self) -> dict[str, str]:
         return {"adapter_id": self.adapter_id, "token": self.token, "class_word": self.class_word,
-                "method": self.method, "tenant": self.tenant}
+                "method": self.method, "tenant": self.tenant, "family": self.family}
 
 
 def is_adapter_id(value: str) -> bool:
@@ -76,18 +91,25 @@ def adapter_dir(adapters_dir: str | Path, adapter_id: str) -> Path:
     return Path(adapters_dir) / adapter_id
 
 
-def save_adapter(folder: Path, info: AdapterInfo, embedding: torch.Tensor,
+def save_adapter(folder: Path, info: AdapterInfo, embedding: torch.Tensor | dict[str, torch.Tensor] | None,
                  lora_state: dict[str, torch.Tensor] | None) -> None:
-    """Write the adapter files into ``folder`` (created); the metadata file is written last."""
+    """Write the adapter files into ``folder`` (created); the metadata file is written last.
+
+    ``embedding``: one tensor (SD-1.x, saved as ``{token: embedding}``), one per token slot's key (SDXL:
+    ``clip_l``, ``clip_g``), or None (a LoRA-only family: no embeddings file)."""
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({info.token: embedding.detach().reshape(1, -1).float().contiguous()}, str(folder / EMBEDS_FILE))
+    if embedding is not None:
+        rows = embedding if isinstance(embedding, dict) else {info.token: embedding}
+        save_file({key: row.detach().reshape(1, -1).float().contiguous() for key, row in rows.items()},
+                  str(folder / EMBEDS_FILE))
     if lora_state is not None:
-        from diffusers import StableDiffusionPipeline
+        import diffusers
 
-        StableDiffusionPipeline.save_lora_weights(str(folder), unet_lora_layers=lora_state, weight_name=LORA_FILE,
-                                                  safe_serialization=True)
+        class_name, keyword = LORA_WRITERS[info.family]
+        getattr(diffusers, class_name).save_lora_weights(str(folder), **{keyword: lora_state}, weight_name=LORA_FILE,
+                                                         safe_serialization=True)
     (folder / META_FILE).write_text(json.dumps(info.to_json(), indent=2))
 
 
@@ -113,7 +135,8 @@ def read_adapter(adapters_dir: str | Path, adapter_id: str) -> AdapterInfo:
     if not meta.is_file():
         raise AdapterError(f"adapter {adapter_id} has no files under {folder} (is PHILIP_ADAPTERS_DIR shared?)")
     data = json.loads(meta.read_text())
-    info = AdapterInfo(adapter_id, data["token"], data["class_word"], data["method"], data.get("tenant", ""))
+    info = AdapterInfo(adapter_id, data["token"], data["class_word"], data["method"], data.get("tenant", ""),
+                       data.get("family", "sd"))
     if info.method == "lora" and not (folder / LORA_FILE).is_file():
         raise AdapterError(f"adapter {adapter_id} is a LoRA but {folder / LORA_FILE} is missing")
     return info
@@ -127,9 +150,11 @@ class AdapterSwitch:
         self.pipe = pipe
         self.adapters_dir = Path(adapters_dir)
         self.capacity = capacity
+        self.family = family_of(pipe)
+        self.slots: tuple[TokenSlot, ...] = token_slots(self.family.name)  # encoders taking tokens (SDXL: two)
         self._loaded: OrderedDict[str, AdapterInfo] = OrderedDict()  # LoRA + embeddings read, LRU order
-        self._embeds: dict[str, Any] = {}  # adapter id -> embedding tensor
-        self._tokens: dict[str, str] = {}  # token -> adapter id, tokens now in the tokenizer
+        self._embeds: dict[str, tuple[Any, ...]] = {}  # adapter id -> its embedding per slot
+        self._tokens: dict[str, str] = {}  # token -> adapter id, tokens now in the tokenizers
         self._lora_on = False
 
     def activate(self, adapter_ids: tuple[str, ...]) -> None:
@@ -138,12 +163,15 @@ class AdapterSwitch:
         wanted = {info.token: info.adapter_id for info in infos}
         stale = [token for token, owner in self._tokens.items() if wanted.get(token) != owner]
         if stale:
-            self.pipe.unload_textual_inversion(stale)
+            self._unload_tokens(stale)
             for token in stale:
                 del self._tokens[token]
         for info in infos:
-            if info.token not in self._tokens:
-                self.pipe.load_textual_inversion({info.token: self._embeds[info.adapter_id]}, token=info.token)
+            if self.slots and info.token not in self._tokens:
+                for slot, embedding in zip(self.slots, self._embeds[info.adapter_id], strict=True):
+                    self.pipe.load_textual_inversion({info.token: embedding}, token=info.token,
+                                                     text_encoder=getattr(self.pipe, slot.text_encoder),
+                                                     tokenizer=getattr(self.pipe, slot.tokenizer))
                 self._tokens[info.token] = info.adapter_id
         loras = [info.adapter_id for info in infos if info.method == "lora"]
         if loras:
@@ -162,7 +190,7 @@ class AdapterSwitch:
             return
         self._embeds.pop(adapter_id, None)
         if self._tokens.get(info.token) == adapter_id:
-            self.pipe.unload_textual_inversion([info.token])
+            self._unload_tokens([info.token])
             del self._tokens[info.token]
         if info.method == "lora":
             self.pipe.delete_adapters([adapter_id])
@@ -170,6 +198,11 @@ class AdapterSwitch:
     @property
     def loaded(self) -> tuple[str, ...]:
         return tuple(self._loaded)
+
+    def _unload_tokens(self, tokens: list[str]) -> None:
+        for slot in self.slots:  # each tokenizer and encoder holds its own copy of the token
+            self.pipe.unload_textual_inversion(tokens, tokenizer=getattr(self.pipe, slot.tokenizer),
+                                               text_encoder=getattr(self.pipe, slot.text_encoder))
 
     def _load(self, adapter_id: str) -> AdapterInfo:
         if adapter_id in self._loaded:
@@ -179,21 +212,39 @@ class AdapterSwitch:
             self._loaded.move_to_end(adapter_id)
             return self._loaded[adapter_id]
         info = read_adapter(self.adapters_dir, adapter_id)
-        from safetensors.torch import load_file
-
+        if info.family != self.family.name:  # its files fit another family's encoders and denoiser
+            trained = next((f.label for f in FAMILIES.values() if f.name == info.family), info.family)
+            raise AdapterError(f"adapter {adapter_id} was trained on a {trained} model; this server serves "
+                               f"{self.family.label}: train it again here")
+        if (refusal := method_refusal(self.family, info.method)) is not None:  # a hand-made folder; never trained
+            raise AdapterError(f"adapter {adapter_id}: {refusal}")
         folder = adapter_dir(self.adapters_dir, adapter_id)
-        state = load_file(str(folder / EMBEDS_FILE))
-        if info.token not in state:
-            raise AdapterError(f"adapter {adapter_id}: {EMBEDS_FILE} has no embedding for token {info.token!r}")
+        embeds = self._read_embeddings(folder, info)
         if info.method == "lora":
             self.pipe.load_lora_weights(read_lora_file(folder), adapter_name=adapter_id)
             self._lora_on = True  # loading activates it; activate() sets the real set right after
-        self._embeds[adapter_id] = state[info.token].to(self.pipe.text_encoder.dtype)
+        self._embeds[adapter_id] = embeds
         self._loaded[adapter_id] = info
         while len(self._loaded) > self.capacity:
             oldest = next(iter(self._loaded))
             self.forget(oldest)
         return info
+
+    def _read_embeddings(self, folder: Path, info: AdapterInfo) -> tuple[Any, ...]:
+        """The token's embedding for each slot, in its encoder's dtype (none for a LoRA-only family)."""
+        if not self.slots:
+            return ()
+        from safetensors.torch import load_file
+
+        state = load_file(str(folder / EMBEDS_FILE))
+        embeds = []
+        for slot in self.slots:
+            key = slot.key or info.token
+            if key not in state:
+                raise AdapterError(f"adapter {info.adapter_id}: {EMBEDS_FILE} has no embedding "
+                                   f"{'for token ' + repr(info.token) if not slot.key else repr(key)}")
+            embeds.append(state[key].to(getattr(self.pipe, slot.text_encoder).dtype))
+        return tuple(embeds)
 
 
 def activate_adapters(switch: AdapterSwitch | None, adapter_ids: tuple[str, ...]) -> None:

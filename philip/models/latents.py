@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from philip.models.families import FLUX, family_of
+
 
 def to_vae_latents(vae: Any, latents: torch.Tensor) -> torch.Tensor:
     """UNet latents -> what the VAE decodes, in the VAE's dtype."""
@@ -45,3 +47,46 @@ def keep_vae_fp32(pipe: Any) -> None:
     vae = getattr(pipe, "vae", None)
     if vae is not None and vae.dtype != torch.float32 and getattr(vae.config, "force_upcast", False):
         vae.to(dtype=torch.float32)
+
+
+# Flux's transformer takes latents as tokens: each 2x2 patch of the 16-channel latent grid is one 64-channel token,
+# row-major. The services keep latents as grids (B x C x h x w: previews, decodes, steering) and pack them only at
+# the pipeline's door.
+
+def packs_latents(pipe: Any) -> bool:
+    """Whether the pipeline's transformer takes 2x2-packed latent tokens (Flux)."""
+    return family_of(pipe) is FLUX
+
+
+def latent_grid(pipe: Any, height: int, width: int) -> tuple[int, int, int]:
+    """(channels, h, w) of the latent grid of a ``height`` x ``width`` image, as the pipeline draws its noise."""
+    scale = int(pipe.vae_scale_factor)
+    if packs_latents(pipe):  # both sides rounded down to whole 2x2 patches, as FluxPipeline.prepare_latents does
+        return int(pipe.vae.config.latent_channels), 2 * (height // (scale * 2)), 2 * (width // (scale * 2))
+    model = pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
+    return int(model.config.in_channels), height // scale, width // scale
+
+
+def pack_latents(latents: torch.Tensor) -> torch.Tensor:
+    """B x C x h x w -> B x (h/2 * w/2) x 4C tokens (FluxPipeline._pack_latents)."""
+    b, c, h, w = latents.shape
+    return latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack_latents(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """B x (h/2 * w/2) x 4C tokens -> B x C x h x w (FluxPipeline._unpack_latents, given the latent grid's sides)."""
+    b, _, c4 = tokens.shape
+    return tokens.view(b, h // 2, w // 2, c4 // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c4 // 4, h, w)
+
+
+def grid_latents(pipe: Any, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """A pipeline's ``output_type="latent"`` output as a latent grid (Flux's unpacked; the others' as they are)."""
+    if latents.ndim != 3:
+        return latents
+    _, h, w = latent_grid(pipe, height, width)
+    return unpack_latents(latents, h, w)
+
+
+def pipeline_latents(pipe: Any, latents: torch.Tensor) -> torch.Tensor:
+    """A latent grid as the pipeline's ``latents=`` argument takes it (Flux's packed)."""
+    return pack_latents(latents) if packs_latents(pipe) else latents

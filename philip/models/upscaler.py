@@ -9,25 +9,59 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
+from philip.logs import get_logger
+
+log = get_logger("philip.models.upscaler")
+CPU_PROVIDER = "CPUExecutionProvider"
+
 
 class UpscalerError(RuntimeError):
     """The ONNX file is missing or does not look like a super-resolution model."""
 
 
+def _refusal(missing: Sequence[str], asked: Sequence[str], where: str) -> UpscalerError:
+    return UpscalerError(
+        f"ONNX Runtime provider(s) {', '.join(missing)} asked for by PHILIP_ONNX_PROVIDERS={','.join(asked)} "
+        f"{where}; install the matching onnxruntime build (e.g. onnxruntime-rocm / onnxruntime-migraphx), "
+        f"change PHILIP_ONNX_PROVIDERS, or set PHILIP_ONNX_FALLBACK=cpu to serve upscales on the CPU")
+
+
+def _usable(asked: Sequence[str], fallback: str) -> list[str]:
+    """The asked-for providers this onnxruntime build has, in order; a missing one refuses to start unless
+    ``fallback == "cpu"`` (a GPU pod silently upscaling on its CPU would be 100x slower, and nobody would know)."""
+    available = ort.get_available_providers()
+    missing = [p for p in asked if p not in available]
+    if missing and fallback != "cpu":
+        raise _refusal(missing, asked, f"are not in this onnxruntime build (it has {', '.join(available)})")
+    chosen = [p for p in asked if p in available]
+    return chosen if CPU_PROVIDER in chosen else [*chosen, CPU_PROVIDER]
+
+
+def _check_used(asked: Sequence[str], used: Sequence[str], fallback: str) -> None:
+    """A provider the build has can still fail to start (no device, a driver mismatch): ONNX Runtime then drops it
+    with only a warning of its own. Same refusal as a missing one; both lists are logged either way."""
+    log.info("upscaler.providers", asked=list(asked), used=list(used), fallback=fallback or "none")
+    dropped = [p for p in asked if p not in used]
+    if dropped and fallback != "cpu":
+        raise _refusal(dropped, asked, f"did not start (the session uses {', '.join(used)})")
+    if dropped:
+        log.warning("upscaler.provider_fallback", dropped=dropped, used=list(used))
+
+
 class OnnxUpscaler:
     """x-N upscaler; N is read from the model's static shapes or found by a probe run."""
 
-    def __init__(self, path: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",), tile: int = 128,
-                 threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, providers: Sequence[str] = (CPU_PROVIDER,), tile: int = 128,
+                 threads: int | None = None, fallback: str = "") -> None:
         path = Path(path)
         if not path.is_file():
             raise UpscalerError(f"upscaler model {path} not found; train it with `philip train-upscaler`")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        available = set(ort.get_available_providers())
-        chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
-        self.session = ort.InferenceSession(str(path), options, providers=chosen)
+        self.session = ort.InferenceSession(str(path), options, providers=_usable(providers, fallback))
+        self.providers = self.session.get_providers()
+        _check_used(providers, self.providers, fallback)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
             raise UpscalerError(f"{path}: expected one NCHW input, got {[i.shape for i in inputs]}")
@@ -35,7 +69,6 @@ class OnnxUpscaler:
         self.output_name = outputs[0].name
         self.tile = tile
         self.scale = self._read_scale(inputs[0].shape, outputs[0].shape)
-        self.providers = self.session.get_providers()
 
     def _read_scale(self, in_shape: list, out_shape: list) -> int:
         h_in, h_out = in_shape[2], out_shape[2]

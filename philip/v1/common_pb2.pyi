@@ -66,7 +66,10 @@ class _PreviewModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PreviewMo
     PREVIEW_MODE_UNSPECIFIED: _PreviewMode.ValueType  # 0
     """LINEAR, the default."""
     PREVIEW_MODE_LINEAR: _PreviewMode.ValueType  # 1
-    """Cheap linear latent->RGB projection of the current x0 estimate (fitted per VAE), at latent size."""
+    """The cheap preview of the current x0 estimate: when the model folder has a TAESD-style tiny decoder
+    (taesd/, taesdxl/, taesd3/, taef1/), its decode at output size (a few ms); otherwise a linear
+    latent->RGB projection (fitted per VAE) at latent size.
+    """
     PREVIEW_MODE_VAE: _PreviewMode.ValueType  # 2
     """Full VAE decode of the x0 estimate, at output size (costs about one extra decode per preview)."""
 
@@ -76,7 +79,10 @@ class PreviewMode(_PreviewMode, metaclass=_PreviewModeEnumTypeWrapper):
 PREVIEW_MODE_UNSPECIFIED: PreviewMode.ValueType  # 0
 """LINEAR, the default."""
 PREVIEW_MODE_LINEAR: PreviewMode.ValueType  # 1
-"""Cheap linear latent->RGB projection of the current x0 estimate (fitted per VAE), at latent size."""
+"""The cheap preview of the current x0 estimate: when the model folder has a TAESD-style tiny decoder
+(taesd/, taesdxl/, taesd3/, taef1/), its decode at output size (a few ms); otherwise a linear
+latent->RGB projection (fitted per VAE) at latent size.
+"""
 PREVIEW_MODE_VAE: PreviewMode.ValueType  # 2
 """Full VAE decode of the x0 estimate, at output size (costs about one extra decode per preview)."""
 Global___PreviewMode: _TypeAlias = PreviewMode  # noqa: Y015
@@ -190,19 +196,27 @@ class GenerationParams(_message.Message):
     num_images: _builtins.int
     """Images in the batch, 1-8. 0 means the default, 4."""
     width: _builtins.int
-    """Width in pixels, a multiple of 8, 8-1024. 0 = from aspect_ratio and the model's native size."""
+    """Width in pixels, a multiple of 8, 8 to the model's max_size (GetModelInfo; 1024 for SD-1.x).
+    0 = from aspect_ratio and the model's native size.
+    """
     height: _builtins.int
-    """Height in pixels, a multiple of 8, 8-1024. 0 = from aspect_ratio and the model's native size."""
+    """Height in pixels, a multiple of 8, 8 to the model's max_size. 0 = from aspect_ratio and the
+    model's native size.
+    """
     aspect_ratio: Global___AspectRatio.ValueType
     """Preset used when width and height are 0. Default square."""
     steps: _builtins.int
-    """Denoising steps, 1-100. 0 means the default, 8."""
+    """Denoising steps, within the model's min_steps-max_steps (GetModelInfo; 1-100 for SD-1.x).
+    0 means the model's default (8 for SD-1.x, 4 for SDXL-Turbo).
+    """
     guidance: _builtins.float
-    """Classifier-free guidance scale, 0-30. Absent means the default, 5.0. <= 1 disables the
-    negative branch (distilled models such as SD-Turbo use 0).
+    """Classifier-free guidance scale, 0-30. Absent means the model's default (5.0; 0 for few-step
+    models). <= 1 disables the negative branch (distilled models such as SD-Turbo use 0).
     """
     scheduler: _builtins.str
-    """Scheduler: "dpm++" (default), "euler", "euler_a", "ddim" or "lcm"."""
+    """Scheduler: SD-1.x/2.x and SDXL take "dpm++", "euler", "euler_a", "ddim" or "lcm"; SD3 and Flux take
+    "flow_euler" (GetModelInfo lists what the served model accepts). Empty = the model's default.
+    """
     seed: _builtins.int
     """Base seed, 0 to 2^63-1: image i uses seed + i. Absent means a random base seed (reported back
     in every Image.seed).

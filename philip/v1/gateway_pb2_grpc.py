@@ -7,7 +7,7 @@ from philip.v1 import gateway_pb2 as philip_dot_v1_dot_gateway__pb2
 from philip.v1 import generator_pb2 as philip_dot_v1_dot_generator__pb2
 from philip.v1 import personalizer_pb2 as philip_dot_v1_dot_personalizer__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -111,6 +111,11 @@ class GatewayStub:
                 '/philip.v1.Gateway/ListStyles',
                 request_serializer=philip_dot_v1_dot_gateway__pb2.ListStylesRequest.SerializeToString,
                 response_deserializer=philip_dot_v1_dot_gateway__pb2.ListStylesResponse.FromString,
+                _registered_method=True)
+        self.GetModelInfo = channel.unary_unary(
+                '/philip.v1.Gateway/GetModelInfo',
+                request_serializer=philip_dot_v1_dot_generator__pb2.GetModelInfoRequest.SerializeToString,
+                response_deserializer=philip_dot_v1_dot_generator__pb2.ModelInfo.FromString,
                 _registered_method=True)
 
 
@@ -222,6 +227,13 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetModelInfo(self, request, context):
+        """Same contract as GeneratorService.GetModelInfo (asked once per gateway process, then cached).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -299,6 +311,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.ListStyles,
                     request_deserializer=philip_dot_v1_dot_gateway__pb2.ListStylesRequest.FromString,
                     response_serializer=philip_dot_v1_dot_gateway__pb2.ListStylesResponse.SerializeToString,
+            ),
+            'GetModelInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModelInfo,
+                    request_deserializer=philip_dot_v1_dot_generator__pb2.GetModelInfoRequest.FromString,
+                    response_serializer=philip_dot_v1_dot_generator__pb2.ModelInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -707,6 +724,33 @@ class Gateway:
             '/philip.v1.Gateway/ListStyles',
             philip_dot_v1_dot_gateway__pb2.ListStylesRequest.SerializeToString,
             philip_dot_v1_dot_gateway__pb2.ListStylesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModelInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/philip.v1.Gateway/GetModelInfo',
+            philip_dot_v1_dot_generator__pb2.GetModelInfoRequest.SerializeToString,
+            philip_dot_v1_dot_generator__pb2.ModelInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -67,6 +67,8 @@ class GatewayStub:
     """The caller's tenant's sessions, newest first, one page at a time (same paging rules as ListActivity)."""
     ListStyles: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListStylesRequest, _gateway_pb2.ListStylesResponse]
     """The style presets GenerationParams.style can name (from the generator's styles file)."""
+    GetModelInfo: _grpc.UnaryUnaryMultiCallable[_generator_pb2.GetModelInfoRequest, _generator_pb2.ModelInfo]
+    """Same contract as GeneratorService.GetModelInfo (asked once per gateway process, then cached)."""
 
 @_typing.type_check_only
 class GatewayAsyncStub(GatewayStub):
@@ -105,6 +107,8 @@ class GatewayAsyncStub(GatewayStub):
     """The caller's tenant's sessions, newest first, one page at a time (same paging rules as ListActivity)."""
     ListStyles: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListStylesRequest, _gateway_pb2.ListStylesResponse]  # type: ignore[assignment]
     """The style presets GenerationParams.style can name (from the generator's styles file)."""
+    GetModelInfo: _aio.UnaryUnaryMultiCallable[_generator_pb2.GetModelInfoRequest, _generator_pb2.ModelInfo]  # type: ignore[assignment]
+    """Same contract as GeneratorService.GetModelInfo (asked once per gateway process, then cached)."""
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
     """Public entry point: authentication, sessions, routing, fan-out."""
@@ -230,5 +234,13 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.ListStylesResponse, _abc.Awaitable[_gateway_pb2.ListStylesResponse]]:
         """The style presets GenerationParams.style can name (from the generator's styles file)."""
+
+    @_abc_1.abstractmethod
+    def GetModelInfo(
+        self,
+        request: _generator_pb2.GetModelInfoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_generator_pb2.ModelInfo, _abc.Awaitable[_generator_pb2.ModelInfo]]:
+        """Same contract as GeneratorService.GetModelInfo (asked once per gateway process, then cached)."""
 
 def add_GatewayServicer_to_server(servicer: GatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -395,3 +395,166 @@ class Job(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Job: _TypeAlias = Job  # noqa: Y015
+
+@_typing.final
+class GetModelInfoRequest(_message.Message):
+    """Asks what the served model is."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetModelInfoRequest: _TypeAlias = GetModelInfoRequest  # noqa: Y015
+
+@_typing.final
+class ModelDefaults(_message.Message):
+    """What a request that leaves a field unset gets, and the ranges it may ask for."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEPS_FIELD_NUMBER: _builtins.int
+    MIN_STEPS_FIELD_NUMBER: _builtins.int
+    MAX_STEPS_FIELD_NUMBER: _builtins.int
+    GUIDANCE_FIELD_NUMBER: _builtins.int
+    SCHEDULER_FIELD_NUMBER: _builtins.int
+    TIMESTEP_SPACING_FIELD_NUMBER: _builtins.int
+    NATIVE_SIZE_FIELD_NUMBER: _builtins.int
+    MAX_SIZE_FIELD_NUMBER: _builtins.int
+    steps: _builtins.int
+    """Denoising steps of a request with steps = 0, within min_steps-max_steps."""
+    min_steps: _builtins.int
+    max_steps: _builtins.int
+    guidance: _builtins.float
+    """Classifier-free guidance of a request without one (0 for few-step models: no unconditional pass)."""
+    scheduler: _builtins.str
+    """Scheduler of a request without one; one of ModelInfo.schedulers."""
+    timestep_spacing: _builtins.str
+    """How the scheduler spaces its timesteps: "leading", "trailing" or "linspace"; empty = the scheduler's own."""
+    native_size: _builtins.int
+    """Long side in pixels of a request without a size (the aspect presets scale to it)."""
+    max_size: _builtins.int
+    """Largest width or height a request may ask for (INVALID_ARGUMENT above it)."""
+    def __init__(
+        self,
+        *,
+        steps: _builtins.int = ...,
+        min_steps: _builtins.int = ...,
+        max_steps: _builtins.int = ...,
+        guidance: _builtins.float = ...,
+        scheduler: _builtins.str = ...,
+        timestep_spacing: _builtins.str = ...,
+        native_size: _builtins.int = ...,
+        max_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["guidance", b"guidance", "max_size", b"max_size", "max_steps", b"max_steps", "min_steps", b"min_steps", "native_size", b"native_size", "scheduler", b"scheduler", "steps", b"steps", "timestep_spacing", b"timestep_spacing"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelDefaults: _TypeAlias = ModelDefaults  # noqa: Y015
+
+@_typing.final
+class FeedbackCapability(_message.Message):
+    """What likes and dislikes act through on this model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FABRIC_FIELD_NUMBER: _builtins.int
+    DISLIKES_ACT_FIELD_NUMBER: _builtins.int
+    EXPLORATION_FIELD_NUMBER: _builtins.int
+    SEED_STEERING_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    fabric: _builtins.bool
+    """Liked and disliked images condition the denoiser's self-attention (FABRIC)."""
+    dislikes_act: _builtins.bool
+    """Dislikes act through the unconditional (classifier-free guidance) branch at the default guidance."""
+    exploration: _builtins.bool
+    """Prompt exploration (modifiers learned from choices) works on this model."""
+    seed_steering: _builtins.bool
+    """Later rounds draw noise near liked images' seeds."""
+    note: _builtins.str
+    """The same in a sentence for people, e.g. why dislikes act only through steering and exploration."""
+    def __init__(
+        self,
+        *,
+        fabric: _builtins.bool = ...,
+        dislikes_act: _builtins.bool = ...,
+        exploration: _builtins.bool = ...,
+        seed_steering: _builtins.bool = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dislikes_act", b"dislikes_act", "exploration", b"exploration", "fabric", b"fabric", "note", b"note", "seed_steering", b"seed_steering"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeedbackCapability: _TypeAlias = FeedbackCapability  # noqa: Y015
+
+@_typing.final
+class ModelInfo(_message.Message):
+    """The served model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FAMILY_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    PIPELINE_CLASS_FIELD_NUMBER: _builtins.int
+    DTYPE_FIELD_NUMBER: _builtins.int
+    DEFAULTS_FIELD_NUMBER: _builtins.int
+    SCHEDULERS_FIELD_NUMBER: _builtins.int
+    FEEDBACK_FIELD_NUMBER: _builtins.int
+    ADAPTER_METHODS_FIELD_NUMBER: _builtins.int
+    PREVIEW_KINDS_FIELD_NUMBER: _builtins.int
+    family: _builtins.str
+    """"sd" (SD-1.x/2.x), "sdxl", ..."""
+    label: _builtins.str
+    """For people: "SDXL", "SDXL-Turbo", "SDXL-Lightning (4-step)", "SD-1.x/2.x"."""
+    pipeline_class: _builtins.str
+    """The diffusers pipeline class, e.g. "StableDiffusionXLPipeline"."""
+    dtype: _builtins.str
+    """The weights' dtype: "fp16", "bf16" or "fp32"."""
+    @_builtins.property
+    def defaults(self) -> Global___ModelDefaults: ...
+    @_builtins.property
+    def schedulers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Names GenerationParams.scheduler accepts."""
+
+    @_builtins.property
+    def feedback(self) -> Global___FeedbackCapability: ...
+    @_builtins.property
+    def adapter_methods(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Adapter methods requests may use on this model: "lora", "textual_inversion"."""
+
+    @_builtins.property
+    def preview_kinds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Preview kinds GenerationParams.preview_mode may ask for: "linear", "vae"."""
+
+    def __init__(
+        self,
+        *,
+        family: _builtins.str = ...,
+        label: _builtins.str = ...,
+        pipeline_class: _builtins.str = ...,
+        dtype: _builtins.str = ...,
+        defaults: Global___ModelDefaults | None = ...,
+        schedulers: _abc.Iterable[_builtins.str] | None = ...,
+        feedback: Global___FeedbackCapability | None = ...,
+        adapter_methods: _abc.Iterable[_builtins.str] | None = ...,
+        preview_kinds: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["defaults", b"defaults", "feedback", b"feedback"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter_methods", b"adapter_methods", "defaults", b"defaults", "dtype", b"dtype", "family", b"family", "feedback", b"feedback", "label", b"label", "pipeline_class", b"pipeline_class", "preview_kinds", b"preview_kinds", "schedulers", b"schedulers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelInfo: _TypeAlias = ModelInfo  # noqa: Y015

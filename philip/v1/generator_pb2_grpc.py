@@ -5,7 +5,7 @@ import warnings
 
 from philip.v1 import generator_pb2 as philip_dot_v1_dot_generator__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -45,6 +45,11 @@ class GeneratorServiceStub:
                 request_serializer=philip_dot_v1_dot_generator__pb2.GetJobRequest.SerializeToString,
                 response_deserializer=philip_dot_v1_dot_generator__pb2.Job.FromString,
                 _registered_method=True)
+        self.GetModelInfo = channel.unary_unary(
+                '/philip.v1.GeneratorService/GetModelInfo',
+                request_serializer=philip_dot_v1_dot_generator__pb2.GetModelInfoRequest.SerializeToString,
+                response_deserializer=philip_dot_v1_dot_generator__pb2.ModelInfo.FromString,
+                _registered_method=True)
 
 
 class GeneratorServiceServicer:
@@ -67,6 +72,14 @@ class GeneratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetModelInfo(self, request, context):
+        """The served model: family, generation defaults and the ranges a request may ask for, scheduler names,
+        what feedback acts through, adapter methods and preview kinds. Clients build their forms from it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GeneratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -79,6 +92,11 @@ def add_GeneratorServiceServicer_to_server(servicer, server):
                     servicer.GetJob,
                     request_deserializer=philip_dot_v1_dot_generator__pb2.GetJobRequest.FromString,
                     response_serializer=philip_dot_v1_dot_generator__pb2.Job.SerializeToString,
+            ),
+            'GetModelInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModelInfo,
+                    request_deserializer=philip_dot_v1_dot_generator__pb2.GetModelInfoRequest.FromString,
+                    response_serializer=philip_dot_v1_dot_generator__pb2.ModelInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -136,6 +154,33 @@ class GeneratorService:
             '/philip.v1.GeneratorService/GetJob',
             philip_dot_v1_dot_generator__pb2.GetJobRequest.SerializeToString,
             philip_dot_v1_dot_generator__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModelInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/philip.v1.GeneratorService/GetModelInfo',
+            philip_dot_v1_dot_generator__pb2.GetModelInfoRequest.SerializeToString,
+            philip_dot_v1_dot_generator__pb2.ModelInfo.FromString,
             options,
             channel_credentials,
             insecure,

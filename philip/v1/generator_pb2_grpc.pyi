@@ -40,6 +40,10 @@ class GeneratorServiceStub:
     """
     GetJob: _grpc.UnaryUnaryMultiCallable[_generator_pb2.GetJobRequest, _generator_pb2.Job]
     """Status and results so far of a job, for callers that poll. NOT_FOUND for unknown or expired ids."""
+    GetModelInfo: _grpc.UnaryUnaryMultiCallable[_generator_pb2.GetModelInfoRequest, _generator_pb2.ModelInfo]
+    """The served model: family, generation defaults and the ranges a request may ask for, scheduler names,
+    what feedback acts through, adapter methods and preview kinds. Clients build their forms from it.
+    """
 
 @_typing.type_check_only
 class GeneratorServiceAsyncStub(GeneratorServiceStub):
@@ -53,6 +57,10 @@ class GeneratorServiceAsyncStub(GeneratorServiceStub):
     """
     GetJob: _aio.UnaryUnaryMultiCallable[_generator_pb2.GetJobRequest, _generator_pb2.Job]  # type: ignore[assignment]
     """Status and results so far of a job, for callers that poll. NOT_FOUND for unknown or expired ids."""
+    GetModelInfo: _aio.UnaryUnaryMultiCallable[_generator_pb2.GetModelInfoRequest, _generator_pb2.ModelInfo]  # type: ignore[assignment]
+    """The served model: family, generation defaults and the ranges a request may ask for, scheduler names,
+    what feedback acts through, adapter methods and preview kinds. Clients build their forms from it.
+    """
 
 class GeneratorServiceServicer(metaclass=_abc_1.ABCMeta):
     """Generates batches of low-resolution images."""
@@ -75,5 +83,15 @@ class GeneratorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_generator_pb2.Job, _abc.Awaitable[_generator_pb2.Job]]:
         """Status and results so far of a job, for callers that poll. NOT_FOUND for unknown or expired ids."""
+
+    @_abc_1.abstractmethod
+    def GetModelInfo(
+        self,
+        request: _generator_pb2.GetModelInfoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_generator_pb2.ModelInfo, _abc.Awaitable[_generator_pb2.ModelInfo]]:
+        """The served model: family, generation defaults and the ranges a request may ask for, scheduler names,
+        what feedback acts through, adapter methods and preview kinds. Clients build their forms from it.
+        """
 
 def add_GeneratorServiceServicer_to_server(servicer: GeneratorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

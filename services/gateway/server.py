@@ -198,6 +198,10 @@ class GatewayServicer(PersonalizationProxy, gateway_pb2_grpc.GatewayServicer):
                          context: aio.ServicerContext) -> gateway_pb2.ListStylesResponse:
         return codec.styles_to_pb(self.core.styles)
 
+    async def GetModelInfo(self, request: generator_pb2.GetModelInfoRequest,
+                           context: aio.ServicerContext) -> generator_pb2.ModelInfo:
+        return await self.core.model_info()
+
 
 async def _next_or_failure(events: AsyncIterator[bytes], commands: asyncio.Task[None]) -> bytes | None:
     """The next event (None at the end), unless the client's commands fail first: then their error."""
@@ -261,9 +265,11 @@ def open_core(settings: Settings, store: Store, generator_channel: aio.Channel, 
     """The domain objects both edges call; the caller closes ``sessions``, ``generations`` and the channels."""
     generator = generator_pb2_grpc.GeneratorServiceStub(generator_channel)
     personalizer = personalizer_pb2_grpc.PersonalizerServiceStub(personalizer_channel) if personalizer_channel else None
+    # One GetModelInfo answer per process: the sessions' plain rounds and both edges read the same one.
+    model = sessions.upstream.model if isinstance(sessions.upstream, GrpcUpstream) else None
     return GatewayCore(store, sessions, generator, DetachedGenerations(generator, sessions.quotas),
                        load_styles(settings.models.styles_path), personalizer,
-                       StreamLimits(settings.sessions.max_streams, settings.sessions.max_streams_per_tenant))
+                       StreamLimits(settings.sessions.max_streams, settings.sessions.max_streams_per_tenant), model)
 
 
 def build(core: GatewayCore) -> list[tuple[str, RegisterFn]]:

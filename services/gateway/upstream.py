@@ -12,7 +12,6 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 import grpc
-import structlog
 from grpc import aio
 
 from philip.exploration import (
@@ -25,12 +24,11 @@ from philip.exploration import (
 )
 from philip.feedback_weights import builtin_weights, weights_to_pb
 from philip.generation.codec import params_to_pb
-from philip.generation.requests import DEFAULT_GUIDANCE, DEFAULT_STEPS, GenerationParams
-from philip.rpc.auth import tenant_metadata
+from philip.generation.requests import GenerationParams
 from philip.rpc.errors import Cancelled, PhilipError, error_from_code
-from philip.rpc.interceptor import REQUEST_ID_KEY
 from philip.v1 import common_pb2, generator_pb2, generator_pb2_grpc, refiner_pb2, refiner_pb2_grpc
 from services.gateway.codec import history_to_pb, image_from_pb, picture_to_pb, trace_to_pb
+from services.gateway.model_info import ModelInfoCache
 from services.gateway.session_events import (
     Compute,
     NoiseTrace,
@@ -43,23 +41,21 @@ from services.gateway.session_events import (
     TileProgress,
     UpscaleEvent,
 )
+from services.gateway.upstream_rpc import from_rpc as _from_rpc
+from services.gateway.upstream_rpc import metadata
 
 DEFAULTS_TTL_S = 30.0
-
-
-def metadata() -> tuple[tuple[str, str], ...]:
-    """The caller's request id (so upstream logs line up with ours) and tenant, forwarded upstream."""
-    request_id = structlog.contextvars.get_contextvars().get("request_id")
-    return (((REQUEST_ID_KEY, request_id),) if request_id else ()) + tenant_metadata()
 
 
 class GrpcUpstream:
     """Rounds on a generator (plain) or refiner (with feedback) replica; upscales on a refiner."""
 
     def __init__(self, generator: generator_pb2_grpc.GeneratorServiceStub,
-                 refiner: refiner_pb2_grpc.RefinerServiceStub, *, timeout_s: float = 600.0) -> None:
+                 refiner: refiner_pb2_grpc.RefinerServiceStub, *, timeout_s: float = 600.0,
+                 model: ModelInfoCache | None = None) -> None:
         self.generator = generator
         self.refiner = refiner
+        self.model = model or ModelInfoCache(generator)  # the model's default steps and guidance
         self.timeout_s = timeout_s
         self._defaults: tuple[float, SessionDefaults] | None = None
 
@@ -74,8 +70,8 @@ class GrpcUpstream:
                 if (step := _step_event(event)) is not None:
                     yield step
                 elif kind == "result":
-                    yield RoundOutput(_plain_images(event.result.images), _plain_compute(params, len(
-                        event.result.images)))
+                    compute = _plain_compute(params, len(event.result.images), *await self.model.step_defaults())
+                    yield RoundOutput(_plain_images(event.result.images), compute)
                     return
                 elif kind == "error":
                     raise error_from_code(event.error.code, event.error.message)
@@ -163,10 +159,11 @@ def _plain_images(images: Sequence[common_pb2.Image]) -> tuple[SessionImage, ...
                  for i in images)
 
 
-def _plain_compute(params: GenerationParams, num_images: int) -> Compute:
-    """A plain round's UNet work: every step, every image, doubled by classifier-free guidance."""
-    steps = params.steps or DEFAULT_STEPS
-    guidance = DEFAULT_GUIDANCE if params.guidance is None else params.guidance
+def _plain_compute(params: GenerationParams, num_images: int, default_steps: int, default_guidance: float) -> Compute:
+    """A plain round's UNet work: every step, every image, doubled by classifier-free guidance; unset steps and
+    guidance are the served model's (GetModelInfo), not SD-1.x's 8 and 5."""
+    steps = params.steps or default_steps
+    guidance = default_guidance if params.guidance is None else params.guidance
     return Compute(steps, steps * num_images * (2 if guidance > 1 else 1))
 
 
@@ -174,13 +171,4 @@ def _feedback_image(image: SessionImage) -> refiner_pb2.FeedbackImage:
     return refiner_pb2.FeedbackImage(image=picture_to_pb(image.picture, image.image_id, image.seed, image.index),
                                      origin=trace_to_pb(image.origin), reference=image.is_reference)
 
-
-def _from_rpc(exc: aio.AioRpcError, who: str) -> PhilipError:
-    code = exc.code().name if exc.code() is not None else "UNKNOWN"
-    message = exc.details() or f"{who} call failed"
-    if code == "CANCELLED":
-        return Cancelled(f"{who} call cancelled: {message}")
-    if code == "UNKNOWN":
-        return error_from_code("UNAVAILABLE", f"{who} failed: {message}")
-    return error_from_code(code, f"{who}: {message}" if code in ("UNAVAILABLE", "DEADLINE_EXCEEDED") else message)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from philip.generation.codec import request_to_pb
+from philip.models.model_info import ModelInfo
 from philip.rpc.errors import PhilipError, error_from_code
 from philip.v1 import common_pb2, generator_pb2
 from services.generator.events import (
@@ -75,3 +76,18 @@ def error_for(failure: Failed) -> PhilipError:
     return error_from_code(failure.code, failure.message)
 
 
+
+
+def model_info_to_pb(info: ModelInfo) -> generator_pb2.ModelInfo:
+    d, f = info.defaults, info.feedback
+    return generator_pb2.ModelInfo(
+        family=info.family, label=info.label, pipeline_class=info.pipeline_class, dtype=info.dtype,
+        defaults=generator_pb2.ModelDefaults(steps=d.steps, min_steps=d.min_steps, max_steps=d.max_steps,
+                                             guidance=d.guidance, scheduler=d.scheduler,
+                                             timestep_spacing=d.timestep_spacing, native_size=d.native_size,
+                                             max_size=d.max_size),
+        schedulers=info.schedulers,
+        feedback=generator_pb2.FeedbackCapability(fabric=f.fabric, dislikes_act=f.dislikes_act,
+                                                  exploration=f.exploration, seed_steering=f.seed_steering,
+                                                  note=f.note),
+        adapter_methods=info.adapter_methods, preview_kinds=info.preview_kinds)

@@ -26,8 +26,11 @@ from philip.images import png_bytes
 from philip.logs import bind_ids, get_logger
 from philip.models.adapters import AdapterSwitch, activate_adapters
 from philip.models.conditioning import prompt_kwargs
-from philip.models.families import GenerationDefaults
-from philip.models.pipelines import SCHEDULERS, load_pipeline, native_size, served_defaults
+from philip.models.families import GenerationDefaults, family_of
+from philip.models.load_options import LoadOptions
+from philip.models.model_info import ModelInfo, describe_model
+from philip.models.pipelines import denoiser_model, load_pipeline, native_size, schedulers_for, served_defaults
+from philip.models.variants import Variant, detect_variant
 from philip.previews import PreviewEncoder
 from services.generator.batching import WorkItem
 from services.generator.events import Cancelled, GeneratedImage, JobEvent, Preview, Progress, Result
@@ -39,23 +42,35 @@ class DiffusionEngine:
     """Owns one diffusion pipeline (any served family) and runs merged batches (a ``BatchRunner``)."""
 
     def __init__(self, pipe: Any, previews: PreviewEncoder, adapters: AdapterSwitch | None = None,
-                 defaults: GenerationDefaults | None = None) -> None:
+                 defaults: GenerationDefaults | None = None, variant: Variant | None = None) -> None:
         self.pipe = pipe
         self.previews = previews
         self.adapters = adapters
         self.defaults = defaults or GenerationDefaults()  # what a request leaving a field unset gets
+        self.variant = variant or Variant()  # a few-step distillation (Turbo, Lightning), for GetModelInfo's label
         self.denoiser = Denoiser(pipe)
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "cpu", *, threads: int | None = None,
-             adapters_dir: str | Path | None = None, adapter_cache: int = 8, dtype: str = "") -> DiffusionEngine:
-        """Load the model folder (``dtype``: a ``PHILIP_DTYPE`` name, "" = the device's default), its generation
-        defaults and its preview projection (fitted on first use). Blocking."""
+             adapters_dir: str | Path | None = None, adapter_cache: int = 8, dtype: str = "",
+             options: LoadOptions | None = None) -> DiffusionEngine:
+        """Load the model folder (``dtype``: a ``PHILIP_DTYPE`` name, "" = the device's default; ``options``: a
+        UNet and a base LoRA over it), its generation defaults and its preview projection (fitted on first use).
+        Blocking."""
         if threads:
             torch.set_num_threads(threads)
-        pipe = load_pipeline(model_dir, device, dtype)
+        options = options or LoadOptions()
+        pipe = load_pipeline(model_dir, device, dtype, options)
         adapters = AdapterSwitch(pipe, adapters_dir, adapter_cache) if adapters_dir is not None else None
-        return cls(pipe, PreviewEncoder.for_pipeline(pipe, model_dir), adapters, served_defaults(model_dir, pipe))
+        return cls(pipe, PreviewEncoder.for_pipeline(pipe, model_dir), adapters,
+                   served_defaults(model_dir, pipe, options),
+                   detect_variant(model_dir, options.unet_path, options.base_lora))
+
+    def model_info(self) -> ModelInfo:
+        """What GetModelInfo answers: this engine's family, variant, dtype, defaults and schedulers."""
+        name = str(denoiser_model(self.pipe).dtype).split(".")[-1]  # the UNet's, or SD3/Flux's transformer's
+        dtype = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}.get(name, name)
+        return describe_model(family_of(self.pipe), self.variant, dtype, self.defaults, self.schedulers)
 
     @property
     def native_size(self) -> int:
@@ -65,7 +80,8 @@ class DiffusionEngine:
 
     @property
     def schedulers(self) -> tuple[str, ...]:
-        return tuple(SCHEDULERS)
+        """The scheduler names this model accepts (flow-matching models: only their flow scheduler)."""
+        return schedulers_for(self.pipe)
 
     async def run(self, batch: Sequence[WorkItem]) -> None:
         await self.denoiser.worker.run(self._run_batch, list(batch), asyncio.get_running_loop())
@@ -132,8 +148,8 @@ class _JobRows:
     def preview(self, step: int, x0: torch.Tensor) -> None:
         if self.item.request.preview_mode == "vae":
             images = self.engine.previews.encode_vae(self.engine.pipe, x0)
-        else:
-            images = self.engine.previews.encode_linear(x0)
+        else:  # the tiny decoder's output-size images when the model folder has one, else the linear map
+            images = self.engine.previews.encode_fast(x0)
         self.send(Preview(step, self.generated(images)))
 
     def generated(self, pil_images: list[Any]) -> tuple[GeneratedImage, ...]:

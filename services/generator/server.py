@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Protocol
 
 from grpc import aio
 
 from philip.generation.codec import params_from_pb
 from philip.generation.requests import RequestResolver, load_styles
-from philip.models.families import GenerationDefaults
+from philip.models.families import SD, GenerationDefaults
+from philip.models.load_options import LoadOptions
+from philip.models.model_info import ModelInfo, describe_model
+from philip.models.variants import Variant
 from philip.rpc.errors import InvalidArgument, PhilipError
 from philip.rpc.server import RegisterFn
 from philip.settings import Settings
@@ -40,8 +44,9 @@ class Engine(BatchRunner, Protocol):
 class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
     """Validate -> call the domain -> convert -> stream. Errors are mapped by the interceptor."""
 
-    def __init__(self, generator: Generator) -> None:
+    def __init__(self, generator: Generator, model_info: ModelInfo | None = None) -> None:
         self.generator = generator
+        self.model_info = model_info or describe_engine(generator)  # the model is fixed for the process
 
     async def Generate(
         self, request_iterator: AsyncIterator[generator_pb2.GenerateClientMessage], context: aio.ServicerContext
@@ -69,6 +74,10 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         if not request.job_id:
             raise InvalidArgument("job_id is required", field="job_id")
         return codec.job_to_pb(await self.generator.get_job(request.job_id))
+
+    async def GetModelInfo(self, request: generator_pb2.GetModelInfoRequest,
+                           context: aio.ServicerContext) -> generator_pb2.ModelInfo:
+        return codec.model_info_to_pb(self.model_info)
 
 
 async def _read_start(messages: AsyncIterator[generator_pb2.GenerateClientMessage]) -> generator_pb2.GenerateStart:
@@ -115,7 +124,7 @@ def open_generator(settings: Settings, store: Store, *, engine: Engine | None = 
         models = settings.models
         engine = DiffusionEngine.load(models.model_dir, settings.server.device, threads=settings.server.torch_threads,
                                       adapters_dir=models.adapters_dir, adapter_cache=models.adapter_cache,
-                                      dtype=models.dtype)
+                                      dtype=models.dtype, options=LoadOptions.from_settings(models))
     resolver = RequestResolver(native_size=engine.native_size, schedulers=engine.schedulers,
                                styles=load_styles(settings.models.styles_path),
                                adapters_dir=settings.models.adapters_dir,
@@ -125,6 +134,18 @@ def open_generator(settings: Settings, store: Store, *, engine: Engine | None = 
     queue = GenerationQueue(engine, max_queue=batching.max_queue, max_batch=batching.max_batch,
                             batch_window_ms=settings.batching.batch_window_ms)
     return Generator(store, queue, resolver, encode_event=codec.encode_event, blob_ttl_s=settings.store.blob_ttl_s)
+
+
+def describe_engine(generator: Generator) -> ModelInfo:
+    """The model the generator's engine serves; an engine that cannot describe itself (a test double standing
+    in for philip-tiny) is described as SD-1.x from its request defaults."""
+    engine, defaults = generator.queue.runner, generator.resolver.defaults
+    describe = getattr(engine, "model_info", None)
+    if describe is not None:
+        info: ModelInfo = describe()
+        return info
+    return describe_model(SD, Variant(), "fp32", replace(defaults, native_size=generator.resolver.native_size),
+                          generator.resolver.schedulers)
 
 
 def build(settings: Settings, store: Store, *, generator: Generator | None = None) -> list[tuple[str, RegisterFn]]:

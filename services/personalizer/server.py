@@ -71,12 +71,15 @@ class PersonalizerServicer(personalizer_pb2_grpc.PersonalizerServiceServicer):
 
 
 def open_personalizer(settings: Settings, store: Store) -> Personalizer:
-    """The domain for ``settings`` (reads the model's tokenizer to vet new tokens). Blocking."""
+    """The domain for ``settings`` (reads the model's family, to refuse what it cannot train, and its tokenizer, to
+    vet new tokens). Blocking."""
     from philip.models.adapters import load_tokenizer
+    from philip.models.families import detect_family
 
     return Personalizer(store, settings.models.adapters_dir, load_tokenizer(settings.models.model_dir),
                         quotas=Quotas.from_settings(store, settings),
-                        activity=ActivityLog.from_settings(store, settings))
+                        activity=ActivityLog.from_settings(store, settings),
+                        family=detect_family(settings.models.model_dir))
 
 
 class WorkerTask:

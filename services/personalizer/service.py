@@ -18,7 +18,9 @@ from PIL import Image
 
 from philip.activity import ActivityLog
 from philip.logs import get_logger
+from philip.models.adapter_support import method_refusal
 from philip.models.adapters import adapter_dir, token_in_vocabulary
+from philip.models.families import SD, Family
 from philip.quotas import TRAINING_JOBS, Quotas
 from philip.rpc.auth import current_tenant, owned_by_caller
 from philip.rpc.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -60,10 +62,11 @@ class Personalizer:
     """Training jobs and adapters, backed by the store and the adapters folder."""
 
     def __init__(self, store: Store, adapters_dir: str | Path, tokenizer: Any, *, quotas: Quotas | None = None,
-                 activity: ActivityLog | None = None) -> None:
+                 activity: ActivityLog | None = None, family: Family = SD) -> None:
         self.store = store
         self.adapters_dir = Path(adapters_dir)
         self.tokenizer = tokenizer
+        self.family = family  # the served model's: what its adapters can be (adapter_support.METHODS)
         self.quotas = quotas or Quotas(store, {})
         self.activity = activity or ActivityLog(store)
 
@@ -72,6 +75,9 @@ class Personalizer:
     async def create(self, request: AdapterRequest) -> TrainingJob:
         """Validate, save the references, reserve the token and queue the job."""
         valid = await asyncio.to_thread(validate, request)  # decoding 7 large photos takes a while
+        refusal = method_refusal(self.family, valid.method)
+        if refusal is not None:  # here, not in a worker that would load the model only to fail
+            raise InvalidArgument(refusal, field="method")
         if token_in_vocabulary(self.tokenizer, valid.token):
             raise AlreadyExists(f"token {valid.token!r} is already a word the model knows; choose a made-up word "
                                 "such as 'sks' or 'zqv'", field="token")

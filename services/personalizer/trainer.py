@@ -6,10 +6,16 @@ word), so the prompt names the subject with one word; LoRA additionally learns r
 the UNet's attention projections (peft, saved in diffusers' LoRA format). Training state is
 checkpointed every ``checkpoint_every`` steps into ``work_dir`` and a rerun resumes from it with
 the same per-step random draws, so a job taken over by another worker ends where it would have.
+
+Per family (``recipes.py``; what each trains: :mod:`philip.models.adapter_support`): SDXL puts the token into
+both tokenizers and encoders and conditions its UNet as the pipeline does; SD3 and Flux train LoRA on the
+transformer with the flow-matching loss, their encoders frozen. On a GPU the loss runs under bf16 autocast with
+gradient checkpointing (the weights stay fp32, so the optimizer's updates are exact).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -21,21 +27,18 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from philip import metrics
-from philip.models.adapters import AdapterInfo, save_adapter, token_in_vocabulary
-from philip.models.families import SD, detect_family
+from philip.models.adapter_support import method_refusal, token_slots
+from philip.models.adapters import AdapterInfo, save_adapter
+from philip.models.families import Family, detect_family
+from philip.models.latents import encode_pixels
 from philip.models.pipelines import load_pipeline, native_size
 from philip.priority import DEVICE
+from services.personalizer.new_token import NewToken
+from services.personalizer.recipes import recipe_for
 
-# Attention projections (what DreamBooth-LoRA adapts) plus the transformer blocks' in/out and
-# feed-forward projections and the ResNet convolutions: philip-tiny never drew a star, and on
-# the star evaluation attention alone reached a subject rate of 0.05-0.21, +proj/ff 0.29,
-# +convolutions 0.62 (600 steps, rank 8). Every name is one diffusers' LoRA loader maps.
-LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
-                "conv1", "conv2")
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
@@ -56,7 +59,8 @@ class TrainConfig:
     # The instance prompt. The token alone carries the subject (its embedding starts as the class
     # word's), so "a {token} on a red background" works as well as "a {token} {class_word} ...".
     prompt: str = "a {token}"
-    lora_targets: tuple[str, ...] = LORA_TARGETS
+    lora_targets: tuple[str, ...] = ()  # () = the family's (recipes.py): LORA_TARGETS on SD-1.x, attention else
+    size: int = 0  # training side in pixels; 0 = the model's native size
 
 
 DEFAULT_STEPS = {"lora": 500, "textual_inversion": 500}
@@ -97,6 +101,16 @@ def _save_atomic(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def frozen_dtype(family: Family, device: str) -> torch.dtype:
+    """The dtype the pipeline is loaded in for training. fp32 (exact, as SD-1.x always trained), except the frozen
+    weights of LoRA-only families on a GPU: Flux's 12 B transformer alone is 48 GB in fp32, beyond a W7900 (48
+    GiB) or an MI210 (64 GiB) with its T5; in bf16 it is half. Their LoRA weights are kept fp32 (``_add_lora``) and
+    the loss runs under autocast."""
+    if device.startswith("cuda") and not token_slots(family.name):
+        return torch.bfloat16
+    return torch.float32
+
+
 class AdapterTrainer:
     """One training run. ``run`` returns the adapter folder's metadata; it raises ``TrainingStopped``
     when ``should_stop`` says so, leaving the last checkpoint for a later resume."""
@@ -105,63 +119,63 @@ class AdapterTrainer:
                  work_dir: Path, device: str = "cpu") -> None:
         self.config = config
         self.work_dir = work_dir
-        family = detect_family(model_dir)
-        if family is not SD:  # one text encoder, no added conditions: what this trainer knows
-            raise ValueError(f"training adapters on {family.label} models is not supported yet (issue 21); "
-                             "only SD-1.x/2.x folders train")
-        self.pipe = pipe = load_pipeline(model_dir, device, dtype=torch.float32)
-        tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
-        if token_in_vocabulary(tokenizer, config.token) or tokenizer.add_tokens(config.token) != 1:
-            raise ValueError(f"token {config.token!r} is already in the model's vocabulary; choose another")
-        self.token_id = tokenizer.convert_tokens_to_ids(config.token)
-        text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # the row is set below
-        embeddings = text_encoder.get_input_embeddings().weight
-        class_ids = tokenizer(config.class_word, add_special_tokens=False).input_ids
-        text_encoder.requires_grad_(False)
-        pipe.unet.requires_grad_(False)
-        pipe.vae.requires_grad_(False)
-        with torch.no_grad():
-            embeddings[self.token_id] = embeddings[class_ids].mean(0)
-        # Only the new token's row learns: the others' gradients are zeroed, and with Adam and no
-        # weight decay a row whose gradient is always zero never moves.
-        embeddings.requires_grad_(True)
-        row_mask = torch.zeros(embeddings.shape[0], 1, dtype=embeddings.dtype, device=embeddings.device)
-        row_mask[self.token_id] = 1.0
-        embeddings.register_hook(lambda grad: grad * row_mask)
-        self.embeddings = embeddings
-        params: list[dict[str, Any]] = [{"params": [self.embeddings], "lr": config.embedding_lr, "weight_decay": 0.0}]
-        if config.method == "lora":
-            from peft import LoraConfig
-
-            torch.manual_seed(config.seed)  # LoRA's random init: the same job always starts the same
-            pipe.unet.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.rank, init_lora_weights="gaussian",
-                                             target_modules=list(config.lora_targets)))
-            self.lora_params = [p for p in pipe.unet.parameters() if p.requires_grad]
-            params.append({"params": self.lora_params, "lr": config.lr, "weight_decay": 1e-2})
-        else:
-            self.lora_params = []
-        self.opt = torch.optim.AdamW(params)
-        self.noise_scheduler = _train_scheduler(pipe)
-        size = native_size(pipe)
-        with torch.no_grad():
-            pixels = _prepare(images, size).to(device, torch.float32)
-            self.latents = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
+        self.family = family = detect_family(model_dir)
+        refusal = method_refusal(family, config.method)
+        if refusal is not None:  # CreateAdapter refuses these first; a direct caller gets the same message
+            raise ValueError(refusal)
+        self.pipe = pipe = load_pipeline(model_dir, device, dtype=frozen_dtype(family, device))
+        for name in ("text_encoder", "text_encoder_2", "text_encoder_3", "unet", "transformer", "vae"):
+            if getattr(pipe, name, None) is not None:  # only the token rows and the LoRA learn
+                getattr(pipe, name).requires_grad_(False)
+        self.tokens = [NewToken(getattr(pipe, slot.tokenizer), getattr(pipe, slot.text_encoder), config.token,
+                                config.class_word) for slot in token_slots(family.name)]
+        params: list[dict[str, Any]] = []
+        self.base_lrs: list[float] = []  # each parameter group's peak learning rate
+        if self.tokens:
+            params.append({"params": [t.embeddings for t in self.tokens], "lr": config.embedding_lr,
+                           "weight_decay": 0.0})
+            self.base_lrs.append(config.embedding_lr)
         self.prompt = config.prompt.format(token=config.token, class_word=config.class_word)
-        self.prompt_ids = tokenizer(self.prompt, padding="max_length",
-                                    max_length=tokenizer.model_max_length, truncation=True,
-                                    return_tensors="pt").input_ids.to(device)
+        size = config.size or native_size(pipe)
+        self.recipe = recipe_for(family)(pipe, self.prompt, size)  # after the tokens: it may tokenize
+        self.denoiser = self.recipe.denoiser
+        if config.method == "lora":
+            params.append({"params": self._add_lora(), "lr": config.lr, "weight_decay": 1e-2})
+            self.base_lrs.append(config.lr)
+        else:
+            self.lora_params: list[torch.nn.Parameter] = []
+        self.opt = torch.optim.AdamW(params)
+        self.autocast = device.startswith("cuda")  # ROCm's torch says "cuda" too
+        if self.autocast:  # activations dominate at 1024 px: recompute them in the backward pass
+            self.denoiser.enable_gradient_checkpointing()  # type: ignore[operator]
+        with torch.no_grad():
+            self.latents = encode_pixels(pipe, _prepare(images, size).to(device, torch.float32)).float()
         self.step = 0
+
+    def _add_lora(self) -> list[torch.nn.Parameter]:
+        from peft import LoraConfig
+
+        cfg = self.config
+        targets = cfg.lora_targets or self.recipe.lora_targets
+        torch.manual_seed(cfg.seed)  # LoRA's random init: the same job always starts the same
+        self.denoiser.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.rank,  # type: ignore[operator]
+                                             init_lora_weights="gaussian", target_modules=list(targets)))
+        self.lora_params = [p for p in self.denoiser.parameters() if p.requires_grad]
+        for param in self.lora_params:  # on bf16 frozen weights peft makes them bf16: updates that small would vanish
+            param.data = param.data.float()
+        return self.lora_params
 
     # ---- checkpoints ---------------------------------------------------------------------------
 
     def _lora_state(self) -> dict[str, torch.Tensor]:
         from peft.utils import get_peft_model_state_dict
 
-        return {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.pipe.unet).items()}
+        return {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.denoiser).items()}
 
     def save_checkpoint(self) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        _save_atomic({"step": self.step, "embedding": self.embedding,
+        rows = [t.row for t in self.tokens]  # SD-1.x's one row as it always was; SDXL's two as a list
+        _save_atomic({"step": self.step, "embedding": rows[0] if len(rows) == 1 else rows,
                       "lora": self._lora_state() if self.lora_params else None,
                       "opt": self.opt.state_dict()}, self.work_dir / CHECKPOINT_FILE)
 
@@ -171,12 +185,13 @@ class AdapterTrainer:
         if not path.is_file():
             return None
         state = torch.load(path, weights_only=True)
-        with torch.no_grad():
-            self.embeddings[self.token_id] = state["embedding"]
+        rows = state["embedding"]
+        for token, row in zip(self.tokens, [rows] if isinstance(rows, torch.Tensor) else rows, strict=True):
+            token.restore(row)
         if state["lora"] is not None:
             from peft.utils import set_peft_model_state_dict
 
-            set_peft_model_state_dict(self.pipe.unet, state["lora"])
+            set_peft_model_state_dict(self.denoiser, state["lora"])
         self.opt.load_state_dict(state["opt"])
         self.step = int(state["step"])
         return self.step
@@ -190,42 +205,47 @@ class AdapterTrainer:
     def train_step(self) -> float:
         cfg = self.config
         g = torch.Generator().manual_seed(cfg.seed * 7_919 + self.step)
-        for group, base in zip(self.opt.param_groups, (cfg.embedding_lr, cfg.lr), strict=False):
+        for group, base in zip(self.opt.param_groups, self.base_lrs, strict=True):
             group["lr"] = base * self._lr_scale()
         idx = torch.randint(0, self.latents.shape[0], (cfg.batch,), generator=g)
         z0 = self.latents[idx]
-        noise = torch.randn(z0.shape, generator=g).to(z0)
-        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (cfg.batch,), generator=g)
-        zt = self.noise_scheduler.add_noise(z0, noise, t)
-        if self.noise_scheduler.config.prediction_type == "v_prediction":
-            target = self.noise_scheduler.get_velocity(z0, noise, t)
-        else:
-            target = noise
-        hidden = self.pipe.text_encoder(self.prompt_ids.expand(cfg.batch, -1))[0]
-        pred = self.pipe.unet(zt, t.to(zt.device), hidden).sample
-        loss = F.mse_loss(pred.float(), target.float())
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast
+                    else contextlib.nullcontext())
+        with autocast:
+            loss = self.recipe.loss(z0, g)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([self.embeddings, *self.lora_params], 1.0)
+        torch.nn.utils.clip_grad_norm_([*(t.embeddings for t in self.tokens), *self.lora_params], 1.0)
         self.opt.step()
         self.step += 1
         return float(loss.item())
 
     @torch.no_grad()
     def preview(self, seed: int = 0) -> Image.Image:
-        self.pipe.unet.eval()
+        self.denoiser.eval()
         try:
             out = self.pipe(self.prompt,
                             num_inference_steps=self.config.preview_steps,
-                            generator=torch.Generator().manual_seed(seed))
+                            generator=torch.Generator().manual_seed(seed), **self.recipe.preview_kwargs())
         finally:
-            self.pipe.unet.train()
+            self.denoiser.train()
         return out.images[0]
 
     @property
     def embedding(self) -> torch.Tensor:
-        """The learned embedding of the new token."""
-        return self.embeddings[self.token_id].detach().clone()
+        """The learned embedding of the new token (in the first encoder; none for a LoRA-only family)."""
+        if not self.tokens:
+            raise ValueError(f"{self.family.label} adapters learn no token embedding (LoRA on the transformer only)")
+        return self.tokens[0].row
+
+    def _embeddings_to_save(self) -> torch.Tensor | dict[str, torch.Tensor] | None:
+        """What the embeddings file holds: SD-1.x's one row, a row per encoder's key (SDXL), or none."""
+        slots = token_slots(self.family.name)
+        if not slots:
+            return None
+        if len(slots) == 1 and not slots[0].key:
+            return self.embedding
+        return {slot.key: token.row for slot, token in zip(slots, self.tokens, strict=True)}
 
     def run(self, on_progress: Callable[[TrainProgress], None],
             should_stop: Callable[[], bool] = lambda: False) -> dict[str, Any]:
@@ -233,7 +253,7 @@ class AdapterTrainer:
         cfg = self.config
         resumed = self.resume()
         started = time.monotonic()
-        self.pipe.unet.train()
+        self.denoiser.train()
         if resumed is not None:
             on_progress(TrainProgress(self.step, cfg.steps, float("nan"), resumed_from=resumed))
         loss = float("nan")
@@ -258,12 +278,7 @@ class AdapterTrainer:
         # the attention projections, and diffusers' loader, which judges the format by the first key, then
         # silently skipped them: the served adapter lost its attention LoRA.
         lora = self._lora_state() if self.lora_params else None
-        info = AdapterInfo(adapter_id, self.config.token, self.config.class_word, self.config.method, tenant)
-        save_adapter(folder, info, self.embedding, lora)
+        info = AdapterInfo(adapter_id, self.config.token, self.config.class_word, self.config.method, tenant,
+                           self.family.name)
+        save_adapter(folder, info, self._embeddings_to_save(), lora)
         return info
-
-
-def _train_scheduler(pipe: Any) -> Any:
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler.from_config(pipe.scheduler.config)

@@ -22,19 +22,24 @@ from PIL import Image
 from philip.diffusion.callbacks import DropCancelled, RenderPreviews, ReportProgress
 from philip.models.adapters import activate_adapters
 from philip.models.conditioning import prompt_kwargs
+from philip.models.families import family_of
+from philip.models.latents import latent_grid
+from philip.models.pipelines import denoiser_model, schedulers_for
 from philip.previews import PreviewEncoder
 from philip.rpc.errors import Cancelled, PhilipError
 from services.refiner.fabric import FabricConditioner, ReferenceGroup
+from services.refiner.round_types import (
+    Feedback,
+    FeedbackRound,
+    PreviewCallback,
+    RoundCompute,
+    RoundImage,
+    RoundParams,
+    StepCallback,
+)
 
 if TYPE_CHECKING:
-    from services.refiner.rounds import (
-        Feedback,
-        FeedbackRound,
-        PreviewCallback,
-        RoundParams,
-        RoundRunner,
-        StepCallback,
-    )
+    from services.refiner.rounds import RoundRunner  # which imports this module
 
 
 @dataclass(eq=False)
@@ -89,7 +94,7 @@ class _RoundRows:
 
     def preview(self, step: int, x0: torch.Tensor) -> None:
         assert self.work.on_preview is not None and self.previews is not None  # wants_preview said so
-        self.work.on_preview(step, self.previews.encode_linear(x0))
+        self.work.on_preview(step, self.previews.encode_fast(x0))  # tiny decoder when the folder has one
 
 
 def run_batch(runner: RoundRunner, works: Sequence[RoundWork]) -> list[FeedbackRound | PhilipError]:
@@ -104,7 +109,7 @@ def run_batch(runner: RoundRunner, works: Sequence[RoundWork]) -> list[FeedbackR
     prepared: list[_RoundRows] = []
     for k, work in enumerate(works):
         try:
-            check_params(work.params)
+            check_params(work.params, schedulers_for(runner.pipe))
             prepared.append(_prepare(runner, work))
         except PhilipError as exc:
             outcomes[k] = exc
@@ -116,12 +121,12 @@ def run_batch(runner: RoundRunner, works: Sequence[RoundWork]) -> list[FeedbackR
 
 def _prepare(runner: RoundRunner, work: RoundWork) -> _RoundRows:
     params, feedback, pipe = work.params, work.feedback, runner.pipe
-    shape = (1, int(pipe.unet.config.in_channels),
-             params.height // int(pipe.vae_scale_factor), params.width // int(pipe.vae_scale_factor))
+    shape = (1, *latent_grid(pipe, params.height, params.width))
     plan = runner.plan(params, feedback, shape)
     prompts, learned, explored = runner.prompts(params, feedback, round(feedback.explore * params.num_images))
-    # Explored images show what their prompt asks for: FABRIC would pull them toward the likes.
-    conditioned = explored < params.num_images
+    # Explored images show what their prompt asks for: FABRIC would pull them toward the likes. A family without
+    # FABRIC (SD3, Flux: joint attention, no attn1) needs no reference latents: steering and exploration only.
+    conditioned = explored < params.num_images and family_of(pipe).fabric
     group = ReferenceGroup(params.num_images, runner.encode(feedback.liked, params) if conditioned else None,
                            runner.encode(feedback.disliked, params) if conditioned else None,
                            feedback.weights, params.seed, explored)
@@ -138,27 +143,30 @@ class _RoundBatch:
 
     def run(self) -> list[FeedbackRound | PhilipError]:
         runner, pipe, params, items = self.runner, self.runner.pipe, self.params, self.items
-        noise = torch.cat([n for item in items for _, n, _ in item.plan]).to(device=pipe.device, dtype=pipe.unet.dtype)
+        noise = torch.cat([n for item in items for _, n, _ in item.plan]).to(device=pipe.device,
+                                                                            dtype=denoiser_model(pipe).dtype)
         for item in items:
             if item.work.on_start is not None:
                 item.work.on_start()
-        fabric = FabricConditioner(pipe, empty_prompt_embeds=runner.empty_prompt(), **self._fabric_groups())
+        fabric = FabricConditioner(pipe, empty_prompt_embeds=runner.empty_prompt(), layers=runner.fabric_layers,
+                                   **self._fabric_groups()) if family_of(pipe).fabric else None
         run = runner.denoiser.start(items, scheduler=params.scheduler, steps=params.steps)
         # Progress first, then the cancel check: a round cancelled from its own step callback stops at once.
         latents = run(
-            [ReportProgress(run), RenderPreviews(run), DropCancelled(run)], hooks=[fabric],
+            [ReportProgress(run), RenderPreviews(run), DropCancelled(run)], hooks=[fabric] if fabric else [],
             **prompt_kwargs(pipe, [p for item in items for p in item.prompts],
                             [item.work.params.negative_prompt for item in items for _ in range(item.images)]),
             width=params.width, height=params.height, guidance_scale=params.guidance,
             latents=noise,  # unscaled: prepare_latents multiplies by init_noise_sigma itself
             generator=[gen for item in items for _, _, gen in item.plan],  # scheduler noise (ancestral)
         )
-        cfg = 2 if pipe.do_classifier_free_guidance else 1
+        cfg = 2 if getattr(pipe, "do_classifier_free_guidance", False) else 1  # Flux: no such branch
         run.drop_cancelled()  # a cancel that came during the last step still wins
         decoded = dict(run.decode_live(latents))
         # The conditioner counts each request's reference passes in its groups (its own one for a single request).
-        return [self._outcome(item, decoded.get(item), group, fabric.main_calls, cfg)
-                for item, group in zip(items, fabric.groups, strict=True)]
+        steps, groups = (fabric.main_calls, fabric.groups) if fabric else (run.step, [item.group for item in items])
+        return [self._outcome(item, decoded.get(item), group, steps, cfg)
+                for item, group in zip(items, groups, strict=True)]
 
     def _fabric_groups(self) -> dict[str, Any]:
         """One request conditions the whole batch; several each get their own rows (ReferenceGroup)."""
@@ -169,8 +177,6 @@ class _RoundBatch:
 
     def _outcome(self, item: _RoundRows, pictures: list[Image.Image] | None, group: ReferenceGroup, steps: int,
                  cfg: int) -> FeedbackRound | PhilipError:
-        from services.refiner.rounds import FeedbackRound, RoundCompute, RoundImage
-
         if pictures is None:
             return Cancelled(f"refinement round cancelled after step {item.steps_done} of {self.params.steps}")
         parents = self.runner.parents(item.work.params, item.work.feedback)

@@ -20,7 +20,8 @@ from philip.rpc.errors import PhilipError, ResourceExhausted, Unavailable
 from services.refiner.batch_round import RoundWork
 
 if TYPE_CHECKING:
-    from services.refiner.rounds import FeedbackRound, RoundRunner
+    from services.refiner.round_types import FeedbackRound
+    from services.refiner.rounds import RoundRunner
 
 log = get_logger("services.refiner.batching")
 

@@ -11,7 +11,7 @@ from philip.generation.requests import MAX_PROMPT_CHARS
 from philip.images import png_bytes
 from philip.rpc.errors import InvalidArgument
 from philip.v1 import common_pb2, generator_pb2, refiner_pb2
-from services.refiner.rounds import MAX_SEED, FeedbackImage, FeedbackRound, NoiseOrigin
+from services.refiner.round_types import MAX_SEED, FeedbackImage, FeedbackRound, NoiseOrigin
 from services.refiner.service import PreviewReady, RefineEvent, RoundDone, RoundStarted, StepDone
 from services.refiner.upscale import UpscaledImage, UpscaleEvent, UpscaleProgress, decode_png
 

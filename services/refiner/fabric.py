@@ -21,8 +21,11 @@ guidance-distilled models such as SD-Turbo/LCM that never double the batch) the 
 gets the likes and dislikes do nothing; they are then left out of the reference pass.
 
 The reference pass is conditioned on no prompt (:func:`~philip.models.conditioning.unconditional`); an SDXL UNet
-also gets that pooled embedding and the main call's time ids (``added_cond_kwargs``). Every ``attn1`` takes
-references (16 on SD-1.5, 70 on SDXL): choosing fewer for SDXL is measured work still to do (issue 21).
+also gets that pooled embedding and the main call's time ids (``added_cond_kwargs``). Only the ``attn1`` layers
+``layers`` chooses take references (:mod:`services.refiner.fabric_layers`: every one of SD-1.x's 16, SDXL's up
+blocks, 36 of 70, by default); the others run plain attention and store nothing. When the up blocks take none,
+the reference pass stops after the last layer that records (:class:`ReferencesRecorded`); it still counts as
+whole image evaluations in :attr:`FabricConditioner.unet_image_evals`.
 """
 
 from __future__ import annotations
@@ -42,9 +45,14 @@ from philip.feedback_weights import FeedbackWeights
 from philip.models.conditioning import PromptEmbeds, reference_added_cond, unconditional
 from philip.models.latents import encode_pixels
 from philip.models.pipelines import native_size
+from services.refiner.fabric_layers import chosen_layers, pass_end, resolve_layers
 
 Mode = Literal["off", "record", "inject"]
-_ATTN1 = "attn1.processor"
+
+
+class ReferencesRecorded(Exception):
+    """Raised in a reference pass by the last layer that records, when what the UNet computes after it records
+    nothing (choices without the up blocks): the pass stops there, its output was never used."""
 
 
 class FabricAttnProcessor:
@@ -71,6 +79,7 @@ class FabricAttnProcessor:
         self.split_cfg = False
         self.exempt = 0
         self.pos_weight = self.neg_weight = 0.0  # the last single-request weights, for introspection
+        self.ends_pass = False  # the last layer a reference pass must reach: recording here stops that pass
 
     def inject(self, n_liked: int, n_disliked: int, pos_weight: float, neg_weight: float, split_cfg: bool,
                exempt: int = 0) -> None:
@@ -112,6 +121,8 @@ class FabricAttnProcessor:
     ) -> torch.Tensor:
         if self.mode == "record":
             self.recorded = hidden_states.detach()
+            if self.ends_pass:
+                raise ReferencesRecorded
         if self.mode != "inject":
             extra = dict(kwargs) if temb is None else {**kwargs, "temb": temb}
             return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, **extra)
@@ -205,6 +216,7 @@ class FabricConditioner:
         seed: int = 0,
         exempt: int = 0,
         groups: Sequence[ReferenceGroup] | None = None,
+        layers: str = "",
     ) -> None:
         self.pipe = pipe
         self.unet: Any = pipe.unet
@@ -233,14 +245,25 @@ class FabricConditioner:
         self._in_reference = False  # the hook must ignore the reference call it makes itself
 
         self._original: dict[str, Any] = dict(self.unet.attn_processors)
+        self.layers = resolve_layers(layers, pipe)  # "" = the family's choice
+        # Layers left out keep their own processor: they neither record (the memory saving) nor inject.
         self.processors: dict[str, FabricAttnProcessor] = {
-            name: FabricAttnProcessor(proc) for name, proc in self._original.items() if name.endswith(_ATTN1)
+            name: FabricAttnProcessor(self._original[name]) for name in chosen_layers(self._original, self.layers)
         }
         if not self.processors:
-            raise ValueError("the UNet has no self-attention (attn1) layers to condition")
+            raise ValueError(f"the UNet has no self-attention (attn1) layers to condition in {self.layers!r}")
+        last = pass_end(list(self.processors), self.layers)
+        if last is not None:
+            self.processors[last].ends_pass = True
         # set_attn_processor pops from the dict it gets, hence the fresh one.
         self.unet.set_attn_processor({name: self.processors.get(name, proc) for name, proc in self._original.items()})
         self._hook: Any = self.unet.register_forward_pre_hook(self._before_unet, with_kwargs=True)
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes of reference activations held now (the last reference pass's, every recorded reference)."""
+        return sum(p.recorded.numel() * p.recorded.element_size() for p in self.processors.values()
+                   if p.recorded is not None)
 
     def remove(self) -> None:
         """Restore the original processors and remove the hook (idempotent)."""
@@ -351,6 +374,8 @@ class FabricConditioner:
                     cross_attention_kwargs=kwargs.get("cross_attention_kwargs"), added_cond_kwargs=added,
                     return_dict=False,
                 )
+        except ReferencesRecorded:
+            pass  # no up-block layer records: the pass stopped after the last one that does (its output is unused)
         finally:
             self._in_reference = False
         self.reference_calls += 1

@@ -62,7 +62,8 @@ def open_refiner(settings: Settings) -> Refiner:
     import torch
 
     from philip.models.adapters import AdapterSwitch
-    from philip.models.pipelines import SCHEDULERS, load_pipeline, served_defaults
+    from philip.models.load_options import LoadOptions
+    from philip.models.pipelines import load_pipeline, schedulers_for, served_defaults
     from philip.models.upscaler import OnnxUpscaler
     from philip.previews import PreviewEncoder
     from services.refiner.rounds import RoundRunner
@@ -70,16 +71,20 @@ def open_refiner(settings: Settings) -> Refiner:
 
     torch.set_num_threads(settings.server.torch_threads)
     defaults, vocabulary = session_defaults(settings)
-    pipe = load_pipeline(settings.models.model_dir, settings.server.device, settings.models.dtype)
-    generation = served_defaults(settings.models.model_dir, pipe)
+    # Before the model: a missing ONNX provider (PHILIP_ONNX_PROVIDERS) refuses at once, not after minutes of loading.
+    upscaler = Upscaler(OnnxUpscaler(settings.models.upscaler_path, providers=settings.models.onnx_providers,
+                                     fallback=settings.models.onnx_fallback),
+                        max_waiting=settings.batching.max_queue)
+    options = LoadOptions.from_settings(settings.models)  # PHILIP_UNET_PATH, PHILIP_BASE_LORA: as the generator's
+    pipe = load_pipeline(settings.models.model_dir, settings.server.device, settings.models.dtype, options)
+    generation = served_defaults(settings.models.model_dir, pipe, options)
     runner = RoundRunner(pipe, previews=PreviewEncoder.for_pipeline(pipe, settings.models.model_dir),
                          adapters=AdapterSwitch(pipe, settings.models.adapters_dir, settings.models.adapter_cache),
-                         vocabulary=vocabulary)
-    resolver = RequestResolver(native_size=generation.native_size, schedulers=tuple(SCHEDULERS),
+                         vocabulary=vocabulary, fabric_layers=settings.models.fabric_layers)
+    log.info("fabric.layers", layers=runner.fabric_layers, asked=settings.models.fabric_layers or "family default")
+    resolver = RequestResolver(native_size=generation.native_size, schedulers=schedulers_for(pipe),
                                styles=load_styles(settings.models.styles_path),
                                adapters_dir=settings.models.adapters_dir, defaults=generation)
-    upscaler = Upscaler(OnnxUpscaler(settings.models.upscaler_path, providers=settings.models.onnx_providers),
-                        max_waiting=settings.batching.max_queue)
     return Refiner(runner, upscaler, resolver, max_queue=settings.batching.max_queue, defaults=defaults,
                    max_batch=settings.batching.refine_max_batch or settings.batching.max_batch,
                    batch_window_ms=settings.batching.batch_window_ms)

@@ -24,7 +24,8 @@ from philip.generation.requests import GenerationParams, RequestResolver
 from philip.rpc.errors import InvalidArgument
 from services.refiner.batch_round import RoundWork
 from services.refiner.batching import RoundQueue
-from services.refiner.rounds import Feedback, FeedbackImage, FeedbackRound, RoundParams, RoundRunner
+from services.refiner.round_types import Feedback, FeedbackImage, FeedbackRound, RoundParams
+from services.refiner.rounds import RoundRunner
 from services.refiner.upscale import UpscaleEvent, Upscaler
 
 MAX_REFERENCES = 16  # liked (and disliked) images per round: each costs a reference pass per step

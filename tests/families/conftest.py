@@ -31,7 +31,7 @@ def _one_thread() -> None:
 
 @pytest.fixture(scope="session")
 def tiny_families(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """``{"sd1": folder, "sdxl": folder}`` (about a second)."""
+    """``{"sd1": folder, "sdxl": folder, "sd3": folder, "flux": folder}`` (a few seconds)."""
     folders: dict[str, Path] = _script().make_tiny_families(tmp_path_factory.mktemp("families"))
     return folders
 
@@ -44,6 +44,16 @@ def sdxl_dir(tiny_families: dict[str, Path]) -> Path:
 @pytest.fixture(scope="session")
 def sd1_dir(tiny_families: dict[str, Path]) -> Path:
     return tiny_families["sd1"]
+
+
+@pytest.fixture(scope="session")
+def sd3_dir(tiny_families: dict[str, Path]) -> Path:
+    return tiny_families["sd3"]
+
+
+@pytest.fixture(scope="session")
+def flux_dir(tiny_families: dict[str, Path]) -> Path:
+    return tiny_families["flux"]
 
 
 def index_only(folder: Path, class_name: object) -> Path:

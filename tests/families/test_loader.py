@@ -1,5 +1,5 @@
-"""The loader picks the pipeline class from model_index.json, refuses SD3/Flux/unknown folders by name, loads in
-PHILIP_DTYPE, and keeps a force_upcast VAE in fp32."""
+"""The loader picks the pipeline class from model_index.json (SD-1.x, SDXL, SD3, Flux), refuses unknown folders by
+name, loads in PHILIP_DTYPE, and keeps a force_upcast VAE in fp32."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-from philip.models.families import SD, SDXL, ModelLoadError, detect_family, family_of
+from philip.models.families import FLUX, SD, SD3, SDXL, ModelLoadError, detect_family, family_of
 from philip.models.pipelines import load_pipeline, native_size, torch_dtype
 from philip.previews import decode_latents
 from philip.settings import Settings
@@ -28,12 +28,12 @@ def test_each_folder_loads_as_its_family(sd1_dir: Path, sdxl_dir: Path) -> None:
     assert detect_family(REPO / "models" / "philip-tiny") is SD
 
 
-@pytest.mark.parametrize(("class_name", "family"), [("StableDiffusion3Pipeline", "Stable Diffusion 3"),
-                                                     ("FluxPipeline", "Flux")])
-def test_sd3_and_flux_are_refused_by_name(tmp_path: Path, class_name: str, family: str) -> None:
-    folder = index_only(tmp_path / "model", class_name)
-    with pytest.raises(ModelLoadError, match=f"is a {family} model .*{family} is not supported yet"):
-        load_pipeline(folder)
+def test_sd3_and_flux_folders_load_as_their_families(sd3_dir: Path, flux_dir: Path) -> None:
+    assert detect_family(sd3_dir) is SD3 and detect_family(flux_dir) is FLUX
+    sd3, flux = load_pipeline(sd3_dir), load_pipeline(flux_dir)
+    assert type(sd3) is StableDiffusion3Pipeline and family_of(sd3) is SD3 and sd3.text_encoder_3 is not None
+    assert type(flux) is FluxPipeline and family_of(flux) is FLUX and flux.text_encoder_2 is not None
+    assert flux.vae.config.latent_channels == 16 and flux.vae.config.shift_factor is not None
 
 
 @pytest.mark.parametrize(("class_name", "why"), [
@@ -54,10 +54,10 @@ def test_missing_and_broken_indexes_are_refused(tmp_path: Path) -> None:
         load_pipeline(tmp_path)
 
 
-async def test_serve_all_refuses_a_flux_folder_at_start_up(tmp_path: Path) -> None:
-    settings = Settings(model_dir=str(index_only(tmp_path / "flux", "FluxPipeline")), port=0, http_port=0,
-                        adapters_dir=str(tmp_path / "adapters"))
-    with pytest.raises(ModelLoadError, match="Flux is not supported yet"):
+async def test_serve_all_refuses_an_unknown_folder_at_start_up(tmp_path: Path) -> None:
+    settings = Settings(model_dir=str(index_only(tmp_path / "kandinsky", "KandinskyV22Pipeline")), port=0,
+                        http_port=0, adapters_dir=str(tmp_path / "adapters"))
+    with pytest.raises(ModelLoadError, match="unknown pipeline class 'KandinskyV22Pipeline'"):
         await serve("all", settings)
 
 
@@ -80,10 +80,3 @@ def test_a_force_upcast_vae_decodes_in_fp32(sd1_dir: Path, sdxl_dir: Path) -> No
     assert images[0].size == (64, 64)
     sd1 = load_pipeline(sd1_dir, dtype="bf16")  # its VAE does not ask for the upcast
     assert not sd1.vae.config.force_upcast and sd1.vae.dtype is torch.bfloat16
-
-
-def test_training_refuses_sdxl_clearly_for_now(sdxl_dir: Path, tmp_path: Path) -> None:
-    from services.personalizer.trainer import AdapterTrainer, TrainConfig
-
-    with pytest.raises(ValueError, match="training adapters on SDXL models is not supported yet"):
-        AdapterTrainer(sdxl_dir, TrainConfig(token="sks", class_word="shape"), [], tmp_path)

@@ -42,6 +42,11 @@ def test_session_from_prompt_to_final_image(studio_server: StudioServer, browser
     driver, console = browser, Console(browser)
     driver.get(studio_server.base_url + "/")
     prompt = wait_for(driver, "the prompt box", lambda: driver.find_element(By.ID, "prompt"))
+    # The served model from GET /v1/model: its line under the form, its default steps in the steps field.
+    line = wait_for(driver, "the model line",
+                    lambda: js(driver, "return document.getElementById('model-line').textContent"))
+    assert line == "SD-1.x/2.x · 8 steps · 64 px"
+    assert driver.find_element(By.ID, "steps").get_attribute("placeholder") == "8"
     shoot(driver, tmp_path, "01_start")
 
     prompt.send_keys(PROMPT)

@@ -1,4 +1,4 @@
-"""HTTP routes of the activity log and the style presets, and the health endpoints."""
+"""HTTP routes of the activity log, the style presets and the served model, and the health endpoints."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from philip.store import StoreError
-from philip.v1 import gateway_pb2
+from philip.v1 import gateway_pb2, generator_pb2
 from services.gateway import codec
 from services.gateway.http.api import ApiRoute, EdgeState, page_query
 from services.gateway.http.protojson import ProtoResponse
@@ -27,11 +27,16 @@ def misc_routes(state: EdgeState) -> list[ApiRoute]:
     async def styles(request: Request) -> Response:
         return ProtoResponse(codec.styles_to_pb(core.styles))
 
+    async def model(request: Request) -> Response:
+        return ProtoResponse(await core.model_info())
+
     return [
         ApiRoute("GET", "/v1/activity", activity, "The tenant's activity log, newest first", "activity",
                  None, gateway_pb2.ListActivityResponse, query=("pageSize", "pageToken")),
         ApiRoute("GET", "/v1/styles", styles, "The style presets GenerationParams.style can name", "styles",
                  None, gateway_pb2.ListStylesResponse),
+        ApiRoute("GET", "/v1/model", model, "The served model: family, defaults and ranges, schedulers, what "
+                 "feedback acts through, adapter methods, preview kinds", "model", None, generator_pb2.ModelInfo),
     ]
 
 

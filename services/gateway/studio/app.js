@@ -7,6 +7,7 @@ import { h } from "./dom.js";
 import { createGalleryView } from "./gallery_view.js";
 import { createHome } from "./home.js";
 import { navigate, start, takeHandoff } from "./router.js";
+import { loadModelInfo } from "./model_info.js";
 import { createSessionView } from "./session_view.js";
 
 const view = document.getElementById("view");
@@ -107,4 +108,5 @@ keyButton.addEventListener("click", () => {
 window.addEventListener("philip:key", syncKeyButton);
 syncKeyButton();
 
+loadModelInfo(); // every page's rounds count the model's default steps (the viewer too)
 start(render);

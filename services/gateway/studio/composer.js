@@ -2,6 +2,7 @@
 // the explore slider. Enter starts a session (Shift+Enter is a newline).
 
 import { api, ApiError, newIdempotencyKey } from "./api.js";
+import { loadModelInfo, modelLine } from "./model_info.js";
 import { h, replaceChildren, showError } from "./dom.js";
 
 export const ASPECTS = [
@@ -64,6 +65,7 @@ export function createComposer({ onStarted }) {
   });
   const dice = h("button", { type: "button", class: "btn ghost icon", title: "Random seed", "aria-label": "Random seed" }, "⚄");
   const steps = h("input", { id: "steps", type: "number", min: 0, max: 100, placeholder: "8", "aria-label": "Steps" });
+  const modelNote = h("p", { id: "model-line", class: "model-line muted small", hidden: true });
   const advanced = h("details", { class: "advanced", id: "advanced" },
     h("summary", { class: "chip" }, h("span", { class: "chip-label" }, "Advanced")),
     h("div", { class: "advanced-body" },
@@ -80,6 +82,7 @@ export function createComposer({ onStarted }) {
       chip("Images", numImages), chip("Aspect", aspect), chip("Style", style),
       chip("Explore", h("span", { class: "range-wrap" }, explore, exploreOut), { title: "Share of images drawn from captions the refiner explores; far left = server default" }),
       adapterPicker, advanced),
+    modelNote,
     suggestions);
   const el = h("section", { class: "composer", id: "composer" }, form);
 
@@ -186,7 +189,8 @@ export function createComposer({ onStarted }) {
   }
 
   async function loadOptions() {
-    const [styles, adapters] = await Promise.allSettled([api("/v1/styles"), api("/v1/adapters")]);
+    const [styles, adapters, model] = await Promise.allSettled([api("/v1/styles"), api("/v1/adapters"), loadModelInfo()]);
+    if (model.status === "fulfilled" && model.value) showModel(model.value);
     if (styles.status === "fulfilled") {
       const current = style.value;
       replaceChildren(style, h("option", { value: "" }, "None"),
@@ -194,6 +198,15 @@ export function createComposer({ onStarted }) {
     }
     if (adapters.status === "fulfilled") renderAdapters(adapters.value.adapters || []);
     else replaceChildren(adapterList, h("p", { class: "error small" }, adapters.reason?.message || "cannot list adapters"));
+  }
+
+  /** The served model's line, and its steps as the form's default and range. */
+  function showModel(info) {
+    modelNote.textContent = modelLine(info);
+    modelNote.hidden = !modelNote.textContent;
+    const d = info.defaults || {};
+    if (d.steps) steps.placeholder = String(d.steps);
+    if (d.maxSteps) steps.max = String(d.maxSteps);
   }
 
   /** Fills the form from a session's parameters (so a new session can start from it). */

@@ -2,6 +2,7 @@
 // Pure data, no DOM. Events can arrive twice around a snapshot (and replays repeat old rounds), so
 // every step is idempotent: round images are deduped by round number, stale rounds are ignored.
 
+import { defaultSteps } from "./model_info.js";
 import { normalize } from "./slot_constraints.js";
 
 export const Phase = Object.freeze({
@@ -12,7 +13,6 @@ export const Phase = Object.freeze({
   CANCELLED: "SESSION_PHASE_CANCELLED",
 });
 
-const DEFAULT_STEPS = 8;
 const DEFAULT_IMAGES = 4;
 
 export class SessionState {
@@ -115,7 +115,7 @@ export class SessionState {
       prompt,
       numImages: numImages || DEFAULT_IMAGES,
       step: 0,
-      totalSteps: this.params?.steps || DEFAULT_STEPS,
+      totalSteps: this.params?.steps || defaultSteps(), // the served model's (GET /v1/model)
       previews: [],
       previewStep: 0,
     };

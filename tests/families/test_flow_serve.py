@@ -1,0 +1,92 @@
+"""`philip serve all` on the tiny SD3 and Flux folders (in process, as test_sdxl_serve.py does): a Generate with
+previews, an epsilon scheduler refused with INVALID_ARGUMENT naming the one accepted, and a session's feedback
+round with likes (seed steering only: no FABRIC reference pass) over gRPC through the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+from grpc import aio
+from PIL import Image
+
+from philip.settings import Settings
+from philip.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, generator_pb2
+from services.app import serve
+from tests.families.conftest import REPO
+from tests.gateway.grpc_sessions_support import FABRIC, Msg, read_until
+
+pytestmark = pytest.mark.slow
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["sd3", "flux"])
+async def gateway(request: pytest.FixtureRequest, tiny_families: dict[str, Path],
+                  tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[gateway_pb2_grpc.GatewayStub]:
+    model = tmp_path_factory.mktemp("serve") / f"tiny-{request.param}"
+    shutil.copytree(tiny_families[request.param], model)
+    settings = Settings(model_dir=str(model), upscaler_path=str(REPO / "models" / "philip-tiny-x4.onnx"), port=0,
+                        http_port=0, max_queue=4, batch_window_ms=5, grace_s=1.0, threads=1,
+                        adapters_dir=str(model.parent / "adapters"))
+    stop = asyncio.Event()
+    ready: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(serve("all", settings, stop=stop, on_ready=ready.set_result))
+    done, _ = await asyncio.wait([task, ready], timeout=120, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        task.result()  # start-up failed: raise its error rather than wait out a timeout
+    addresses = ready.result()
+    channel = aio.insecure_channel(addresses["gateway"])
+    try:
+        yield gateway_pb2_grpc.GatewayStub(channel)
+    finally:
+        await channel.close()
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+def _params(**fields: Any) -> common_pb2.GenerationParams:
+    return common_pb2.GenerationParams(prompt="a red circle", width=64, height=64, steps=2, **fields)
+
+
+async def _generate(gateway: gateway_pb2_grpc.GatewayStub, params: common_pb2.GenerationParams) -> list[Any]:
+    call = gateway.Generate(timeout=60)
+    await call.write(generator_pb2.GenerateClientMessage(start=generator_pb2.GenerateStart(params=params)))
+    await call.done_writing()
+    return [event async for event in call]
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_generate_over_grpc(gateway: gateway_pb2_grpc.GatewayStub) -> None:
+    events = await _generate(gateway, _params(num_images=2, seed=3, preview_every=1))
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[-1] == "result" and "preview" in kinds, kinds
+    images = events[-1].result.images
+    assert len(images) == 2 and all(Image.open(io.BytesIO(i.png)).size == (64, 64) for i in images)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_an_epsilon_scheduler_is_invalid_argument(gateway: gateway_pb2_grpc.GatewayStub) -> None:
+    with pytest.raises(aio.AioRpcError) as caught:
+        await _generate(gateway, _params(num_images=1, seed=3, scheduler="dpm++"))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "scheduler must be one of flow_euler; got 'dpm++'" in (caught.value.details() or "")
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_session_round_with_likes_over_grpc(gateway: gateway_pb2_grpc.GatewayStub) -> None:
+    call = gateway.Session()
+    await call.write(Msg(start=gateway_pb2.SessionStart(params=_params(num_images=2, seed=11), weights=FABRIC)))
+    first = (await read_until(call, "round_images"))[-1].round_images.images
+    await call.write(Msg(feedback=gateway_pb2.SessionFeedback(liked_image_ids=[first[0].image.id],
+                                                              disliked_image_ids=[first[1].image.id])))
+    second = (await read_until(call, "round_images", round_number=2))[-1]
+    assert len(second.round_images.images) == 2
+    assert second.round_images.compute.reference_image_evals == 0  # no FABRIC on joint attention: steering only
+    await call.done_writing()
+    call.cancel()
