@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from philip import metrics
+from philip.logs import get_logger
 from philip.models.adapter_support import method_refusal, token_slots
 from philip.models.adapters import AdapterInfo, save_adapter
 from philip.models.families import Family, detect_family
@@ -40,6 +41,7 @@ from services.personalizer.new_token import NewToken
 from services.personalizer.recipes import recipe_for
 
 CHECKPOINT_FILE = "checkpoint.pt"
+log = get_logger("services.personalizer.trainer")
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +153,7 @@ class AdapterTrainer:
         with torch.no_grad():
             self.latents = encode_pixels(pipe, _prepare(images, size).to(device, torch.float32)).float()
         self.step = 0
+        self.micro_batch = config.batch  # halved on a GPU out-of-memory error (train_step)
 
     def _add_lora(self) -> list[torch.nn.Parameter]:
         from peft import LoraConfig
@@ -203,22 +206,43 @@ class AdapterTrainer:
         return warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * self.step / self.config.steps)))
 
     def train_step(self) -> float:
+        """One optimizer step over ``config.batch`` samples, in micro-batches that fit the device: a GPU that runs
+        out of memory halves the micro-batch and redoes the step (gradients accumulate, so the step is still over
+        the whole batch), and later steps keep the size that fitted. The batch that fits a W7900 (48 GiB) or an
+        MI210 (64 GiB) at 1024 px is found this way, not guessed."""
+        while True:
+            try:
+                return self._step(self.micro_batch)
+            except torch.OutOfMemoryError:
+                if self.micro_batch == 1:
+                    raise
+                self.opt.zero_grad(set_to_none=True)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                self.micro_batch = max(1, self.micro_batch // 2)
+                log.warning("training.micro_batch_halved", micro_batch=self.micro_batch, batch=self.config.batch,
+                            step=self.step)
+
+    def _step(self, micro: int) -> float:
         cfg = self.config
-        g = torch.Generator().manual_seed(cfg.seed * 7_919 + self.step)
+        g = torch.Generator().manual_seed(cfg.seed * 7_919 + self.step)  # a redone step redraws the same samples
         for group, base in zip(self.opt.param_groups, self.base_lrs, strict=True):
             group["lr"] = base * self._lr_scale()
         idx = torch.randint(0, self.latents.shape[0], (cfg.batch,), generator=g)
         z0 = self.latents[idx]
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast
                     else contextlib.nullcontext())
-        with autocast:
-            loss = self.recipe.loss(z0, g)
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total = 0.0
+        for chunk in z0.split(micro):  # one chunk (the old single pass, bit for bit) unless memory ran short
+            with autocast:
+                loss = self.recipe.loss(chunk, g) * (chunk.shape[0] / z0.shape[0])
+            loss.backward()
+            total += float(loss.item())
         torch.nn.utils.clip_grad_norm_([*(t.embeddings for t in self.tokens), *self.lora_params], 1.0)
         self.opt.step()
         self.step += 1
-        return float(loss.item())
+        return total
 
     @torch.no_grad()
     def preview(self, seed: int = 0) -> Image.Image:

@@ -162,3 +162,29 @@ def test_model_info_offers_what_each_family_trains() -> None:
     for family, methods in ((SD, both), (SDXL, both), (SD3, ("lora",)), (FLUX, ("lora",))):
         info = describe_model(family, Variant(), "fp32", GenerationDefaults(), ())
         assert info.adapter_methods == methods, family.name
+
+
+def test_out_of_memory_halves_the_micro_batch_and_keeps_the_step(tiny_families: dict[str, Path],
+                                                                tmp_path: Path) -> None:
+    """A device that runs out of memory above 2 samples a pass: the step is redone in micro-batches of 2, leaving
+    no trace of the failed pass (it lands exactly where a trainer that used micro-batches of 2 from the start
+    lands), and later steps keep the size that fitted."""
+    cfg = TrainConfig(token="sks", class_word="shape", method="lora", steps=2, batch=4, lr=5e-2,
+                      checkpoint_every=100, preview_every=0)
+    halved = AdapterTrainer(tiny_families["sdxl"], cfg, REFS, tmp_path / "halved")
+    planned = AdapterTrainer(tiny_families["sdxl"], cfg, REFS, tmp_path / "planned")
+    planned.micro_batch = 2
+    real_loss, passes = halved.recipe.loss, []
+
+    def loss_on_a_small_device(z0: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        passes.append(z0.shape[0])
+        if z0.shape[0] > 2:
+            raise torch.OutOfMemoryError("simulated: 2 samples a pass fit")
+        return real_loss(z0, g)
+
+    halved.recipe.loss = loss_on_a_small_device  # type: ignore[method-assign]
+    losses = [(halved.train_step(), planned.train_step()) for _ in range(2)]
+    assert passes == [4, 2, 2, 2, 2] and halved.micro_batch == 2
+    assert all(a == b for a, b in losses)
+    for a, b in zip(halved.lora_params, planned.lora_params, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -4,9 +4,7 @@ round with likes (seed steering only: no FABRIC reference pass) over gRPC throug
 
 from __future__ import annotations
 
-import asyncio
 import io
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,10 +15,8 @@ import pytest_asyncio
 from grpc import aio
 from PIL import Image
 
-from philip.settings import Settings
 from philip.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, generator_pb2
-from services.app import serve
-from tests.families.conftest import REPO
+from tests.families.serving import serving
 from tests.gateway.grpc_sessions_support import FABRIC, Msg, read_until
 
 pytestmark = pytest.mark.slow
@@ -29,25 +25,8 @@ pytestmark = pytest.mark.slow
 @pytest_asyncio.fixture(scope="module", loop_scope="module", params=["sd3", "flux"])
 async def gateway(request: pytest.FixtureRequest, tiny_families: dict[str, Path],
                   tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[gateway_pb2_grpc.GatewayStub]:
-    model = tmp_path_factory.mktemp("serve") / f"tiny-{request.param}"
-    shutil.copytree(tiny_families[request.param], model)
-    settings = Settings(model_dir=str(model), upscaler_path=str(REPO / "models" / "philip-tiny-x4.onnx"), port=0,
-                        http_port=0, max_queue=4, batch_window_ms=5, grace_s=1.0, threads=1,
-                        adapters_dir=str(model.parent / "adapters"))
-    stop = asyncio.Event()
-    ready: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(serve("all", settings, stop=stop, on_ready=ready.set_result))
-    done, _ = await asyncio.wait([task, ready], timeout=120, return_when=asyncio.FIRST_COMPLETED)
-    if task in done:
-        task.result()  # start-up failed: raise its error rather than wait out a timeout
-    addresses = ready.result()
-    channel = aio.insecure_channel(addresses["gateway"])
-    try:
-        yield gateway_pb2_grpc.GatewayStub(channel)
-    finally:
-        await channel.close()
-        stop.set()
-        await asyncio.wait_for(task, 30)
+    async with serving(tiny_families[request.param], tmp_path_factory.mktemp("serve")) as served:
+        yield served.gateway
 
 
 def _params(**fields: Any) -> common_pb2.GenerationParams:

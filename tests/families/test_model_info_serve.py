@@ -4,9 +4,7 @@ refused with INVALID_ARGUMENT naming them; a session's plain round counts the mo
 
 from __future__ import annotations
 
-import asyncio
 import json
-import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +16,9 @@ import pytest_asyncio
 from grpc import aio
 
 from philip.bench.server_process import free_port
-from philip.settings import Settings
 from philip.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, generator_pb2
-from services.app import serve
 from tests.families.checkpoint_support import save_lora_file
-from tests.families.conftest import REPO
+from tests.families.serving import serving
 from tests.gateway.grpc_sessions_support import Msg, read_until
 
 pytestmark = pytest.mark.slow
@@ -34,27 +30,17 @@ class Served:
     http: str
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def served(sdxl_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Served]:
-    model = tmp_path_factory.mktemp("turbo") / "tiny-sdxl"
-    shutil.copytree(sdxl_dir, model)
+def _as_turbo(model: Path) -> None:
     # Turbo's row, at the tiny UNet's 64 px; the LoRA's name says nothing, so the folder's `variant` decides.
     (model / "philip_defaults.json").write_text(json.dumps({"variant": "turbo", "generation": {"native_size": 64}}))
-    lora = save_lora_file(sdxl_dir, model.parent / "style_lora.safetensors", seed=5)
-    settings = Settings(model_dir=str(model), upscaler_path=str(REPO / "models" / "philip-tiny-x4.onnx"), port=0,
-                        http_port=free_port(), max_queue=4, batch_window_ms=5, grace_s=1.0, threads=1,
-                        adapters_dir=str(model.parent / "adapters"), base_lora=str(lora))
-    stop = asyncio.Event()
-    ready: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(serve("all", settings, stop=stop, on_ready=ready.set_result))
-    addresses = await asyncio.wait_for(asyncio.shield(ready), 120)
-    channel = aio.insecure_channel(addresses["gateway"])
-    try:
-        yield Served(gateway_pb2_grpc.GatewayStub(channel), f"http://{addresses['http']}")
-    finally:
-        await channel.close()
-        stop.set()
-        await asyncio.wait_for(task, 30)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def served(sdxl_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Served]:
+    workdir = tmp_path_factory.mktemp("turbo")
+    lora = save_lora_file(sdxl_dir, workdir / "style_lora.safetensors", seed=5)
+    async with serving(sdxl_dir, workdir, prepare=_as_turbo, http_port=free_port(), base_lora=str(lora)) as up:
+        yield Served(up.gateway, f"http://{up.addresses['http']}")
 
 
 @pytest.mark.asyncio(loop_scope="module")

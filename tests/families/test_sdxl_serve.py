@@ -4,21 +4,16 @@ over gRPC through the gateway."""
 
 from __future__ import annotations
 
-import asyncio
 import io
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from grpc import aio
 from PIL import Image
 
-from philip.settings import Settings
 from philip.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, generator_pb2
-from services.app import serve
-from tests.families.conftest import REPO
+from tests.families.serving import serving
 from tests.gateway.grpc_sessions_support import FABRIC, Msg, read_until
 
 pytestmark = pytest.mark.slow
@@ -27,23 +22,9 @@ pytestmark = pytest.mark.slow
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def gateway(sdxl_dir: Path,
                   tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[gateway_pb2_grpc.GatewayStub]:
-    model = tmp_path_factory.mktemp("serve") / "tiny-sdxl"
-    shutil.copytree(sdxl_dir, model)  # a folder of its own: start-up fits and saves its preview projection
-    settings = Settings(model_dir=str(model), upscaler_path=str(REPO / "models" / "philip-tiny-x4.onnx"), port=0,
-                        http_port=0, max_queue=4, batch_window_ms=5, grace_s=1.0, threads=1,
-                        adapters_dir=str(model.parent / "adapters"))
-    stop = asyncio.Event()
-    ready: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(serve("all", settings, stop=stop, on_ready=ready.set_result))
-    addresses = await asyncio.wait_for(asyncio.shield(ready), 120)
-    assert (model / "preview_projection.json").is_file()
-    channel = aio.insecure_channel(addresses["gateway"])
-    try:
-        yield gateway_pb2_grpc.GatewayStub(channel)
-    finally:
-        await channel.close()
-        stop.set()
-        await asyncio.wait_for(task, 30)
+    async with serving(sdxl_dir, tmp_path_factory.mktemp("serve")) as served:
+        assert (served.model / "preview_projection.json").is_file()
+        yield served.gateway
 
 
 def _params(**fields: int) -> common_pb2.GenerationParams:
