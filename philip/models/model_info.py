@@ -51,21 +51,22 @@ def describe_model(family: Family, variant: Variant, dtype: str, defaults: Gener
 
 
 def feedback_capability(family: Family, defaults: GenerationDefaults) -> FeedbackCapability:
-    """FABRIC needs self-attention layers (``attn1``); dislikes act through the unconditional half of the CFG
+    """Likes steer the next round's seeds everywhere, and likes and dislikes steer prompt exploration. FABRIC needs
+    self-attention layers (``attn1``), and disliked images act through it on the unconditional half of the CFG
     batch, which guidance-distilled models lack and which guidance <= 1 never runs (services/refiner/fabric.py)."""
-    cfg = family.cfg and defaults.guidance > 1
-    if not family.cfg:
-        note = (f"{family.label} has no unconditional branch: dislikes act through seed steering and prompt "
-                "exploration only")
-    elif not cfg:
+    uncond = family.cfg and defaults.guidance > 1
+    if not family.fabric:
+        note = (f"{family.label} has no self-attention layers for FABRIC: likes steer the next round's seeds, and "
+                "likes and dislikes act only through seed steering and prompt exploration")
+        if not family.cfg:
+            note += "; it has no unconditional branch, so negative prompts do nothing"
+    elif not uncond:
         note = (f"guidance {defaults.guidance:g} by default runs no unconditional branch: dislikes act through seed "
                 "steering and prompt exploration unless a request sets guidance above 1")
     else:
         note = "likes and dislikes act through FABRIC, seed steering and prompt exploration"
-    if not family.fabric:
-        note += "; no FABRIC (no self-attention layers to take references)"
-    return FeedbackCapability(fabric=family.fabric, dislikes_act=cfg, exploration=True, seed_steering=True,
-                              note=note)
+    return FeedbackCapability(fabric=family.fabric, dislikes_act=family.fabric and uncond, exploration=True,
+                              seed_steering=True, note=note)
 
 
 __all__ = ["FeedbackCapability", "ModelInfo", "describe_model", "feedback_capability"]

@@ -48,6 +48,15 @@ def test_each_loads_as_its_family_with_its_own_defaults(engine: DiffusionEngine)
     assert engine.previews.weights.shape == (16, 3)
 
 
+
+def test_model_info_says_dislikes_act_only_through_exploration(engine: DiffusionEngine) -> None:
+    """Without FABRIC nothing carries a disliked image into the denoiser, SD3's CFG notwithstanding (a round with
+    dislikes only equals the plain round: test_a_round_with_likes_steers_seeds_without_fabric)."""
+    feedback = engine.model_info().feedback
+    assert not feedback.fabric and not feedback.dislikes_act and feedback.exploration and feedback.seed_steering
+    assert "only through seed steering and prompt exploration" in feedback.note and "FABRIC" in feedback.note
+    assert ("negative prompts do nothing" in feedback.note) == (family_of(engine.pipe) is FLUX)
+
 def test_a_flux_with_guidance_embedding_gets_dev_defaults(tmp_path: Path, flux_dir: Path) -> None:
     shutil.copy(flux_dir / "model_index.json", tmp_path / "model_index.json")
     (tmp_path / "transformer").mkdir()
