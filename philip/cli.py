@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -119,24 +117,6 @@ def health_cmd(
     raise typer.Exit(0 if status == "SERVING" else 1)
 
 
-
-def _progress_reporter(progress: Any) -> Callable[[Any], None]:
-    """A Generate stream's events as a rich progress bar (its total from the first progress event: the model's
-    default steps when the request left them unset)."""
-    task = progress.add_task("queued", total=None)
-
-    def on_event(event: Any) -> None:
-        kind = event.WhichOneof("event")
-        if kind == "queued":
-            progress.update(task, description=f"queued (position {event.queued.position})")
-        elif kind == "progress":
-            progress.update(task, completed=event.progress.step, total=event.progress.total_steps,
-                            description="denoising")
-        elif kind == "preview":
-            progress.update(task, description=f"denoising (preview at step {event.preview.step})")
-
-    return on_event
-
 @app.command("generate")
 def generate_cmd(
     prompt: str = typer.Argument(..., help="What to draw."),
@@ -160,7 +140,7 @@ def generate_cmd(
     import grpc
     from rich.progress import Progress
 
-    from philip.clients.generate import gateway_channel, save_outcome, stream_generation
+    from philip.clients.generate import gateway_channel, progress_reporter, save_outcome, stream_generation
     from philip.v1 import common_pb2, gateway_pb2_grpc
 
     params = common_pb2.GenerationParams(
@@ -176,7 +156,7 @@ def generate_cmd(
         async with gateway_channel(gateway) as channel:
             stub = gateway_pb2_grpc.GatewayStub(channel)
             with Progress(console=console) as progress:
-                outcome = await stream_generation(stub, params, _progress_reporter(progress), timeout_s=timeout)
+                outcome = await stream_generation(stub, params, progress_reporter(progress), timeout_s=timeout)
         if outcome.cancelled:
             console.print("[yellow]cancelled[/yellow]")
             raise typer.Exit(1)

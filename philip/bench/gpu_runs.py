@@ -124,11 +124,11 @@ class ModelUnderBench:
                    preview_encoder(pipe, model_dir), Denoiser(pipe))
 
     def describe(self) -> dict[str, Any]:
-        from philip.models.acceleration import attention_backend, denoiser
-        from philip.models.families import family_of
+        from philip.models.acceleration import attention_backend
+        from philip.models.families import denoiser_model, family_of
 
         family = family_of(self.pipe)
-        network = denoiser(self.pipe)
+        network = denoiser_model(self.pipe)
         tiny = self.previews.tiny
         return {"model_dir": str(self.model_dir), "family": family.name, "pipeline": type(self.pipe).__name__,
                 "dtype": str(network.dtype).split(".")[-1], "vae_dtype": str(self.pipe.vae.dtype).split(".")[-1],

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -77,3 +78,21 @@ def save_outcome(outcome: GenerationOutcome, out_dir: Path, columns: int = 4) ->
     sheet_path = out_dir / f"{outcome.job_id}_sheet.png"
     contact_sheet([decode_png(i.png) for i in outcome.images], columns=columns, labels=True).save(sheet_path)
     return paths, sheet_path
+
+
+def progress_reporter(progress: Any) -> Callable[[Any], None]:
+    """A Generate stream's events as a rich progress bar (its total from the first progress event: the model's
+    default steps when the request left them unset)."""
+    task = progress.add_task("queued", total=None)
+
+    def on_event(event: Any) -> None:
+        kind = event.WhichOneof("event")
+        if kind == "queued":
+            progress.update(task, description=f"queued (position {event.queued.position})")
+        elif kind == "progress":
+            progress.update(task, completed=event.progress.step, total=event.progress.total_steps,
+                            description="denoising")
+        elif kind == "preview":
+            progress.update(task, description=f"denoising (preview at step {event.preview.step})")
+
+    return on_event

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from philip.logs import get_logger
+from philip.models.families import denoiser_model
 from philip.models.load_options import LoadOptions
 
 log = get_logger("philip.models.acceleration")
@@ -38,16 +39,8 @@ def accelerate(pipe: Any, options: LoadOptions | None = None) -> None:
         unet.to(memory_format=torch.channels_last)
         done["channels_last"] = True
     if options.compile:
-        done["compiled_blocks"] = _compile(denoiser(pipe))
+        done["compiled_blocks"] = _compile(denoiser_model(pipe))
     log.info("model.accelerated", **done, **attention_backend(pipe))
-
-
-def denoiser(pipe: Any) -> torch.nn.Module:
-    """The UNet (SD-1.x, SDXL) or the transformer (SD3, Flux)."""
-    from philip.models.pipelines import denoiser_model  # here: pipelines imports this module
-
-    module: torch.nn.Module = denoiser_model(pipe)
-    return module
 
 
 def _slice_vae(vae: Any) -> bool:
@@ -86,7 +79,7 @@ def _compile(module: torch.nn.Module) -> int:
 
 def attention_backend(pipe: Any) -> dict[str, Any]:
     """What attention runs on: the processors' classes, SDPA's enabled kernels, flash availability, HIP or CUDA."""
-    processors = getattr(denoiser(pipe), "attn_processors", {})
+    processors = getattr(denoiser_model(pipe), "attn_processors", {})
     cuda = torch.backends.cuda
     kernels = {"flash": cuda.flash_sdp_enabled(), "mem_efficient": cuda.mem_efficient_sdp_enabled(),
                "math": cuda.math_sdp_enabled(), "cudnn": cuda.cudnn_sdp_enabled()}
@@ -102,4 +95,4 @@ def attention_backend(pipe: Any) -> dict[str, Any]:
     }
 
 
-__all__ = ["COMPILED_BLOCKS", "TILE_ABOVE_PX", "accelerate", "attention_backend", "denoiser"]
+__all__ = ["COMPILED_BLOCKS", "TILE_ABOVE_PX", "accelerate", "attention_backend"]

@@ -149,6 +149,11 @@ def family_of(pipe: Any) -> Family:
     return FAMILIES.get(type(pipe).__name__, SD)
 
 
+def denoiser_model(pipe: Any) -> Any:
+    """The network each step runs: SD-1.x/SDXL's ``unet``, SD3/Flux's ``transformer``."""
+    return pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
+
+
 def generation_defaults(model_dir: str | Path, family: Family,
                         variant: Variant | None = None) -> tuple[GenerationDefaults, str]:
     """The folder's ``generation`` table laid over the built-in row of the family (or of its few-step

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from philip.models.families import FLUX, family_of
+from philip.models.families import FLUX, denoiser_model, family_of
 
 
 def to_vae_latents(vae: Any, latents: torch.Tensor) -> torch.Tensor:
@@ -53,6 +53,7 @@ def keep_vae_fp32(pipe: Any) -> None:
 # row-major. The services keep latents as grids (B x C x h x w: previews, decodes, steering) and pack them only at
 # the pipeline's door.
 
+
 def packs_latents(pipe: Any) -> bool:
     """Whether the pipeline's transformer takes 2x2-packed latent tokens (Flux)."""
     return family_of(pipe) is FLUX
@@ -63,8 +64,7 @@ def latent_grid(pipe: Any, height: int, width: int) -> tuple[int, int, int]:
     scale = int(pipe.vae_scale_factor)
     if packs_latents(pipe):  # both sides rounded down to whole 2x2 patches, as FluxPipeline.prepare_latents does
         return int(pipe.vae.config.latent_channels), 2 * (height // (scale * 2)), 2 * (width // (scale * 2))
-    model = pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
-    return int(model.config.in_channels), height // scale, width // scale
+    return int(denoiser_model(pipe).config.in_channels), height // scale, width // scale
 
 
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,7 @@ from philip.models.families import (
     SDXL,
     GenerationDefaults,
     ModelLoadError,
+    denoiser_model,
     detect_family,
     family_of,
     generation_defaults,
@@ -60,6 +61,12 @@ NOISE_SCHEDULERS = tuple(name for name in SCHEDULERS if name not in FLOW_SCHEDUL
 PIPELINES: dict[str, Any] = {"sd": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline,  # by family name
                              "sd3": StableDiffusion3Pipeline, "flux": FluxPipeline}
 _TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """A torch dtype as PHILIP_DTYPE names it (fp16 | bf16 | fp32), else torch's own name."""
+    names = {value: key for key, value in _TORCH_DTYPES.items()}
+    return names.get(dtype, str(dtype).removeprefix("torch."))
 
 
 def torch_dtype(dtype: torch.dtype | str | None, device: str) -> torch.dtype:
@@ -100,8 +107,8 @@ def load_pipeline(model_dir: str | Path, device: str = "cpu", dtype: torch.dtype
     pipe = pipe.to(device)
     keep_vae_fp32(pipe)
     accelerate(pipe, options)  # VAE slicing/tiling, channels_last on a GPU, PHILIP_COMPILE; logs the attention backend
-    log.info("model.loaded", family=family.name, pipeline=family.pipeline_class, dtype=str(resolved).split(".")[-1],
-             vae_dtype=str(pipe.vae.dtype).split(".")[-1], device=device, unet_path=options.unet_path or None,
+    log.info("model.loaded", family=family.name, pipeline=family.pipeline_class, dtype=dtype_name(resolved),
+             vae_dtype=dtype_name(pipe.vae.dtype), device=device, unet_path=options.unet_path or None,
              base_lora=options.base_lora or None,
              base_lora_scale=options.base_lora_scale if options.base_lora else None)
     return pipe
@@ -123,11 +130,6 @@ def schedulers_for(pipe: Any) -> tuple[str, ...]:
     """The public scheduler names this model accepts (what request validation offers): flow-matching families
     (SD3, Flux) only theirs, the others every noise-prediction one."""
     return FLOW_SCHEDULERS if family_of(pipe).flow_matching else NOISE_SCHEDULERS
-
-
-def denoiser_model(pipe: Any) -> Any:
-    """The network each step runs: SD-1.x/SDXL's ``unet``, SD3/Flux's ``transformer``."""
-    return pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
 
 
 def native_size(pipe: Any) -> int:
@@ -160,5 +162,5 @@ def served_defaults(model_dir: str | Path, pipe: Any, options: LoadOptions | Non
     return served
 
 
-__all__ = ["DEFAULT_SCHEDULER", "PIPELINES", "SCHEDULERS", "ModelLoadError", "denoiser_model", "load_pipeline",
-           "make_scheduler", "native_size", "schedulers_for", "served_defaults", "torch_dtype"]
+__all__ = ["DEFAULT_SCHEDULER", "PIPELINES", "SCHEDULERS", "ModelLoadError", "denoiser_model", "dtype_name",
+           "load_pipeline", "make_scheduler", "native_size", "schedulers_for", "served_defaults", "torch_dtype"]

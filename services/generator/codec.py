@@ -76,8 +76,6 @@ def error_for(failure: Failed) -> PhilipError:
     return error_from_code(failure.code, failure.message)
 
 
-
-
 def model_info_to_pb(info: ModelInfo) -> generator_pb2.ModelInfo:
     d, f = info.defaults, info.feedback
     return generator_pb2.ModelInfo(

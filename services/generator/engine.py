@@ -29,7 +29,14 @@ from philip.models.conditioning import prompt_kwargs
 from philip.models.families import GenerationDefaults, family_of
 from philip.models.load_options import LoadOptions
 from philip.models.model_info import ModelInfo, describe_model
-from philip.models.pipelines import denoiser_model, load_pipeline, native_size, schedulers_for, served_defaults
+from philip.models.pipelines import (
+    denoiser_model,
+    dtype_name,
+    load_pipeline,
+    native_size,
+    schedulers_for,
+    served_defaults,
+)
 from philip.models.variants import Variant, detect_variant
 from philip.previews import PreviewEncoder
 from services.generator.batching import WorkItem
@@ -68,8 +75,7 @@ class DiffusionEngine:
 
     def model_info(self) -> ModelInfo:
         """What GetModelInfo answers: this engine's family, variant, dtype, defaults and schedulers."""
-        name = str(denoiser_model(self.pipe).dtype).split(".")[-1]  # the UNet's, or SD3/Flux's transformer's
-        dtype = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}.get(name, name)
+        dtype = dtype_name(denoiser_model(self.pipe).dtype)  # the UNet's, or SD3/Flux's transformer's
         return describe_model(family_of(self.pipe), self.variant, dtype, self.defaults, self.schedulers)
 
     @property
