@@ -9,7 +9,6 @@ gateway, for development) have no quota.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from philip.rpc.auth import current_tenant
 from philip.rpc.errors import ResourceExhausted
 from philip.settings import Settings
 from philip.store import Store, StoreError
+from philip.store.lease_renewal import renewed_while_running
 
 log = get_logger("philip.quotas")
 
@@ -95,22 +95,18 @@ class Quotas:
             yield
             return
         await self.acquire(quota, holder, ttl_s, tenant)
-        renewer = asyncio.create_task(self._renew(quota, holder, ttl_s, tenant))
-        try:
-            yield
-        finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
-            await self.release(quota, holder, tenant)
 
-    async def _renew(self, quota: Quota, holder: str, ttl_s: float, tenant: str) -> None:
-        while True:
-            await asyncio.sleep(ttl_s / 3)
+        async def renew() -> None:
             try:
                 await self.acquire(quota, holder, ttl_s, tenant)
-            except (StoreError, ResourceExhausted) as exc:  # Redis blipped: try again next time
+            except ResourceExhausted as exc:  # the lease lapsed in a blip and others took it: the work goes on
                 log.warning("quota.renew_failed", quota=quota.name, holder=holder, error=str(exc))
+
+        try:
+            async with renewed_while_running(renew, ttl_s, f"quota:{quota.name}"):
+                yield
+        finally:
+            await self.release(quota, holder, tenant)
 
 
 __all__ = ["GENERATIONS", "SESSIONS", "TRAINING_JOBS", "Quota", "Quotas"]

@@ -1,6 +1,7 @@
 """The soak's clients: scripted sessions and training jobs over the gateways' HTTP edges, written as a
 careful client is: a gateway that is down or answers 503/429 is retried (the next replica first), a
-POST that creates something carries an Idempotency-Key, and a session resumes from its snapshot
+POST that creates something carries an Idempotency-Key (a 409 with Retry-After says its first try
+is still running, perhaps on a replica that was killed: wait and send it again), and a session resumes from its snapshot
 (a round or upscale failed by a fault is simply sent again)."""
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class Edges:
                 if response.status_code == 500:
                     self.internal_errors += 1
                     self.internal_answers.append(f"{method} {path}: {response.text[:300]}")
-                elif response.status_code not in RETRYABLE:
+                elif response.status_code not in RETRYABLE and not _still_running(response):
                     return response
             except httpx.TransportError:
                 pass
@@ -54,6 +55,11 @@ class Edges:
     async def close(self) -> None:
         for client in self.clients:
             await client.aclose()
+
+
+def _still_running(response: httpx.Response) -> bool:
+    """409 with Retry-After: an Idempotency-Key's first request has not ended (a plain 409 is final)."""
+    return response.status_code == 409 and "retry-after" in response.headers
 
 
 @dataclass

@@ -110,9 +110,11 @@ export async function api(path, opts = {}) {
       return text ? JSON.parse(text) : {};
     }
     const err = await errorFrom(res);
-    // 503, and 409 with Retry-After (the same idempotent request still running), are worth a short wait.
-    const transient = res.status === 503 || (res.status === 409 && err.retryAfter > 0);
-    if (transient && busyTries < 3 && err.retryAfter <= 10) {
+    // 503, and 409 with Retry-After (the same idempotent request still running), are worth a short wait;
+    // a 409's key frees within 9 s even when the replica running the first try died, so wait that long.
+    const running = res.status === 409 && err.retryAfter > 0;
+    const transient = res.status === 503 || running;
+    if (transient && busyTries < (running ? 12 : 3) && err.retryAfter <= 10) {
       busyTries++;
       await sleep(Math.max(1, err.retryAfter) * 1000, signal);
       if (signal?.aborted) throw err;
