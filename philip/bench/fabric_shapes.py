@@ -60,7 +60,7 @@ def reference_pass(unet: Any, size_px: int, choice: str) -> tuple[dict[str, tupl
     stops it): per chosen ``attn1`` the (tokens, channels) it keeps, and the pass's TFLOP."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from services.refiner.fabric import FabricAttnProcessor, ReferencesRecorded
+    from services.refiner.fabric_attention import FabricAttnProcessor, ReferencesRecorded
     from services.refiner.fabric_layers import chosen_layers, pass_end
 
     original = dict(unet.attn_processors)
