@@ -36,10 +36,11 @@ class ModelInfo:
     feedback: FeedbackCapability
     adapter_methods: tuple[str, ...]
     preview_kinds: tuple[str, ...]
+    name: str = ""  # the folder's name, "philip-tiny": which weights (label says which kind)
 
 
 def describe_model(family: Family, variant: Variant, dtype: str, defaults: GenerationDefaults,
-                   schedulers: tuple[str, ...]) -> ModelInfo:
+                   schedulers: tuple[str, ...], name: str = "") -> ModelInfo:
     """The served model's description from what the loader decided (``defaults``: :func:`served_defaults`'s)."""
     # A variant this family has no row for (a Flux folder named "...turbo...") served the family's defaults.
     served = variant if f"{family.name}-{variant.name}" in FAMILY_DEFAULTS else Variant()
@@ -47,7 +48,7 @@ def describe_model(family: Family, variant: Variant, dtype: str, defaults: Gener
                      dtype=dtype, defaults=defaults, schedulers=schedulers,
                      feedback=feedback_capability(family, defaults),
                      # what the personalizer trains on this family (SD3/Flux: LoRA only; adapter_support.py)
-                     adapter_methods=METHODS.get(family.name, ()), preview_kinds=PREVIEW_MODES)
+                     adapter_methods=METHODS.get(family.name, ()), preview_kinds=PREVIEW_MODES, name=name)
 
 
 def feedback_capability(family: Family, defaults: GenerationDefaults) -> FeedbackCapability:

@@ -514,6 +514,7 @@ class ModelInfo(_message.Message):
     FEEDBACK_FIELD_NUMBER: _builtins.int
     ADAPTER_METHODS_FIELD_NUMBER: _builtins.int
     PREVIEW_KINDS_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     family: _builtins.str
     """"sd" (SD-1.x/2.x), "sdxl", ..."""
     label: _builtins.str
@@ -522,6 +523,10 @@ class ModelInfo(_message.Message):
     """The diffusers pipeline class, e.g. "StableDiffusionXLPipeline"."""
     dtype: _builtins.str
     """The weights' dtype: "fp16", "bf16" or "fp32"."""
+    name: _builtins.str
+    """The served model folder's name, e.g. "philip-tiny" ("" when the server cannot say): which weights, where
+    label says which kind.
+    """
     @_builtins.property
     def defaults(self) -> Global___ModelDefaults: ...
     @_builtins.property
@@ -550,10 +555,11 @@ class ModelInfo(_message.Message):
         feedback: Global___FeedbackCapability | None = ...,
         adapter_methods: _abc.Iterable[_builtins.str] | None = ...,
         preview_kinds: _abc.Iterable[_builtins.str] | None = ...,
+        name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["defaults", b"defaults", "feedback", b"feedback"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter_methods", b"adapter_methods", "defaults", b"defaults", "dtype", b"dtype", "family", b"family", "feedback", b"feedback", "label", b"label", "pipeline_class", b"pipeline_class", "preview_kinds", b"preview_kinds", "schedulers", b"schedulers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter_methods", b"adapter_methods", "defaults", b"defaults", "dtype", b"dtype", "family", b"family", "feedback", b"feedback", "label", b"label", "name", b"name", "pipeline_class", b"pipeline_class", "preview_kinds", b"preview_kinds", "schedulers", b"schedulers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

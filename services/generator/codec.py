@@ -79,7 +79,7 @@ def error_for(failure: Failed) -> PhilipError:
 def model_info_to_pb(info: ModelInfo) -> generator_pb2.ModelInfo:
     d, f = info.defaults, info.feedback
     return generator_pb2.ModelInfo(
-        family=info.family, label=info.label, pipeline_class=info.pipeline_class, dtype=info.dtype,
+        family=info.family, label=info.label, name=info.name, pipeline_class=info.pipeline_class, dtype=info.dtype,
         defaults=generator_pb2.ModelDefaults(steps=d.steps, min_steps=d.min_steps, max_steps=d.max_steps,
                                              guidance=d.guidance, scheduler=d.scheduler,
                                              timestep_spacing=d.timestep_spacing, native_size=d.native_size,

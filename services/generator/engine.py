@@ -49,12 +49,14 @@ class DiffusionEngine:
     """Owns one diffusion pipeline (any served family) and runs merged batches (a ``BatchRunner``)."""
 
     def __init__(self, pipe: Any, previews: PreviewEncoder, adapters: AdapterSwitch | None = None,
-                 defaults: GenerationDefaults | None = None, variant: Variant | None = None) -> None:
+                 defaults: GenerationDefaults | None = None, variant: Variant | None = None,
+                 name: str = "") -> None:
         self.pipe = pipe
         self.previews = previews
         self.adapters = adapters
         self.defaults = defaults or GenerationDefaults()  # what a request leaving a field unset gets
         self.variant = variant or Variant()  # a few-step distillation (Turbo, Lightning), for GetModelInfo's label
+        self.name = name  # the model folder's, for GetModelInfo
         self.denoiser = Denoiser(pipe)
 
     @classmethod
@@ -71,12 +73,12 @@ class DiffusionEngine:
         adapters = AdapterSwitch(pipe, adapters_dir, adapter_cache) if adapters_dir is not None else None
         return cls(pipe, PreviewEncoder.for_pipeline(pipe, model_dir), adapters,
                    served_defaults(model_dir, pipe, options),
-                   detect_variant(model_dir, options.unet_path, options.base_lora))
+                   detect_variant(model_dir, options.unet_path, options.base_lora), Path(model_dir).resolve().name)
 
     def model_info(self) -> ModelInfo:
         """What GetModelInfo answers: this engine's family, variant, dtype, defaults and schedulers."""
         dtype = dtype_name(denoiser_model(self.pipe).dtype)  # the UNet's, or SD3/Flux's transformer's
-        return describe_model(family_of(self.pipe), self.variant, dtype, self.defaults, self.schedulers)
+        return describe_model(family_of(self.pipe), self.variant, dtype, self.defaults, self.schedulers, self.name)
 
     @property
     def native_size(self) -> int:

@@ -28,6 +28,7 @@ pytestmark = pytest.mark.slow
 class Served:
     gateway: gateway_pb2_grpc.GatewayStub
     http: str
+    name: str  # the served folder's
 
 
 def _as_turbo(model: Path) -> None:
@@ -40,7 +41,7 @@ async def served(sdxl_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> As
     workdir = tmp_path_factory.mktemp("turbo")
     lora = save_lora_file(sdxl_dir, workdir / "style_lora.safetensors", seed=5)
     async with serving(sdxl_dir, workdir, prepare=_as_turbo, http_port=free_port(), base_lora=str(lora)) as up:
-        yield Served(up.gateway, f"http://{up.addresses['http']}")
+        yield Served(up.gateway, f"http://{up.addresses['http']}", up.model.name)
 
 
 @pytest.mark.asyncio(loop_scope="module")
@@ -48,6 +49,7 @@ async def test_model_info_over_grpc(served: Served) -> None:
     info = await served.gateway.GetModelInfo(generator_pb2.GetModelInfoRequest(), timeout=10)
     assert (info.family, info.label, info.pipeline_class, info.dtype) == ("sdxl", "SDXL-Turbo",
                                                                           "StableDiffusionXLPipeline", "fp32")
+    assert info.name == served.name  # the served folder's
     d = info.defaults
     assert (d.steps, d.min_steps, d.max_steps, d.guidance, d.scheduler) == (4, 1, 4, 0.0, "euler_a")
     assert (d.timestep_spacing, d.native_size, d.max_size) == ("trailing", 64, 768)
@@ -65,7 +67,8 @@ async def test_model_info_over_http(served: Served) -> None:
         doc = (await http.get("/openapi.json")).json()
     assert answer.status_code == 200, answer.text
     body = answer.json()
-    assert body["label"] == "SDXL-Turbo" and body["defaults"]["steps"] == 4 and body["defaults"]["maxSize"] == 768
+    assert body["label"] == "SDXL-Turbo" and body["name"] == served.name
+    assert body["defaults"]["steps"] == 4 and body["defaults"]["maxSize"] == 768
     assert body["feedback"]["fabric"] is True and "note" in body["feedback"]
     assert "get" in doc["paths"]["/v1/model"]
 

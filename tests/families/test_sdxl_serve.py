@@ -28,7 +28,10 @@ async def gateway(sdxl_dir: Path,
 
 
 def _params(**fields: int) -> common_pb2.GenerationParams:
-    return common_pb2.GenerationParams(prompt="a red circle", width=64, height=64, steps=3, **fields)
+    params = common_pb2.GenerationParams(prompt="a red circle", width=64, height=64, steps=3)
+    for name, value in fields.items():
+        setattr(params, name, value)
+    return params
 
 
 @pytest.mark.asyncio(loop_scope="module")

@@ -55,8 +55,8 @@ async def deployment(tiny_model_dir: Path) -> AsyncIterator[Deployment]:
         pytest.skip(f"Redis not reachable at {REDIS_URL}")
     prefix = f"philip-test:{uuid.uuid4().hex}:"
     store = RedisStore(REDIS_URL, prefix=prefix, socket_timeout=2.0)
-    settings = Settings(model_dir=str(tiny_model_dir), port=0, styles_path=str(STYLES_PATH), max_queue=MAX_QUEUE,
-                        max_batch=8, batch_window_ms=15, blob_ttl_s=120, grace_s=1.0, threads=1)
+    settings = Settings(model_dir=str(tiny_model_dir), port=0, http_port=0, styles_path=str(STYLES_PATH),
+                        max_queue=MAX_QUEUE, max_batch=8, batch_window_ms=15, blob_ttl_s=120, grace_s=1.0, threads=1)
     stop = asyncio.Event()
     ready: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(serve("all", settings, store=store, stop=stop, on_ready=ready.set_result))

@@ -20,7 +20,7 @@ TINY = PromptVocabulary.from_json(prompt_vocabulary())
 PROMPT = "a fox in the snow"
 
 
-def _slot(target: tuple[str, ...], name: str) -> str:
+def _slot(target: tuple[str | None, ...], name: str) -> str | None:
     return target[SHIPPED.names.index(name)]
 
 

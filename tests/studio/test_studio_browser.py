@@ -45,7 +45,7 @@ def test_session_from_prompt_to_final_image(studio_server: StudioServer, browser
     # The served model from GET /v1/model: its line under the form, its default steps in the steps field.
     line = wait_for(driver, "the model line",
                     lambda: js(driver, "return document.getElementById('model-line').textContent"))
-    assert line == "SD-1.x/2.x · 8 steps · 64 px"
+    assert line == "philip-tiny · SD-1.x/2.x · 8 steps · 64 px"
     assert driver.find_element(By.ID, "steps").get_attribute("placeholder") == "8"
     shoot(driver, tmp_path, "01_start")
 

@@ -1,5 +1,5 @@
 // The served model (GET /v1/model), asked once per page: its default steps for rounds that leave them unset,
-// and a one-line description ("SDXL-Turbo · 4 steps · 512 px"). Pure data, no DOM.
+// and a one-line description ("sdxl-turbo · SDXL-Turbo · 4 steps · 512 px"). Pure data, no DOM.
 
 import { api } from "./api.js";
 
@@ -18,10 +18,12 @@ export function defaultSteps() {
   return Number(info?.defaults?.steps) || FALLBACK_STEPS;
 }
 
-/** "SDXL-Turbo · 4 steps · 512 px", or "" before the answer. */
+/** "philip-tiny · SD-1.x/2.x · 8 steps · 64 px" (the folder, then its kind), or "" before the answer. */
 export function modelLine(model = info) {
   if (!model) return "";
   const d = model.defaults || {};
-  return [model.label || model.family, d.steps && `${d.steps} steps`, d.nativeSize && `${d.nativeSize} px`]
+  const kind = model.label || model.family;
+  const name = model.name && model.name.toLowerCase() !== String(kind).toLowerCase() ? model.name : "";
+  return [name, kind, d.steps && `${d.steps} steps`, d.nativeSize && `${d.nativeSize} px`]
     .filter(Boolean).join(" · ");
 }
