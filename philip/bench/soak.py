@@ -145,6 +145,7 @@ def _report(deployment: Deployment, runs: list[SessionRun], trained: list[Traini
         "p95_round_s": round(rounds[int(0.95 * (len(rounds) - 1))], 2) if rounds else None,
         "p50_round_s": round(statistics.median(rounds), 2) if rounds else None,
         "resent": sum(r.resent for r in runs), "client_retries": edges.retries,
+        "key_waits": edges.key_waits,
         "training_jobs": len(trained), "adapters": len(adapters), "orphan_folders": len(folders - adapters),
         "missing_folders": len(adapters - folders), "training_attempts": [t.attempts for t in trained],
         "faults": faults, "wall_s": round(wall_s, 1),

@@ -31,6 +31,7 @@ class Edges:
         self.internal_errors = 0  # 500 answers: bugs, whatever the fault
         self.internal_answers: list[str] = []
         self.retries = 0
+        self.key_waits = 0  # retries of a 409 "this Idempotency-Key is still running" (its first try's replica died)
 
     async def call(self, method: str, path: str, first: int = 0, **kwargs: Any) -> httpx.Response:
         """The first answer that is neither a transport error nor retryable; raises TimeoutError past give_up_s."""
@@ -42,7 +43,9 @@ class Edges:
                 if response.status_code == 500:
                     self.internal_errors += 1
                     self.internal_answers.append(f"{method} {path}: {response.text[:300]}")
-                elif response.status_code not in RETRYABLE and not _still_running(response):
+                elif _still_running(response):
+                    self.key_waits += 1
+                elif response.status_code not in RETRYABLE:
                     return response
             except httpx.TransportError:
                 pass

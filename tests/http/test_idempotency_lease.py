@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
 from starlette.responses import JSONResponse, Response
 
 from philip.rpc.errors import FailedPrecondition
-from philip.store import RedisStore
+from philip.store import MemoryStore, RedisStore, StoreError
 from services.gateway.http.idempotency import Idempotency
 from tests.gateway.grpc_sessions_support import REDIS_URL
 
@@ -61,3 +62,22 @@ async def test_a_dead_holders_key_frees_within_the_lease_life(store: RedisStore)
         await idem.run("k2", "/v1/sessions", b"{}", make)
     await asyncio.sleep(LEASE_S + 0.2)
     assert (await idem.run("k2", "/v1/sessions", b"{}", make)).status_code == 201 and runs == [1]
+
+
+class _RedisGoneAfterWork(MemoryStore):
+    """Redis goes away while the work runs: keeping the answer and releasing the lease both fail."""
+
+    async def put_record(self, *args: Any, **kwargs: Any) -> None:
+        raise StoreError("redis: connection refused")
+
+    async def release_lease(self, key: str, holder: str) -> bool:
+        raise StoreError("redis: connection refused")
+
+
+async def test_work_done_before_redis_went_away_is_still_answered() -> None:
+    idem = Idempotency(_RedisGoneAfterWork(), running_lease_s=LEASE_S)
+
+    async def make() -> Response:
+        return JSONResponse({"made": 1}, status_code=201)
+
+    assert (await idem.run("k3", "/v1/sessions", b"{}", make)).status_code == 201

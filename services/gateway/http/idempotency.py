@@ -4,7 +4,8 @@ The first successful (2xx) answer to a key is kept in the store for 24 h, per te
 with a hash of the body. The same key and body replay it; another body is 422; a request while
 the first is still running is 409 with Retry-After (a lease in the store, so every replica agrees;
 short and renewed while the work runs, so a replica killed mid-request frees the key in seconds).
-Failed answers are not kept: a retry after an error runs again.
+Failed answers are not kept: a retry after an error runs again. Work that is done is answered even when the
+store fails after it (the answer is then not kept, and the lease lapses on its own).
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from collections.abc import Awaitable, Callable
 
 from starlette.responses import Response
 
+from philip.logs import get_logger
 from philip.rpc.auth import current_tenant
 from philip.rpc.errors import FailedPrecondition, InvalidArgument, PhilipError
-from philip.store import Store
+from philip.store import Store, StoreError
 from philip.store.lease_renewal import renewed_while_running
+
+log = get_logger("services.gateway.http.idempotency")
 
 IDEMPOTENCY_KIND = "idem"
 KEEP_S = 24 * 3600
@@ -56,7 +60,10 @@ class Idempotency:
             async with renewed_while_running(lambda: self.store.acquire_lease(lease, holder, 1, ttl_s), ttl_s, lease):
                 return await self._first_or_kept(record_id, body_sha, work)
         finally:
-            await self.store.release_lease(lease, holder)
+            try:
+                await self.store.release_lease(lease, holder)
+            except StoreError as exc:  # Redis is down: the lease lapses within its short life; keep the answer
+                log.warning("idempotency.release_failed", lease=lease, error=str(exc))
 
     @staticmethod
     def record_id(route: str, key: str) -> str:
@@ -74,9 +81,12 @@ class Idempotency:
                             headers={"Idempotency-Replayed": "true"})
         response = await work()
         if 200 <= response.status_code < 300:
-            await self.store.put_record(IDEMPOTENCY_KIND, record_id, {
-                "body_sha": body_sha, "status": response.status_code, "body": bytes(response.body).decode(),
-                "media_type": response.media_type or "application/json"}, ttl_s=self.keep_s)
+            try:
+                await self.store.put_record(IDEMPOTENCY_KIND, record_id, {
+                    "body_sha": body_sha, "status": response.status_code, "body": bytes(response.body).decode(),
+                    "media_type": response.media_type or "application/json"}, ttl_s=self.keep_s)
+            except StoreError as exc:  # the work is done: answer it (only a retry of this answer could repeat it)
+                log.warning("idempotency.keep_failed", record=record_id, error=str(exc))
         return response
 
 
