@@ -9,7 +9,10 @@ or a deployment's modifiers joined to the person's prompt (:mod:`services.refine
 targets is fed by the person's choices through a softmax choice model: P(like image i | target) is
 proportional to exp(-beta * slots image i was asked to fill differently), the dislike to exp(+beta * ...).
 Each round asks for distinct targets drawn in proportion to the posterior (Thompson sampling by Gumbel
-top-k), so it exploits what the likes say and keeps exploring what they do not.
+top-k), so it exploits what the likes say and keeps exploring what they do not. The person's own prompt is the
+prior: each slot value it names (read by the vocabulary's template, else by word) weighs as much as one choice,
+so a round whose likes and dislikes say nothing about a slot (alike images, one liked, one disliked) keeps
+asking near what the person wrote instead of anywhere.
 
 The refiner is stateless: every round replays the session's history (:class:`RoundChoice`), so any
 replica can run any round.
@@ -160,9 +163,23 @@ class PromptExplorer:
         self.targets = vocabulary.targets(prompt, constraints)
         self._index = {t: i for i, t in enumerate(self.targets)}
         self._codes = self._encode(self.targets)
-        self.log_posterior = np.zeros(len(self.targets))
         self.beta = beta
         self.rng = rng
+        self.log_posterior = self._prompt_prior()
+
+    def _prompt_prior(self) -> np.ndarray:
+        """``beta`` per slot whose value the prompt names ("a red circle on a blue background": fg red, bg blue by
+        the template; "a red circle": red in either colour slot, by word); slots the prompt fixes add the same to
+        every target, so nothing."""
+        said = self.vocabulary.parse(self.prompt)
+        text = words(self.prompt)
+        prior = np.zeros(len(self.targets))
+        for k, (_, values) in enumerate(self.vocabulary.slots):
+            named = {said[k]} if said is not None and said[k] is not None else {v for v in values if _names(text, v)}
+            codes = [i for i, v in enumerate(values) if v in named]
+            if codes:
+                prior += self.beta * np.isin(self._codes[:, k], codes)
+        return prior
 
     def _encode(self, targets: Sequence[Asked]) -> np.ndarray:
         """Value indices per slot; -1 where an image's prompt did not say."""

@@ -75,6 +75,24 @@ def test_images_not_drawn_from_a_caption_carry_no_evidence() -> None:
         explorer.update([None] * 4, liked=4, disliked=None)
 
 
+def test_what_the_prompt_names_is_the_prior_when_the_choices_say_nothing() -> None:
+    """Round 1 of a full caption: four alike images, one liked, one disliked. That says nothing about the colours,
+    so round 2 asks near what the person wrote (its own caption most often, else one colour changed), not
+    anywhere; a prompt that names no colour keeps every colour equally likely."""
+    prompt = "a red circle on a blue background"
+    explorer = PromptExplorer(TINY, prompt, np.random.default_rng(0))
+    explorer.replay([RoundChoice((prompt,) * 4, liked=0, disliked=1)])
+    own = explorer.probability(("red", "circle", "blue"))
+    assert own == max(explorer.probability(t) for t in explorer.targets) and own > 0.25
+    assert explorer.probability(("yellow", "circle", "blue")) > explorer.probability(("yellow", "circle", "green"))
+    asked = [explorer.propose(4) for explorer.rng in (np.random.default_rng(seed) for seed in range(50))]
+    assert sum(("red", "circle", "blue") in a for a in asked) >= 30  # 37 of 50 rounds (1 without the prior)
+    near = [_misses(t, ("red", "circle", "blue")) <= 1 for a in asked for t in a]
+    assert sum(near) / len(near) > 0.6  # 0.73 (0.22 without the prior)
+    flat = PromptExplorer(TINY, "a circle", np.random.default_rng(0))
+    assert np.all(flat.log_posterior == flat.log_posterior[0])  # "circle" is fixed, no colour named
+
+
 def test_a_consistent_user_leads_it_to_the_target() -> None:
     """With a user who likes the fewest misses and dislikes the most, the target is asked for within 12 rounds
     (a flat posterior would ask for it within 12 rounds about a quarter of the time)."""
