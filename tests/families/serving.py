@@ -13,9 +13,10 @@ from typing import Any
 from grpc import aio
 
 from philip.settings import Settings
-from philip.v1 import gateway_pb2_grpc
+from philip.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from services.app import serve
 from tests.families.conftest import REPO
+from tests.gateway.grpc_sessions_support import FABRIC, Msg, read_until
 
 
 @dataclass
@@ -50,3 +51,17 @@ async def serving(folder: Path, workdir: Path, *, prepare: Callable[[Path], None
         await channel.close()
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+async def liked_and_disliked_round(gateway: gateway_pb2_grpc.GatewayStub,
+                                   params: common_pb2.GenerationParams) -> gateway_pb2.RoundImages:
+    """A session with FABRIC weights: round 1, then round 2 after liking its first image and disliking its second."""
+    call = gateway.Session()
+    await call.write(Msg(start=gateway_pb2.SessionStart(params=params, weights=FABRIC)))
+    first = (await read_until(call, "round_images"))[-1].round_images.images
+    await call.write(Msg(feedback=gateway_pb2.SessionFeedback(liked_image_ids=[first[0].image.id],
+                                                              disliked_image_ids=[first[1].image.id])))
+    second = (await read_until(call, "round_images", round_number=2))[-1].round_images
+    await call.done_writing()
+    call.cancel()
+    return second

@@ -11,7 +11,6 @@ import io
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -23,10 +22,10 @@ from philip.models.conditioning import encode_prompts, prompt_kwargs, unconditio
 from philip.models.families import FLUX, SD3, family_of, generation_defaults
 from philip.models.pipelines import load_pipeline, make_scheduler, native_size, schedulers_for
 from philip.rpc.errors import InvalidArgument
-from services.generator.batching import WorkItem
 from services.generator.engine import DiffusionEngine
-from services.generator.events import JobEvent, Preview, Result
+from services.generator.events import JobEvent, Result
 from services.refiner.rounds import Feedback, FeedbackImage, FeedbackRound, RoundParams, RoundRunner
+from tests.families.engine_batches import check_a_merged_batch_with_previews, work_item
 from tests.generator.x0_check import assert_last_x0_is_the_final_latent
 
 FAMILIES = ["sd3", "flux"]
@@ -78,28 +77,8 @@ def test_schedulers_of_the_other_kind_are_refused_both_ways(engine: DiffusionEng
         resolver.resolve(GenerationParams(prompt="a red circle", scheduler="euler"))
 
 
-def _item(engine: DiffusionEngine, events: list[JobEvent], **params: Any) -> WorkItem:
-    resolver = RequestResolver(native_size=engine.native_size, schedulers=engine.schedulers, defaults=engine.defaults)
-    request = resolver.resolve(GenerationParams(**({"width": 64, "height": 64, "steps": 3, "preview_every": 2}
-                                                   | params)))
-    return WorkItem(f"job-{len(events)}-{params['seed']}", request, events.append, preview_every=2)
-
-
 def test_a_merged_batch_generates_with_previews(engine: DiffusionEngine) -> None:
-    first: list[JobEvent] = []
-    second: list[JobEvent] = []
-    items = [_item(engine, first, prompt="a red circle", num_images=2, seed=1),
-             _item(engine, second, prompt="a blue square", negative_prompt="blurry", num_images=1, seed=9,
-                   preview_mode="vae")]
-    asyncio.run(engine.run(items))
-    for events, count, preview_size in ((first, 2, (16, 16)), (second, 1, (64, 64))):
-        previews = [e for e in events if isinstance(e, Preview)]
-        assert [p.step for p in previews] == [2]
-        assert all(Image.open(io.BytesIO(i.png)).size == preview_size for p in previews for i in p.images)
-        result = events[-1]
-        assert isinstance(result, Result) and len(result.images) == count
-        assert all((i.width, i.height) == (64, 64) for i in result.images)
-    assert len({i.png for e in (first[-1], second[-1]) if isinstance(e, Result) for i in e.images}) == 3
+    check_a_merged_batch_with_previews(engine, steps=3)
 
 
 def test_x0_estimate_of_the_last_step_is_the_final_latent(engine: DiffusionEngine) -> None:
@@ -144,8 +123,8 @@ def test_a_plain_round_draws_the_noise_the_pipeline_draws(engine: DiffusionEngin
                          scheduler="flow_euler", num_images=1, seed=5)
     [image] = runner.run(params, Feedback()).images
     events: list[JobEvent] = []
-    asyncio.run(engine.run([_item(engine, events, prompt="a red circle", num_images=1, seed=5, steps=2,
-                                  guidance=engine.defaults.guidance)]))
+    asyncio.run(engine.run([work_item(engine, events, 2, prompt="a red circle", num_images=1, seed=5,
+                                      guidance=engine.defaults.guidance)]))
     result = events[-1]
     assert isinstance(result, Result)
     generated = Image.open(io.BytesIO(result.images[0].png))

@@ -15,9 +15,8 @@ import pytest_asyncio
 from grpc import aio
 from PIL import Image
 
-from philip.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, generator_pb2
-from tests.families.serving import serving
-from tests.gateway.grpc_sessions_support import FABRIC, Msg, read_until
+from philip.v1 import common_pb2, gateway_pb2_grpc, generator_pb2
+from tests.families.serving import liked_and_disliked_round, serving
 
 pytestmark = pytest.mark.slow
 
@@ -59,13 +58,6 @@ async def test_an_epsilon_scheduler_is_invalid_argument(gateway: gateway_pb2_grp
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_a_session_round_with_likes_over_grpc(gateway: gateway_pb2_grpc.GatewayStub) -> None:
-    call = gateway.Session()
-    await call.write(Msg(start=gateway_pb2.SessionStart(params=_params(num_images=2, seed=11), weights=FABRIC)))
-    first = (await read_until(call, "round_images"))[-1].round_images.images
-    await call.write(Msg(feedback=gateway_pb2.SessionFeedback(liked_image_ids=[first[0].image.id],
-                                                              disliked_image_ids=[first[1].image.id])))
-    second = (await read_until(call, "round_images", round_number=2))[-1]
-    assert len(second.round_images.images) == 2
-    assert second.round_images.compute.reference_image_evals == 0  # no FABRIC on joint attention: steering only
-    await call.done_writing()
-    call.cancel()
+    second = await liked_and_disliked_round(gateway, _params(num_images=2, seed=11))
+    assert len(second.images) == 2
+    assert second.compute.reference_image_evals == 0  # no FABRIC on joint attention: steering only

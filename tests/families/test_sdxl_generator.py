@@ -3,20 +3,14 @@ step (as tests/generator checks for SD-1.x), per-image negative conditioning, an
 
 from __future__ import annotations
 
-import asyncio
-import io
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
-from PIL import Image
 
-from philip.generation.requests import GenerationParams, RequestResolver
 from philip.models.conditioning import prompt_kwargs
-from services.generator.batching import WorkItem
 from services.generator.engine import DiffusionEngine
-from services.generator.events import JobEvent, Preview, Result
+from tests.families.engine_batches import check_a_merged_batch_with_previews
 from tests.generator.x0_check import assert_last_x0_is_the_final_latent
 
 
@@ -30,27 +24,8 @@ def test_built_in_sdxl_defaults(engine: DiffusionEngine) -> None:
     assert (engine.pipe.unet.config.sample_size * engine.pipe.vae_scale_factor) == 64
 
 
-def _item(engine: DiffusionEngine, events: list[JobEvent], **params: Any) -> WorkItem:
-    resolver = RequestResolver(native_size=engine.native_size, schedulers=engine.schedulers, defaults=engine.defaults)
-    request = resolver.resolve(GenerationParams(width=64, height=64, steps=4, preview_every=2, **params))
-    return WorkItem(f"job-{len(events)}-{params['seed']}", request, events.append, preview_every=2)
-
-
 def test_a_merged_batch_generates_with_previews(engine: DiffusionEngine) -> None:
-    first: list[JobEvent] = []
-    second: list[JobEvent] = []
-    items = [_item(engine, first, prompt="a red circle", num_images=2, seed=1),
-             _item(engine, second, prompt="a blue square", negative_prompt="blurry", num_images=1, seed=9,
-                   preview_mode="vae")]
-    asyncio.run(engine.run(items))
-    for events, count, preview_size in ((first, 2, (16, 16)), (second, 1, (64, 64))):
-        previews = [e for e in events if isinstance(e, Preview)]
-        assert [p.step for p in previews] == [2]  # the last step's preview is the result itself
-        assert all(Image.open(io.BytesIO(i.png)).size == preview_size for p in previews for i in p.images)
-        result = events[-1]
-        assert isinstance(result, Result) and len(result.images) == count
-        assert all((i.width, i.height) == (64, 64) for i in result.images)
-    assert len({i.png for e in (first[-1], second[-1]) if isinstance(e, Result) for i in e.images}) == 3
+    check_a_merged_batch_with_previews(engine, steps=4)
 
 
 @pytest.mark.parametrize("scheduler", ["dpm++", "euler"])
